@@ -1,0 +1,125 @@
+//! `BlobSource`: random access to the bytes of one blob, wherever they live.
+//!
+//! Implementations only need `size` and `read_at`; exact reads and multi-range reads have
+//! defaults built on them. The registry client's range reader and [`FileSource`] implement it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading bytes {start}..{end} of {blob}")]
+    Read {
+        blob: String,
+        start: u64,
+        end: u64,
+        #[source]
+        source: BoxError,
+    },
+    #[error("bytes {start}..{end} are outside {blob}, which has {size} bytes")]
+    OutOfRange { blob: String, start: u64, end: u64, size: u64 },
+    #[error("{blob} ended at byte {at}, before the {size} bytes it claims")]
+    Truncated { blob: String, at: u64, size: u64 },
+}
+
+/// Random-access reads of one immutable blob.
+pub trait BlobSource: Send + Sync {
+    /// What this blob is, for errors and logs: its digest and where it is read from.
+    fn name(&self) -> String;
+
+    /// The blob's size in bytes.
+    fn size(&self) -> u64;
+
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 only at the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError>;
+
+    /// Fills `buf` from `offset`, or fails; a range past the end is an error.
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let end = offset + buf.len() as u64;
+        if end > self.size() {
+            return Err(SourceError::OutOfRange { blob: self.name(), start: offset, end, size: self.size() });
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self.read_at(offset + done as u64, &mut buf[done..])?;
+            if n == 0 {
+                return Err(SourceError::Truncated {
+                    blob: self.name(),
+                    at: offset + done as u64,
+                    size: self.size(),
+                });
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Fills several ranges. Sources that can fetch many ranges in one round trip override it.
+    fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<(), SourceError> {
+        for (offset, buf) in ranges.iter_mut() {
+            self.read_exact_at(*offset, buf)?;
+        }
+        Ok(())
+    }
+}
+
+/// A blob in a local file.
+pub struct FileSource {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl FileSource {
+    pub fn open(path: &Path) -> std::io::Result<FileSource> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(FileSource { path: path.to_path_buf(), file, size })
+    }
+}
+
+impl BlobSource for FileSource {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+        self.file.read_at(buf, offset).map_err(|e| SourceError::Read {
+            blob: self.name(),
+            start: offset,
+            end: offset + buf.len() as u64,
+            source: e.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_source_reads_exact_ranges_and_rejects_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let src = FileSource::open(&path).unwrap();
+        assert_eq!(src.size(), 10);
+
+        let mut a = [0u8; 3];
+        let mut b = [0u8; 2];
+        src.read_ranges(&mut [(2, &mut a[..]), (8, &mut b[..])]).unwrap();
+        assert_eq!(&a, b"234");
+        assert_eq!(&b, b"89");
+
+        let mut c = [0u8; 4];
+        let err = src.read_exact_at(8, &mut c).unwrap_err();
+        assert!(matches!(err, SourceError::OutOfRange { start: 8, end: 12, size: 10, .. }));
+    }
+}

@@ -1,0 +1,51 @@
+//! What every verb needs: the store, the registry client and skiff's configuration.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use skiff::registry::{Client, RegistryOptions};
+use skiff::store::Store;
+
+/// skiff's configuration file.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+}
+
+pub struct Context {
+    root: PathBuf,
+    config_path: PathBuf,
+    insecure_registries: Vec<String>,
+}
+
+impl Context {
+    pub fn new(root: PathBuf, config_path: PathBuf, insecure_registries: Vec<String>) -> Context {
+        Context { root, config_path, insecure_registries }
+    }
+
+    pub fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.root).with_context(|| format!("opening the image store at {}", self.root.display()))
+    }
+
+    pub fn registry_options(&self) -> anyhow::Result<RegistryOptions> {
+        let config: Config = match std::fs::read(&self.config_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading skiff's config {}", self.config_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.config_path.display())),
+        };
+        let mut options = RegistryOptions::default();
+        options.insecure_registries.extend(config.insecure_registries);
+        options.insecure_registries.extend(self.insecure_registries.iter().cloned());
+        options.cert_dirs.push(self.root.join("certs.d"));
+        Ok(options)
+    }
+
+    pub fn client(&self) -> anyhow::Result<Arc<Client>> {
+        Ok(Arc::new(Client::new(self.registry_options()?)?))
+    }
+}

@@ -1,0 +1,79 @@
+//! The `skiff` command: parses arguments, runs one verb, maps errors to an exit code.
+
+mod commands;
+mod context;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use context::Context;
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "A lazy-pull container runtime")]
+struct Cli {
+    /// Where images, caches and containers live.
+    #[arg(long, global = true, env = "SKIFF_ROOT", default_value = skiff::store::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Registry (host[:port]) to reach over plain HTTP or unverified HTTPS; repeatable.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// skiff's configuration file (JSON).
+    #[arg(long, global = true, env = "SKIFF_CONFIG", default_value = "/etc/skiff/config.json")]
+    config: PathBuf,
+    /// Log filter, for example `debug` or `skiff=trace`.
+    #[arg(long, global = true, env = "SKIFF_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch an image's manifest and config (and with --full, every layer).
+    Pull(commands::pull::Args),
+    /// Send a stored image to a registry.
+    Push(commands::push::Args),
+    /// List stored images.
+    Images(commands::images::Args),
+    /// Show an image's manifest, config and layers.
+    Inspect(commands::inspect::Args),
+    /// Remove images.
+    Rmi(commands::rmi::Args),
+    /// Give an image another name.
+    Tag(commands::tag::Args),
+    /// Store credentials for a registry.
+    Login(commands::login::Args),
+    /// Remove stored credentials for a registry.
+    Logout(commands::login::LogoutArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let ctx = Context::new(cli.root, cli.config, cli.insecure_registries);
+    let result = match cli.command {
+        Command::Pull(a) => commands::pull::run(&ctx, a),
+        Command::Push(a) => commands::push::run(&ctx, a),
+        Command::Images(a) => commands::images::run(&ctx, a),
+        Command::Inspect(a) => commands::inspect::run(&ctx, a),
+        Command::Rmi(a) => commands::rmi::run(&ctx, a),
+        Command::Tag(a) => commands::tag::run(&ctx, a),
+        Command::Login(a) => commands::login::run(&ctx, a),
+        Command::Logout(a) => commands::login::logout(&ctx, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! skiff: a lazy-pull container runtime.
+//!
+//! This library holds everything the `skiff` binary does: image references, the registry
+//! client, the local image store, and pulling and pushing images. The filesystem side lives
+//! in `skiff-fs`.
+#![forbid(unsafe_code)]
+
+pub mod image;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod store;
+
+pub use reference::Reference;
+pub use skiff_fs::Digest;

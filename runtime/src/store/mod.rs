@@ -1,0 +1,276 @@
+//! The local image store: content-addressed objects and the table of image names.
+//!
+//! Layout under the root (default `/var/lib/skiff`):
+//! - `content/sha256/<hex>`: manifests, indexes, configs and fully pulled layers. An object
+//!   appears under its name only after it was written whole to `tmp/`, synced and verified, so
+//!   a crash leaves at worst a stray temp file, never an object that looks valid and is not.
+//! - `refs.json`: image name → [`ImageRecord`], replaced atomically under `refs.lock`.
+
+mod refs;
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use skiff_fs::{Digest, Sha256Writer};
+
+pub use refs::ImageRecord;
+
+pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
+/// Temp files older than this were left by a crashed process and are removed at open.
+const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("stored object {digest} at {path} is corrupt (its content hashes to {actual}); remove the image and pull it again")]
+    Corrupt { digest: Digest, path: PathBuf, actual: Digest },
+    #[error("{what}: expected {expected}, got {actual} ({size} bytes)")]
+    Mismatch { what: String, expected: Digest, actual: Digest, size: u64 },
+    #[error("{what}: expected {expected} bytes, got {actual}")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+    #[error("refs table {path} is damaged: {why}")]
+    Refs { path: PathBuf, why: String },
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    #[error("{input:?} matches more than one image: {matches}")]
+    Ambiguous { input: String, matches: String },
+    #[error("image {name} needs {digest}, which is not in the store")]
+    Missing { name: String, digest: Digest },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let store = Store { root: root.to_path_buf() };
+        for dir in [store.content_dir(), store.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        }
+        store.remove_stale_temp_files();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn content_dir(&self) -> PathBuf {
+        self.root.join("content").join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else { return };
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > STALE_TEMP);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Where the object `digest` lives (whether or not it is there).
+    pub fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.content_dir().join(digest.hex())
+    }
+
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path_of(digest).is_file()
+    }
+
+    /// Reads a small object whole and checks it against its digest.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(digest);
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(StoreError::Corrupt { digest: *digest, path, actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Stores `bytes`; returns their digest.
+    pub fn write(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let mut staged = self.stage()?;
+        staged.write_all(bytes).map_err(io_at(&self.tmp_dir()))?;
+        let verified = staged.finish(None, None, "object")?;
+        let digest = verified.digest();
+        verified.commit()?;
+        Ok(digest)
+    }
+
+    /// Copies a file into the store; returns its digest and size.
+    pub fn import(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
+        let mut staged = self.stage()?;
+        let mut file = File::open(path).map_err(io_at(path))?;
+        io::copy(&mut file, &mut staged).map_err(io_at(path))?;
+        let verified = staged.finish(None, None, &path.display().to_string())?;
+        let (digest, size) = (verified.digest(), verified.size());
+        verified.commit()?;
+        Ok((digest, size))
+    }
+
+    /// A temp file for an object being written; see [`Staged`].
+    pub fn stage(&self) -> Result<Staged, StoreError> {
+        let tmp = self.tmp_dir();
+        let file = tempfile::NamedTempFile::new_in(&tmp).map_err(io_at(&tmp))?;
+        Ok(Staged { writer: Some(Sha256Writer::new(file)), content_dir: self.content_dir() })
+    }
+
+    /// Removes an object; a missing one is not an error.
+    pub fn remove(&self, digest: &Digest) -> Result<(), StoreError> {
+        let path = self.path_of(digest);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every object in the store.
+    pub fn objects(&self) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.content_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            if let Ok(d) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An object being written to a temp file, hashed as it goes. Dropped unfinished, the temp
+/// file is deleted; [`Staged::finish`] verifies it, and [`Verified::commit`] publishes it.
+pub struct Staged {
+    writer: Option<Sha256Writer<tempfile::NamedTempFile>>,
+    content_dir: PathBuf,
+}
+
+impl Staged {
+    pub fn written(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.written())
+    }
+
+    /// Checks the bytes written against `expected` and `size` (each when given), syncs them,
+    /// and returns the verified object, not yet visible in the store. `what` names the object
+    /// in errors.
+    pub fn finish(
+        mut self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        what: &str,
+    ) -> Result<Verified, StoreError> {
+        let writer = self.writer.take().expect("finish is called once");
+        let written = writer.written();
+        let (actual, mut file) = writer.finish();
+        if let Some(size) = size {
+            if size != written {
+                return Err(StoreError::SizeMismatch {
+                    what: what.to_string(),
+                    expected: size,
+                    actual: written,
+                });
+            }
+        }
+        if let Some(expected) = expected.filter(|e| **e != actual) {
+            return Err(StoreError::Mismatch {
+                what: what.to_string(),
+                expected: *expected,
+                actual,
+                size: written,
+            });
+        }
+        let path = file.path().to_path_buf();
+        file.flush().map_err(io_at(&path))?;
+        file.as_file().sync_all().map_err(io_at(&path))?;
+        Ok(Verified { file, digest: actual, size: written, target: self.content_dir.join(actual.hex()) })
+    }
+}
+
+impl Write for Staged {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.as_mut().expect("write after finish").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.as_mut().expect("flush after finish").flush()
+    }
+}
+
+/// A verified object in a temp file, published by [`Verified::commit`] or dropped.
+pub struct Verified {
+    file: tempfile::NamedTempFile,
+    digest: Digest,
+    size: u64,
+    target: PathBuf,
+}
+
+impl Verified {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The temp file holding the verified bytes.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        let target = self.target;
+        self.file.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_at(&target))?;
+        self.file.persist(&target).map_err(|e| StoreError::Io { path: target.clone(), source: e.error })?;
+        sync_dir(target.parent().unwrap_or(Path::new("/")));
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: a temp file beside it, synced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Opens `path` for appending-only use as a lock file.
+fn open_lock(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
+}
