@@ -91,15 +91,18 @@ impl Pusher<'_> {
             self.result.skipped += 1;
             return Ok(());
         }
-        if self.store.has(&desc.digest) {
-            client.upload_blob(dest, &desc.digest, &self.store.path_of(&desc.digest), self.options)?;
-            self.result.uploaded += 1;
-            return Ok(());
-        }
-        if self.source.registry() == dest.registry()
+        // A mount moves no bytes, so it beats even an upload from the store.
+        let same_registry =
+            self.source.registry() == dest.registry() && self.source.repository() != dest.repository();
+        if same_registry
             && client.mount_blob(dest, &desc.digest, self.source.repository())? == MountOutcome::Mounted
         {
             self.result.mounted += 1;
+            return Ok(());
+        }
+        if self.store.has(&desc.digest) {
+            client.upload_blob(dest, &desc.digest, &self.store.path_of(&desc.digest), self.options)?;
+            self.result.uploaded += 1;
             return Ok(());
         }
         // Not local and not mountable: fetch it from where the image came from, verified.

@@ -1,0 +1,7 @@
+//! End-to-end tests: one test binary, so one registry and one set of fixture images serve
+//! the whole run.
+
+mod auth;
+mod bad_input;
+mod images;
+mod registry_client;
