@@ -1,1 +1,37 @@
-fn main() {}
+//! `skiff-bench`: measurements of skiff against real registries.
+//!
+//! `pull-latency` times HTTP range reads of several sizes from an image's largest layer: the
+//! request latency (p50/p90/p99) and throughput a lazy pull sees on a given link.
+
+mod latency;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skiff-bench", version, about = "skiff's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Latency and throughput of range reads against a registry.
+    PullLatency(latency::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::PullLatency(args) => latency::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -118,7 +118,7 @@ impl LayerBuilder {
 
 /// Deterministic pseudo-random bytes (xorshift), so big files do not compress away.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;
