@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod digest;
+pub mod index;
 pub mod estargz;
 mod source;
 

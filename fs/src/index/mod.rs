@@ -1,0 +1,171 @@
+//! `LayerIndex`: the immutable tree of one layer — names, metadata, and which chunks hold
+//! each file's bytes. Built once per layer (from an eStargz TOC, or while streaming a plain
+//! tar), stored beside the image, and read by the lazy layer without touching the blob.
+
+mod builder;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+pub use builder::{EntryMeta, IndexBuilder, IndexError};
+
+/// A node's position in its index; [`ROOT`] is the layer's root directory.
+pub type NodeId = u32;
+pub const ROOT: NodeId = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+}
+
+/// One name in the layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// The last path component; empty for the root.
+    pub name: String,
+    pub parent: NodeId,
+    pub kind: Kind,
+    /// Permission bits with setuid, setgid and sticky (no file-type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Device numbers of character and block devices.
+    #[serde(default)]
+    pub rdev: (u32, u32),
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Directory entries, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<NodeId>,
+    /// This file's chunks: a range of the index's chunk table.
+    #[serde(default)]
+    pub chunks: Range<u32>,
+    /// For a hardlink: the node whose inode it shares (the first name in the layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<NodeId>,
+    /// How many names the inode has in this layer (directories: 2 + subdirectories).
+    pub nlink: u32,
+}
+
+/// How a chunk's bytes are stored in the layer blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    /// A gzip member starting at `offset`; the chunk starts `inner_offset` bytes into it.
+    Gzip,
+    Zstd,
+    Uncompressed,
+    /// Only reachable by decompressing the whole layer from its start (plain gzip or zstd
+    /// layers without a seekable index); `inner_offset` is the offset in the tar stream.
+    Stream,
+}
+
+/// Where one chunk of a file lives, and what its bytes hash to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// sha256 of the chunk's uncompressed bytes: the cache key.
+    pub digest: Digest,
+    /// Where the chunk starts in its file.
+    pub file_offset: u64,
+    /// Uncompressed length.
+    pub len: u64,
+    pub codec: Codec,
+    /// Compressed span in the blob holding the chunk (for `Stream`: 0..blob size).
+    pub offset: u64,
+    pub compressed_len: u64,
+    pub inner_offset: u64,
+}
+
+impl ChunkRef {
+    pub fn file_range(&self) -> Range<u64> {
+        self.file_offset..self.file_offset + self.len
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    nodes: Vec<Node>,
+    chunks: Vec<ChunkRef>,
+}
+
+impl LayerIndex {
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// The child `name` of directory `parent`.
+    pub fn lookup(&self, parent: NodeId, name: &str) -> Option<NodeId> {
+        let children = &self.node(parent).children;
+        children.binary_search_by(|c| self.node(*c).name.as_str().cmp(name)).ok().map(|i| children[i])
+    }
+
+    /// The node at `path` (relative to the root, `/`-separated), without following symlinks.
+    pub fn resolve(&self, path: &str) -> Option<NodeId> {
+        path.split('/').filter(|c| !c.is_empty() && *c != ".").try_fold(ROOT, |dir, name| self.lookup(dir, name))
+    }
+
+    /// The path of `id` from the root, without a leading slash.
+    pub fn path_of(&self, id: NodeId) -> String {
+        let mut parts = Vec::new();
+        let mut cur = id;
+        while cur != ROOT {
+            let n = self.node(cur);
+            parts.push(n.name.as_str());
+            cur = n.parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
+    /// Every node id, parents before children.
+    pub fn ids(&self) -> Range<NodeId> {
+        0..self.nodes.len() as NodeId
+    }
+
+    /// All chunks of file `id`.
+    pub fn file_chunks(&self, id: NodeId) -> &[ChunkRef] {
+        let r = &self.node(id).chunks;
+        &self.chunks[r.start as usize..r.end as usize]
+    }
+
+    /// The chunks of file `id` that hold bytes of `range`.
+    pub fn chunks(&self, id: NodeId, range: Range<u64>) -> &[ChunkRef] {
+        let all = self.file_chunks(id);
+        let first = all.partition_point(|c| c.file_offset + c.len <= range.start);
+        let end = first + all[first..].partition_point(|c| c.file_offset < range.end);
+        &all[first..end]
+    }
+
+    /// Every chunk of the layer, in blob order.
+    pub fn all_chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an index always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<LayerIndex, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
