@@ -26,6 +26,11 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest whose sha256 bytes are `bytes` (as a hasher returns them).
+    pub fn from_sha256(bytes: [u8; 32]) -> Digest {
+        Digest(bytes)
+    }
+
     /// The 64 hex digits, without the `sha256:` prefix (the name of a content file).
     pub fn hex(&self) -> String {
         hex::encode(self.0)

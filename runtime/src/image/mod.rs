@@ -4,6 +4,7 @@ mod format;
 mod inspect;
 mod pull;
 mod push;
+pub mod stream;
 
 use skiff_fs::Digest;
 
