@@ -5,10 +5,13 @@
 //! registry client and local files implement.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod digest;
-pub mod index;
 pub mod estargz;
+pub mod index;
 mod source;
+pub mod tarindex;
 
+pub use cache::{CacheError, CacheStats, ChunkCache, ChunkHandle, Claim};
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use source::{BlobSource, FileSource, SourceError};

@@ -11,9 +11,22 @@ const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
 const FLAG_EXTRA: u8 = 0x04;
 const MAGIC: &[u8] = b"STARGZ";
 
+/// What a footer says: where the TOC's gzip member starts, and how long the footer itself is
+/// (the TOC member ends where the footer begins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footer {
+    pub toc_offset: u64,
+    pub len: usize,
+}
+
 /// The TOC offset from the last bytes of a blob (pass at least the last 51 bytes; fewer
 /// bytes can only match the legacy footer). `None` when the blob is not (e)stargz.
 pub fn parse_footer(tail: &[u8]) -> Option<u64> {
+    read_footer(tail).map(|f| f.toc_offset)
+}
+
+/// Like [`parse_footer`], also telling which footer generation matched.
+pub fn read_footer(tail: &[u8]) -> Option<Footer> {
     if tail.len() >= FOOTER_SIZE {
         let footer = &tail[tail.len() - FOOTER_SIZE..];
         if header_ok(footer)
@@ -21,18 +34,31 @@ pub fn parse_footer(tail: &[u8]) -> Option<u64> {
             && &footer[12..14] == b"SG"
             && footer[14..16] == [22, 0]
         {
-            if let Some(offset) = payload_offset(&footer[16..38]) {
-                return Some(offset);
+            if let Some(toc_offset) = payload_offset(&footer[16..38]) {
+                return Some(Footer { toc_offset, len: FOOTER_SIZE });
             }
         }
     }
     if tail.len() >= LEGACY_FOOTER_SIZE {
         let footer = &tail[tail.len() - LEGACY_FOOTER_SIZE..];
         if header_ok(footer) && footer[10..12] == [22, 0] {
-            return payload_offset(&footer[12..34]);
+            let toc_offset = payload_offset(&footer[12..34])?;
+            return Some(Footer { toc_offset, len: LEGACY_FOOTER_SIZE });
         }
     }
     None
+}
+
+/// The 51-byte footer pointing at a TOC member that starts at `toc_offset`: a gzip header
+/// (no mtime, OS unknown) with the `SG` extra subfield, an empty stored deflate block, and the
+/// CRC32 and length (both zero) of the empty content.
+pub fn footer_bytes(toc_offset: u64) -> [u8; FOOTER_SIZE] {
+    let mut f = [0u8; FOOTER_SIZE];
+    f[..10].copy_from_slice(&[GZIP_MAGIC[0], GZIP_MAGIC[1], GZIP_MAGIC[2], FLAG_EXTRA, 0, 0, 0, 0, 0, 0xff]);
+    f[10..16].copy_from_slice(&[26, 0, b'S', b'G', 22, 0]);
+    f[16..38].copy_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
+    f[38..43].copy_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
+    f
 }
 
 fn header_ok(footer: &[u8]) -> bool {
@@ -79,6 +105,19 @@ mod tests {
         let mut blob = vec![0u8; 10];
         blob.extend_from_slice(&legacy);
         assert_eq!(parse_footer(&blob), Some(99));
+    }
+
+    #[test]
+    fn written_footer_is_the_spec_layout_and_valid_gzip() {
+        use std::io::Read;
+        let f = footer_bytes(0xdead_beef);
+        assert_eq!(f.to_vec(), footer(0xdead_beef, false));
+        assert_eq!(read_footer(&f), Some(Footer { toc_offset: 0xdead_beef, len: FOOTER_SIZE }));
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&f[..]).read_to_end(&mut out).unwrap();
+        assert!(out.is_empty());
+        let legacy = footer(7, true);
+        assert_eq!(read_footer(&legacy), Some(Footer { toc_offset: 7, len: LEGACY_FOOTER_SIZE }));
     }
 
     #[test]

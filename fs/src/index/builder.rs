@@ -95,7 +95,10 @@ impl IndexBuilder {
             dir = match self.entries[dir as usize].get(*name) {
                 Some(&id) if self.nodes[id as usize].kind == Kind::Dir => id,
                 Some(_) => {
-                    return Err(IndexError::NotADirectory { path: path.to_string(), parent: parents[..=i].join("/") })
+                    return Err(IndexError::NotADirectory {
+                        path: path.to_string(),
+                        parent: parents[..=i].join("/"),
+                    })
                 }
                 None => self.push_node(name.to_string(), dir, &EntryMeta::implicit_dir()),
             };
@@ -207,7 +210,8 @@ impl IndexBuilder {
         }
         for i in 0..self.nodes.len() {
             let children: Vec<NodeId> = self.entries[i].values().copied().collect();
-            let subdirs = children.iter().filter(|c| self.nodes[**c as usize].kind == Kind::Dir).count() as u32;
+            let subdirs =
+                children.iter().filter(|c| self.nodes[**c as usize].kind == Kind::Dir).count() as u32;
             let node = &self.nodes[i];
             let nlink = match node.kind {
                 Kind::Dir => 2 + subdirs,
@@ -260,13 +264,19 @@ impl LayerIndex {
             return damaged("no root directory".into());
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.parent >= n || node.children.iter().any(|c| *c >= n || *c == 0) || node.link.is_some_and(|l| l >= n) {
+            if node.parent >= n
+                || node.children.iter().any(|c| *c >= n || *c == 0)
+                || node.link.is_some_and(|l| l >= n)
+            {
                 return damaged(format!("node {i} points outside the index"));
             }
             if node.chunks.start > node.chunks.end || node.chunks.end as usize > self.chunks.len() {
                 return damaged(format!("node {i} has chunks outside the chunk table"));
             }
-            let sorted = node.children.windows(2).all(|w| self.nodes[w[0] as usize].name < self.nodes[w[1] as usize].name);
+            let sorted = node
+                .children
+                .windows(2)
+                .all(|w| self.nodes[w[0] as usize].name < self.nodes[w[1] as usize].name);
             if !sorted {
                 return damaged(format!("directory {i} is not sorted"));
             }
@@ -334,7 +344,10 @@ mod tests {
     #[test]
     fn refuses_unsafe_and_inconsistent_entries() {
         let mut b = IndexBuilder::new();
-        assert_eq!(b.add("a/../../etc/passwd", meta(Kind::File, 0)), Err(IndexError::UnsafePath("a/../../etc/passwd".into())));
+        assert_eq!(
+            b.add("a/../../etc/passwd", meta(Kind::File, 0)),
+            Err(IndexError::UnsafePath("a/../../etc/passwd".into()))
+        );
         b.add("file", meta(Kind::File, 0)).unwrap();
         assert!(matches!(b.add("file/below", meta(Kind::File, 0)), Err(IndexError::NotADirectory { .. })));
         assert!(matches!(b.add_hardlink("l", "missing"), Err(IndexError::BadHardlink { .. })));

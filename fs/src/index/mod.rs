@@ -121,7 +121,9 @@ impl LayerIndex {
 
     /// The node at `path` (relative to the root, `/`-separated), without following symlinks.
     pub fn resolve(&self, path: &str) -> Option<NodeId> {
-        path.split('/').filter(|c| !c.is_empty() && *c != ".").try_fold(ROOT, |dir, name| self.lookup(dir, name))
+        path.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .try_fold(ROOT, |dir, name| self.lookup(dir, name))
     }
 
     /// The path of `id` from the root, without a leading slash.
