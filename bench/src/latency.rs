@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use skiff::manifest::{Manifest, Platform};
 use skiff::registry::{Client, RegistryOptions};
+use skiff::size::parse_size;
 use skiff::Reference;
 use skiff_fs::BlobSource;
 
@@ -47,22 +48,6 @@ struct Report {
     results: Vec<SizeReport>,
 }
 
-fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => (&s[..i], &s[i..]),
-        None => (s, ""),
-    };
-    let n: u64 = digits.parse().with_context(|| format!("invalid size {s:?}"))?;
-    let mult = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        _ => bail!("invalid size unit in {s:?}: use K or M"),
-    };
-    Ok(n * mult)
-}
-
 /// The nearest-rank percentile of sorted `values`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -71,7 +56,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let reference: Reference = args.image.parse()?;
-    let sizes = args.sizes.iter().map(|s| parse_size(s)).collect::<anyhow::Result<Vec<u64>>>()?;
+    let sizes = args.sizes.iter().map(|s| parse_size(s)).collect::<Result<Vec<u64>, _>>()?;
     let options =
         RegistryOptions { insecure_registries: args.insecure_registries, ..RegistryOptions::default() };
     let client = Arc::new(Client::new(options)?);
@@ -148,11 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_percentiles() {
-        assert_eq!(parse_size("4K").unwrap(), 4096);
-        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("3X").is_err());
+    fn nearest_rank_percentiles() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&v, 50.0), 50.0);
         assert_eq!(percentile(&v, 99.0), 99.0);

@@ -9,6 +9,7 @@ mod cache;
 mod digest;
 pub mod estargz;
 pub mod index;
+pub mod lazy;
 mod source;
 pub mod tarindex;
 

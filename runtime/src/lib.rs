@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod image;
+pub mod layers;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod size;
 pub mod store;
 
 pub use reference::Reference;

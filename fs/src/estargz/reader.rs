@@ -14,8 +14,9 @@ use super::{NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME};
 use crate::{BlobSource, Digest, SourceError};
 
 /// How much of the blob's end the first read takes: the footer and, for most layers, the
-/// whole TOC, so that opening a remote layer usually costs one round trip.
-const TAIL_READ: u64 = 256 << 10;
+/// whole TOC of a layer of a few thousand files, so that opening a remote layer usually costs
+/// one round trip without fetching much that a small workload never needs.
+const TAIL_READ: u64 = 64 << 10;
 /// Bounds on what a TOC may make us read and inflate.
 const MAX_TOC_COMPRESSED: u64 = 512 << 20;
 const MAX_TOC_JSON: u64 = 1 << 30;

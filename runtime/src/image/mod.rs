@@ -1,5 +1,6 @@
 //! Images: pulling into the store, pushing from it, and reading what the store holds.
 
+mod convert;
 mod format;
 mod inspect;
 mod pull;
@@ -8,6 +9,7 @@ pub mod stream;
 
 use skiff_fs::Digest;
 
+pub use convert::{convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER};
 pub use format::LayerFormat;
 pub use inspect::{inspect, ImageDetails, LayerDetails};
 pub use pull::{pull, PullOptions, PullResult};

@@ -50,6 +50,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
+#[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
 }
@@ -145,6 +146,37 @@ impl Store {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&path)(e)),
             _ => Ok(()),
         }
+    }
+
+    /// Where the index of layer `digest` is kept once built.
+    pub fn layer_index_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("indexes").join(format!("{}.json", digest.hex()))
+    }
+
+    /// The stored index of layer `digest`, if there is a valid one; a damaged file is removed.
+    pub fn read_layer_index(&self, digest: &Digest) -> Option<skiff_fs::index::LayerIndex> {
+        let path = self.layer_index_path(digest);
+        let bytes = fs::read(&path).ok()?;
+        match skiff_fs::index::LayerIndex::from_json(&bytes).ok().filter(|i| i.validate().is_ok()) {
+            Some(index) => Some(index),
+            None => {
+                tracing::warn!(path = %path.display(), "removing a damaged layer index");
+                let _ = fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Keeps the index of layer `digest` for the next mount.
+    pub fn write_layer_index(
+        &self,
+        digest: &Digest,
+        index: &skiff_fs::index::LayerIndex,
+    ) -> Result<(), StoreError> {
+        let path = self.layer_index_path(digest);
+        let dir = path.parent().expect("indexes dir");
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        write_atomic(&path, &index.to_json(), 0o644).map_err(io_at(&path))
     }
 
     /// Every object in the store.

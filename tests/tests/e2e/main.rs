@@ -4,4 +4,5 @@
 mod auth;
 mod bad_input;
 mod images;
+mod lazy;
 mod registry_client;

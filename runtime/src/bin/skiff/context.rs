@@ -18,13 +18,26 @@ struct Config {
 
 pub struct Context {
     root: PathBuf,
+    cache_size: u64,
     config_path: PathBuf,
     insecure_registries: Vec<String>,
 }
 
 impl Context {
-    pub fn new(root: PathBuf, config_path: PathBuf, insecure_registries: Vec<String>) -> Context {
-        Context { root, config_path, insecure_registries }
+    pub fn new(
+        root: PathBuf,
+        cache_size: u64,
+        config_path: PathBuf,
+        insecure_registries: Vec<String>,
+    ) -> Context {
+        Context { root, cache_size, config_path, insecure_registries }
+    }
+
+    /// The chunk cache under the root, held to the `--cache-size` budget.
+    pub fn cache(&self) -> anyhow::Result<skiff_fs::ChunkCache> {
+        let dir = self.root.join("cache");
+        skiff_fs::ChunkCache::open(&dir, self.cache_size)
+            .with_context(|| format!("opening the chunk cache at {}", dir.display()))
     }
 
     pub fn store(&self) -> anyhow::Result<Store> {

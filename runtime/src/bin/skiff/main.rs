@@ -20,6 +20,9 @@ struct Cli {
     /// Registry (host[:port]) to reach over plain HTTP or unverified HTTPS; repeatable.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// Most bytes the chunk cache keeps on disk (K, M, G suffixes).
+    #[arg(long, global = true, env = "SKIFF_CACHE_SIZE", default_value = "4G", value_parser = skiff::size::parse_size)]
+    cache_size: u64,
     /// skiff's configuration file (JSON).
     #[arg(long, global = true, env = "SKIFF_CONFIG", default_value = "/etc/skiff/config.json")]
     config: PathBuf,
@@ -40,6 +43,11 @@ enum Command {
     Images(commands::images::Args),
     /// Show an image's manifest, config and layers.
     Inspect(commands::inspect::Args),
+    /// Rewrite an image's layers as eStargz, so it can be pulled lazily, and push it.
+    Convert(commands::convert::Args),
+    /// Show or empty the chunk cache.
+    #[command(subcommand)]
+    Cache(commands::cache::Command),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -58,12 +66,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let ctx = Context::new(cli.root, cli.config, cli.insecure_registries);
+    let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
     let result = match cli.command {
         Command::Pull(a) => commands::pull::run(&ctx, a),
         Command::Push(a) => commands::push::run(&ctx, a),
         Command::Images(a) => commands::images::run(&ctx, a),
         Command::Inspect(a) => commands::inspect::run(&ctx, a),
+        Command::Convert(a) => commands::convert::run(&ctx, a),
+        Command::Cache(c) => commands::cache::run(&ctx, c),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),

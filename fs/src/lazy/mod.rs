@@ -1,0 +1,279 @@
+//! `LazyLayer`: one layer's files, read on demand. A read finds the chunks that hold the
+//! bytes (from the layer's index), takes what the cache has, fetches the rest from the blob
+//! source — neighbouring misses in one range request — verifies, caches and copies out.
+
+mod estargz_index;
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use crate::estargz::{decompress_chunk, ChunkError, ChunkLocation};
+use crate::index::{ChunkRef, Codec, LayerIndex, NodeId};
+use crate::{BlobSource, Digest, SourceError};
+use crate::{CacheError, ChunkCache, ChunkHandle, Claim};
+
+pub use estargz_index::index_estargz;
+
+/// Misses whose compressed spans lie closer than this are fetched in one range request.
+const COALESCE_GAP: u64 = 64 << 10;
+/// The largest single range request a read makes.
+const MAX_REQUEST: u64 = 16 << 20;
+
+/// Opens the layer's uncompressed tar stream from its start, for chunks only a stream reaches.
+pub type Restream = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
+
+/// Why one chunk could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error("re-reading the layer stream to byte {offset}: {source}")]
+    Restream {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("chunk at stream offset {offset} is not cached and the layer cannot be streamed again")]
+    NoRestream { offset: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    #[error("reading {path:?} of {blob}")]
+    Fetch {
+        blob: String,
+        path: String,
+        #[source]
+        source: Box<FetchError>,
+    },
+    #[error("reading {path:?} of {blob} through the chunk cache")]
+    Cache {
+        blob: String,
+        path: String,
+        #[source]
+        source: Box<CacheError<FetchError>>,
+    },
+    #[error("the table of contents of {blob} is invalid: {why}")]
+    Toc { blob: String, why: String },
+}
+
+pub struct LazyLayer {
+    index: Arc<LayerIndex>,
+    cache: ChunkCache,
+    source: Arc<dyn BlobSource>,
+    restream: Option<Arc<Restream>>,
+}
+
+impl LazyLayer {
+    pub fn new(index: Arc<LayerIndex>, cache: ChunkCache, source: Arc<dyn BlobSource>) -> LazyLayer {
+        LazyLayer { index, cache, source, restream: None }
+    }
+
+    /// For layers whose chunks are reachable only by streaming the layer again.
+    pub fn with_restream(mut self, restream: Arc<Restream>) -> LazyLayer {
+        self.restream = Some(restream);
+        self
+    }
+
+    pub fn index(&self) -> &Arc<LayerIndex> {
+        &self.index
+    }
+
+    pub fn source(&self) -> &Arc<dyn BlobSource> {
+        &self.source
+    }
+
+    /// Reads file `node` at `offset` into `buf`; returns the bytes read (0 at the end).
+    pub fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> Result<usize, LazyError> {
+        let size = self.index.node(node).size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let end = size.min(offset + buf.len() as u64);
+        let chunks = self.index.chunks(node, offset..end);
+        let handles = self.chunk_handles(node, chunks)?;
+        for (chunk, handle) in chunks.iter().zip(&handles) {
+            let from = chunk.file_offset.max(offset);
+            let to = (chunk.file_offset + chunk.len).min(end);
+            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            let mut done = 0;
+            while done < out.len() {
+                let n = handle
+                    .read_at(from - chunk.file_offset + done as u64, &mut out[done..])
+                    .map_err(|e| self.cache_error(node, widen(e)))?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+        }
+        Ok((end - offset) as usize)
+    }
+
+    /// Makes sure every chunk of `node` is cached (for prefetching); returns the bytes fetched.
+    pub fn prefetch(&self, node: NodeId) -> Result<u64, LazyError> {
+        let chunks = self.index.file_chunks(node);
+        let claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
+        let fetched = claims.len() as u64;
+        self.fill_claims(node, chunks, claims)?;
+        Ok(fetched)
+    }
+
+    fn chunk_handles(&self, node: NodeId, chunks: &[ChunkRef]) -> Result<Vec<ChunkHandle>, LazyError> {
+        let claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
+        let mut fresh = self.fill_claims(node, chunks, claims)?;
+        chunks
+            .iter()
+            .map(|c| match fresh.remove(&c.digest) {
+                Some(h) => Ok(h),
+                // Cached, or being fetched by another reader: wait for it (or fetch it alone).
+                None => self
+                    .cache
+                    .get_or_fill(&c.digest, || self.fetch_one(c))
+                    .map_err(|e| self.cache_error(node, e)),
+            })
+            .collect()
+    }
+
+    /// Fetches the claimed chunks, coalescing neighbours into one request, and commits them.
+    fn fill_claims(
+        &self,
+        node: NodeId,
+        chunks: &[ChunkRef],
+        claims: Vec<Claim>,
+    ) -> Result<HashMap<Digest, ChunkHandle>, LazyError> {
+        let mut wanted: Vec<(ChunkRef, Claim)> = claims
+            .into_iter()
+            .filter_map(|claim| chunks.iter().find(|c| c.digest == *claim.digest()).map(|c| (*c, claim)))
+            .collect();
+        wanted.sort_by_key(|(c, _)| (c.codec != Codec::Gzip, c.offset));
+        let mut handles = HashMap::new();
+        while !wanted.is_empty() {
+            let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted) } else { 1 };
+            let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
+            let bytes = self.fetch_group(&group).map_err(|source| self.fetch_error(node, source))?;
+            for ((chunk, claim), data) in group.into_iter().zip(bytes) {
+                let handle = claim.commit(&data).map_err(|e| self.cache_error(node, widen(e)))?;
+                handles.insert(chunk.digest, handle);
+            }
+        }
+        Ok(handles)
+    }
+
+    /// The uncompressed bytes of each chunk of a group, fetched together.
+    fn fetch_group(&self, group: &[(ChunkRef, Claim)]) -> Result<Vec<Vec<u8>>, FetchError> {
+        let first = &group[0].0;
+        if first.codec != Codec::Gzip {
+            return Ok(vec![self.fetch_one(first)?]);
+        }
+        let start = first.offset;
+        let end = group.iter().map(|(c, _)| c.offset + c.compressed_len).max().unwrap_or(start);
+        let mut span = vec![0u8; (end - start) as usize];
+        self.source.read_exact_at(start, &mut span)?;
+        group
+            .iter()
+            .map(|(c, _)| {
+                let from = (c.offset - start) as usize;
+                let compressed = &span[from..from + c.compressed_len as usize];
+                Ok(decompress_chunk(compressed, &location(c))?)
+            })
+            .collect()
+    }
+
+    fn fetch_one(&self, chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
+        match chunk.codec {
+            Codec::Gzip => {
+                let mut compressed = vec![0u8; chunk.compressed_len as usize];
+                self.source.read_exact_at(chunk.offset, &mut compressed)?;
+                Ok(decompress_chunk(&compressed, &location(chunk))?)
+            }
+            Codec::Uncompressed => {
+                let mut bytes = vec![0u8; chunk.len as usize];
+                self.source.read_exact_at(chunk.offset + chunk.inner_offset, &mut bytes)?;
+                verify(chunk, bytes)
+            }
+            Codec::Stream | Codec::Zstd => self.restream_chunk(chunk),
+        }
+    }
+
+    /// Streams the layer from its start to the chunk: slow, the last resort for a plain
+    /// layer whose chunk was evicted.
+    fn restream_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
+        let offset = chunk.inner_offset;
+        let restream = self.restream.as_ref().ok_or(FetchError::NoRestream { offset })?;
+        let io = |source| FetchError::Restream { offset, source };
+        let mut stream = restream().map_err(io)?;
+        io::copy(&mut (&mut stream).take(offset), &mut io::sink()).map_err(io)?;
+        let mut bytes = vec![0u8; chunk.len as usize];
+        stream.read_exact(&mut bytes).map_err(io)?;
+        verify(chunk, bytes)
+    }
+
+    fn path(&self, node: NodeId) -> String {
+        self.index.path_of(node)
+    }
+
+    fn fetch_error(&self, node: NodeId, source: FetchError) -> LazyError {
+        LazyError::Fetch { blob: self.source.name(), path: self.path(node), source: Box::new(source) }
+    }
+
+    fn cache_error(&self, node: NodeId, source: CacheError<FetchError>) -> LazyError {
+        LazyError::Cache { blob: self.source.name(), path: self.path(node), source: Box::new(source) }
+    }
+}
+
+/// How many of the leading gzip chunks can share one range request.
+fn coalesced_len(chunks: &[(ChunkRef, Claim)]) -> usize {
+    let start = chunks[0].0.offset;
+    let mut end = start + chunks[0].0.compressed_len;
+    let mut n = 1;
+    for (c, _) in &chunks[1..] {
+        let next_end = end.max(c.offset + c.compressed_len);
+        if c.codec != Codec::Gzip || c.offset > end + COALESCE_GAP || next_end - start > MAX_REQUEST {
+            break;
+        }
+        end = next_end;
+        n += 1;
+    }
+    n
+}
+
+fn location(c: &ChunkRef) -> ChunkLocation {
+    ChunkLocation {
+        compressed_offset: c.offset,
+        compressed_len: c.compressed_len,
+        inner_offset: c.inner_offset,
+        uncompressed_offset: c.file_offset,
+        uncompressed_len: c.len,
+        chunk_digest: Some(c.digest),
+    }
+}
+
+fn verify(chunk: &ChunkRef, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
+    let actual = Digest::of(&bytes);
+    if actual != chunk.digest {
+        return Err(FetchError::Chunk(ChunkError::DigestMismatch {
+            expected: chunk.digest,
+            actual,
+            range: chunk.inner_offset..chunk.inner_offset + chunk.len,
+        }));
+    }
+    Ok(bytes)
+}
+
+fn widen(e: CacheError) -> CacheError<FetchError> {
+    match e {
+        CacheError::InUse { dir } => CacheError::InUse { dir },
+        CacheError::Setup { path, source } => CacheError::Setup { path, source },
+        CacheError::Scan { path, source } => CacheError::Scan { path, source },
+        CacheError::Write { digest, path, source } => CacheError::Write { digest, path, source },
+        CacheError::Install { digest, path, source } => CacheError::Install { digest, path, source },
+        CacheError::Read { digest, path, source } => CacheError::Read { digest, path, source },
+        CacheError::Remove { path, source } => CacheError::Remove { path, source },
+        CacheError::Mismatch { expected, actual, len } => CacheError::Mismatch { expected, actual, len },
+        CacheError::Fill { source, .. } => match source {},
+    }
+}

@@ -1,0 +1,151 @@
+//! Opening an image's layers lazily: for each layer, its index (kept in the store after the
+//! first time) and a `LazyLayer` that reads through the chunk cache from the registry.
+//!
+//! eStargz layers need only their TOC. Plain layers (gzip, zstd, tar) have no index to
+//! fetch, so they are streamed once — all of them at the same time — straight into the
+//! cache, building the index as they go.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION};
+use skiff_fs::index::LayerIndex;
+use skiff_fs::lazy::{index_estargz, LazyLayer, Restream};
+use skiff_fs::tarindex::index_tar;
+use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
+
+use crate::image::stream::open_layer;
+use crate::image::{ImageError, LayerFormat, StoredImage};
+use crate::manifest::Descriptor;
+use crate::reference::Reference;
+use crate::registry::{Client, FetchStats};
+use crate::store::{ImageRecord, Store, StoreError};
+
+/// Chunk size for plain layers, cut while streaming (eStargz layers bring their own).
+pub const STREAM_CHUNK_SIZE: u64 = 1 << 20;
+
+/// One opened layer of an image.
+pub struct OpenedLayer {
+    pub descriptor: Descriptor,
+    pub format: LayerFormat,
+    pub layer: Arc<LazyLayer>,
+    /// What the lazy reads fetched from the registry (None when the blob is local).
+    pub fetched: Option<Arc<FetchStats>>,
+    /// Bytes streamed to build the index now (plain layers opened the first time).
+    pub streamed: u64,
+}
+
+/// Opens every layer of a stored image, bottom layer first.
+pub fn open_layers(
+    client: &Arc<Client>,
+    store: &Store,
+    cache: &ChunkCache,
+    record: &ImageRecord,
+) -> Result<Vec<OpenedLayer>, ImageError> {
+    let image = StoredImage::load(store, record)?;
+    let config = image.config()?;
+    let source: Reference = format!("{}@{}", record.source, record.manifest)
+        .parse()
+        .map_err(|e| ImageError::Invalid { what: record.name.clone(), why: format!("source: {e}") })?;
+    let diff_ids: Vec<Digest> =
+        config.rootfs().diff_ids().iter().map(|d| d.parse().expect("checked by config()")).collect();
+    let layers = &image.manifest.layers;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(desc, diff_id)| {
+                let source = &source;
+                scope.spawn(move || open_layer_lazily(client, store, cache, source, desc, *diff_id))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()
+    })
+}
+
+fn open_layer_lazily(
+    client: &Arc<Client>,
+    store: &Store,
+    cache: &ChunkCache,
+    source_ref: &Reference,
+    desc: &Descriptor,
+    diff_id: Digest,
+) -> Result<OpenedLayer, ImageError> {
+    let (source, fetched): (Arc<dyn BlobSource>, Option<Arc<FetchStats>>) = if store.has(&desc.digest) {
+        let path = store.path_of(&desc.digest);
+        let file = FileSource::open(&path).map_err(|source| StoreError::Io { path, source })?;
+        (Arc::new(file), None)
+    } else {
+        let blob = client.blob_source(source_ref, desc.digest, desc.size);
+        let stats = blob.stats();
+        (Arc::new(blob), Some(stats))
+    };
+    let what = format!("layer {} of {}", desc.digest, source_ref.name());
+    let invalid = |why: String| ImageError::Invalid { what: what.clone(), why };
+    let stored = store.read_layer_index(&desc.digest);
+    let format = match &stored {
+        Some(_) => LayerFormat::declared(desc),
+        None => LayerFormat::probe(desc, &*source).map_err(|e| invalid(crate::registry::error_chain(&e)))?,
+    };
+    let restream: Arc<Restream> = {
+        let (client, store, source_ref, desc) =
+            (client.clone(), store.clone(), source_ref.clone(), desc.clone());
+        Arc::new(move || {
+            open_layer(&client, &store, &source_ref, &desc, diff_id)
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
+    };
+    let mut streamed = 0;
+    let index = match stored {
+        Some(index) => index,
+        None => {
+            let index = match format {
+                LayerFormat::Estargz { .. } => {
+                    let expected = match desc.annotations.get(TOC_DIGEST_ANNOTATION) {
+                        Some(d) => Some(
+                            d.parse::<Digest>()
+                                .map_err(|e| invalid(format!("TOC digest annotation: {e}")))?,
+                        ),
+                        None => None,
+                    };
+                    let reader = EstargzReader::open(&*source, expected.as_ref())
+                        .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
+                    index_estargz(&reader, &what).map_err(|e| invalid(e.to_string()))?
+                }
+                _ => {
+                    streamed = desc.size;
+                    stream_into_cache(&*restream, cache)
+                        .map_err(|e| invalid(crate::registry::error_chain(&*e)))?
+                }
+            };
+            store.write_layer_index(&desc.digest, &index)?;
+            index
+        }
+    };
+    let mut layer = LazyLayer::new(Arc::new(index), cache.clone(), source);
+    if !matches!(format, LayerFormat::Estargz { .. }) {
+        layer = layer.with_restream(restream);
+    }
+    Ok(OpenedLayer { descriptor: desc.clone(), format, layer: Arc::new(layer), fetched, streamed })
+}
+
+/// Streams a plain layer once, indexing it and committing every chunk to the cache.
+fn stream_into_cache(
+    restream: &Restream,
+    cache: &ChunkCache,
+) -> Result<LayerIndex, Box<dyn std::error::Error + Send + Sync>> {
+    let mut stream = restream()?;
+    let mut sink = |chunk: &skiff_fs::index::ChunkRef,
+                    bytes: &[u8]|
+     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        for claim in cache.claim(&[chunk.digest]) {
+            claim.commit(bytes)?;
+        }
+        Ok(())
+    };
+    let index = index_tar(&mut stream, STREAM_CHUNK_SIZE, &mut sink)?;
+    // Read to the end, so the digest and diff_id checks at the end of the stream run.
+    io::copy(&mut stream, &mut io::sink())?;
+    let _: &mut dyn Read = &mut stream;
+    Ok(index)
+}

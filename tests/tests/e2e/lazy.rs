@@ -1,0 +1,242 @@
+//! Lazy layers: eStargz conversion read back chunk by chunk from the registry, the chunk
+//! cache under load and damage, and plain gzip layers streamed into the cache.
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use skiff::layers::{open_layers, OpenedLayer};
+use skiff::Digest;
+use skiff_fs::ChunkCache;
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, LayerBuilder};
+use skiff_tests::registry::{Registry, RegistryConfig};
+use skiff_tests::{temp_dir, tree};
+
+/// Pulls `image` lazily into `skiff`'s store and opens its layers with a cache of `budget`.
+fn open(skiff: &Skiff, image: &str, cache: &ChunkCache) -> Vec<OpenedLayer> {
+    skiff.run(&["pull", image]).ok();
+    let store = skiff.store();
+    let record = store.find_image(image).unwrap();
+    open_layers(&fixtures::client(), &store, cache, &record).unwrap()
+}
+
+fn fetched(layer: &OpenedLayer) -> u64 {
+    layer.fetched.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed))
+}
+
+#[test]
+fn converted_image_reads_back_entry_for_entry_and_stays_valid_gzip_tar() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let converter = Skiff::new(&dir.path().join("converter"));
+    let dest = format!("{}/converted/hard:estargz", f.registry.addr);
+    let out = converter.run(&["convert", "--chunk-size", "1M", &f.hard_ref, &dest]);
+    let out = out.ok();
+    assert!(out.contains(&dest), "{out}");
+
+    let reader = Skiff::new(&dir.path().join("reader"));
+    let cache = ChunkCache::open(&dir.path().join("cache"), 64 << 20).unwrap();
+    let layers = open(&reader, &dest, &cache);
+    let inspect: serde_json::Value = serde_json::from_str(reader.run(&["inspect", &dest]).ok()).unwrap();
+    for (i, original) in [&f.busybox, &f.hard].into_iter().enumerate() {
+        assert_eq!(inspect[0]["Layers"][i]["Format"], "eStargz");
+        assert!(layers[i].format.to_string().starts_with("eStargz"));
+        tree::assert_same(&tree::from_tar(&original.path), &tree::from_lazy(&layers[i].layer, 100_000));
+
+        // The converted blob is still a gzip'd tar listing the same names (plus the
+        // landmark and the TOC).
+        let blob = converter.store().path_of(&layers[i].descriptor.digest);
+        let listed = Command::new("tar").arg("-tzf").arg(&blob).output().unwrap();
+        assert!(listed.status.success());
+        let mut names: Vec<String> = String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut expected: Vec<String> = tree::from_tar(&original.path).into_keys().collect();
+        expected.extend(["stargz.index.json".to_string(), ".no.prefetch.landmark".to_string()]);
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+}
+
+#[test]
+fn reading_one_small_file_of_a_large_layer_fetches_little() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let big = {
+        let mut l = LayerBuilder::new(&dir.path().join("big.tar.gz"));
+        l.dir("data", 0o755);
+        for i in 0..8 {
+            l.file(&format!("data/blob-{i}.bin"), 0o644, &fixtures::noise(4 << 20, 100 + i));
+        }
+        l.file("etc/small.conf", 0o644, b"small = true\n");
+        l.finish()
+    };
+    let store = skiff::store::Store::open(&dir.path().join("build")).unwrap();
+    let plain = format!("{}/laziness/big:plain", f.registry.addr);
+    let record =
+        fixtures::store_image(&store, &plain, std::slice::from_ref(&big), fixtures::Format::Oci, "amd64");
+    fixtures::push(&store, &record, &plain);
+    let converted = format!("{}/laziness/big:estargz", f.registry.addr);
+    Skiff::new(&dir.path().join("converter")).run(&["convert", &plain, &converted]).ok();
+
+    let reader = Skiff::new(&dir.path().join("reader"));
+    let cache = ChunkCache::open(&dir.path().join("cache"), 1 << 30).unwrap();
+    let layers = open(&reader, &converted, &cache);
+    let layer = &layers[0];
+    let after_toc = fetched(layer);
+    let id = layer.layer.index().resolve("etc/small.conf").unwrap();
+    let mut buf = [0u8; 64];
+    let n = layer.layer.read(id, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"small = true\n");
+    let total = fetched(layer);
+    assert!(layer.descriptor.size > 32 << 20);
+    assert!(total - after_toc < 64 << 10, "reading a 13-byte file fetched {} bytes", total - after_toc);
+    assert!(
+        total < 128 << 10,
+        "opening the layer and reading one file fetched {total} bytes of {}",
+        layer.descriptor.size
+    );
+}
+
+#[test]
+fn cache_stays_within_its_budget_and_refetches_damaged_chunks() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let dest = format!("{}/converted/hard:budget", f.registry.addr);
+    Skiff::new(&dir.path().join("converter"))
+        .run(&["convert", "--chunk-size", "256K", &f.hard_ref, &dest])
+        .ok();
+    let reader = Skiff::new(&dir.path().join("reader"));
+    let budget = 1 << 20;
+    let cache_dir = dir.path().join("cache");
+    let expected = Digest::of(&fixtures::noise(fixtures::BIG_FILE_SIZE, 7));
+    {
+        let cache = ChunkCache::open(&cache_dir, budget).unwrap();
+        let layers = open(&reader, &dest, &cache);
+        let layer = &layers[1].layer;
+        let id = layer.index().resolve("fixture/big.bin").unwrap();
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 128 << 10];
+        loop {
+            let n = layer.read(id, all.len() as u64, &mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let on_disk = dir_bytes(&cache_dir.join("sha256"));
+            assert!(on_disk <= budget, "cache holds {on_disk} bytes on disk, budget {budget}");
+            assert!(cache.stats().bytes_used <= budget);
+        }
+        assert_eq!(Digest::of(&all), expected, "5 MiB read through a 1 MiB cache");
+        assert!(cache.stats().evictions > 0);
+    }
+
+    // Damage every cached chunk on disk; a new process detects it and fetches again.
+    let mut damaged = 0;
+    for file in files(&cache_dir.join("sha256")) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
+    let cache = ChunkCache::open(&cache_dir, budget).unwrap();
+    let layers = open(&reader, &dest, &cache);
+    let layer = &layers[1].layer;
+    let id = layer.index().resolve("fixture/big.bin").unwrap();
+    let size = layer.index().node(id).size;
+    let mut tail = vec![0u8; 100_000];
+    layer.read(id, size - 100_000, &mut tail).unwrap();
+    assert_eq!(tail, fixtures::noise(fixtures::BIG_FILE_SIZE, 7)[(size - 100_000) as usize..]);
+    assert!(cache.stats().corrupt > 0, "{:?}", cache.stats());
+}
+
+#[test]
+fn a_corrupt_blob_in_the_registry_gives_an_error_not_data() {
+    let Some(registry) = Registry::start(RegistryConfig::default()) else { return };
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let dest = format!("{}/damaged/hard:estargz", registry.addr);
+    let converter = Skiff::new(&dir.path().join("converter"));
+    converter.run(&["convert", "--chunk-size", "1M", &f.hard_ref, &dest]).ok();
+    let reader = Skiff::new(&dir.path().join("reader"));
+    let cache = ChunkCache::open(&dir.path().join("cache"), 64 << 20).unwrap();
+    let layers = open(&reader, &dest, &cache);
+    let layer = &layers[1];
+
+    // Flip bytes inside the compressed chunk that holds big.bin's third MiB.
+    let id = layer.layer.index().resolve("fixture/big.bin").unwrap();
+    let chunk = layer.layer.index().chunks(id, (2 << 20)..(2 << 20) + 1)[0];
+    let data = registry.blob_data(&layer.descriptor.digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = (chunk.offset + chunk.compressed_len / 2) as usize;
+    for b in &mut bytes[at..at + 32] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&data, bytes).unwrap();
+
+    let mut buf = vec![0u8; 4096];
+    let err = layer.layer.read(id, 2 << 20, &mut buf).unwrap_err();
+    let text = skiff_chain(&err);
+    assert!(text.contains("fixture/big.bin"), "{text}");
+    assert!(text.contains(&chunk.digest.to_string()) || text.contains("gunzip"), "{text}");
+    // Other chunks still read.
+    assert_eq!(layer.layer.read(id, 0, &mut buf).unwrap(), 4096);
+}
+
+#[test]
+fn plain_gzip_layers_stream_into_the_cache_and_read_back_entry_for_entry() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let reader = Skiff::new(dir.path());
+    let cache_dir = dir.path().join("cache");
+    {
+        let cache = ChunkCache::open(&cache_dir, 1 << 30).unwrap();
+        let layers = open(&reader, &f.hard_ref, &cache);
+        for (opened, original) in layers.iter().zip([&f.busybox, &f.hard]) {
+            assert_eq!(opened.format.to_string(), "gzip");
+            assert_eq!(opened.streamed, original.size, "the first open streams the layer once");
+            tree::assert_same(&tree::from_tar(&original.path), &tree::from_lazy(&opened.layer, 64 << 10));
+        }
+    }
+    // The index is kept: the next open streams nothing and reads come from the cache.
+    let cache = ChunkCache::open(&cache_dir, 1 << 30).unwrap();
+    let layers = open(&reader, &f.hard_ref, &cache);
+    assert!(layers.iter().all(|l| l.streamed == 0));
+    let hits = cache.stats().hits;
+    tree::assert_same(&tree::from_tar(&f.hard.path), &tree::from_lazy(&layers[1].layer, 1 << 20));
+    assert!(cache.stats().hits > hits);
+    assert_eq!(cache.stats().fills, 0, "{:?}", cache.stats());
+}
+
+fn skiff_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out += &format!(": {s}");
+        source = s.source();
+    }
+    out
+}
+
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    files(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+}
