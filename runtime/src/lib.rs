@@ -3,13 +3,14 @@
 //! This library holds everything the `skiff` binary does: image references, the registry
 //! client, the local image store, and pulling and pushing images. The filesystem side lives
 //! in `skiff-fs`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod image;
 pub mod layers;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod sandbox;
 pub mod size;
 pub mod store;
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod fixtures;
 pub mod hostile;
 pub mod registry;
+pub mod sandbox;
 pub mod tree;
 
 use std::path::Path;

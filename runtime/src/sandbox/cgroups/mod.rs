@@ -1,0 +1,201 @@
+//! The container's cgroup, `skiff/<id>`: created with the spec's limits before the container's
+//! process starts, joined by that process before it execs, removed once its processes are
+//! gone. cgroup v1 (one directory per controller hierarchy, as on these hybrid machines, whose
+//! cgroup2 mount has no controllers) and pure cgroup v2 are told apart as runc does: v2 only
+//! when `/sys/fs/cgroup` itself is a cgroup2 mount.
+
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use super::spec::Resources;
+
+pub use v1::Hierarchy;
+
+/// Where cgroup filesystems are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup under each hierarchy's root that holds skiff's containers.
+const PARENT: &str = "skiff";
+/// CFS period for `--cpus`, docker's.
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write { path: PathBuf, value: String, source: std::io::Error },
+    #[error("creating cgroup {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("removing cgroup {path}: {source}")]
+    Remove { path: PathBuf, source: std::io::Error },
+    #[error("no cgroup v1 hierarchy has the {controller} controller")]
+    NoController { controller: &'static str },
+}
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// One hierarchy per controller group, from `/proc/self/mountinfo`.
+    V1(Vec<Hierarchy>),
+    /// The unified hierarchy at `/sys/fs/cgroup`.
+    V2,
+}
+
+impl Layout {
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let is_v2 = nix::sys::statfs::statfs(CGROUP_ROOT)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+        if is_v2 {
+            Ok(Layout::V2)
+        } else {
+            v1::hierarchies().map(Layout::V1)
+        }
+    }
+}
+
+/// What the cgroup enforces beyond the spec's [`Resources`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub resources: Resources,
+    /// Restrict device access to docker's default allow-list (v1 `devices` controller; v2
+    /// needs a BPF program and is not done yet).
+    pub restrict_devices: bool,
+}
+
+/// A created container cgroup: one directory per hierarchy (v1) or one directory (v2).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// For each of `dirs`, the supervisor's own cgroup in that hierarchy.
+    homes: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates `skiff/<id>` in every hierarchy the limits need and writes the limits.
+    pub fn create(layout: &Layout, id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        let mut cgroup = Cgroup { dirs: Vec::new(), homes: Vec::new() };
+        let own = own_cgroups()?;
+        let result = match layout {
+            Layout::V1(hierarchies) => v1::create(hierarchies, &own, id, limits, &mut cgroup),
+            Layout::V2 => v2::create(Path::new(CGROUP_ROOT), &own, id, limits, &mut cgroup),
+        };
+        match result {
+            Ok(()) => Ok(cgroup),
+            Err(e) => {
+                // Best effort: the directories are empty, so the removal cannot hang.
+                let _ = cgroup.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves `pid` (with its future children) into the cgroup.
+    pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` back into the supervisor's own cgroups: the intermediate process, once it
+    /// has forked the container's init, must not count against (or be OOM-killed under) the
+    /// container's limits.
+    pub fn release(&self, pid: Pid) -> Result<(), CgroupError> {
+        for home in &self.homes {
+            write(&home.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, dir: PathBuf, home: PathBuf) {
+        self.dirs.push(dir);
+        self.homes.push(home);
+    }
+
+    /// The cgroup's directories (one per v1 hierarchy).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Kills what is left in the cgroup and removes its directories, waiting up to two seconds
+    /// for exiting processes to leave.
+    pub fn remove(&mut self) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while let Some(dir) = self.dirs.last() {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    kill_all(dir);
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(source) => return Err(CgroupError::Remove { path: dir.clone(), source }),
+            }
+            self.dirs.pop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if !self.dirs.is_empty() {
+            if let Err(e) = self.remove() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// This process's cgroup per hierarchy, from `/proc/self/cgroup`: (controllers, path), with
+/// an empty controller list for the unified hierarchy.
+fn own_cgroups() -> Result<Vec<(Vec<String>, String)>, CgroupError> {
+    let path = Path::new("/proc/self/cgroup");
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let _id = fields.next()?;
+            let controllers =
+                fields.next()?.split(',').filter(|c| !c.is_empty()).map(str::to_string).collect();
+            Some((controllers, fields.next()?.to_string()))
+        })
+        .collect())
+}
+
+fn kill_all(dir: &Path) {
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { return };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn create_dir(path: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(CgroupError::Create { path: path.to_path_buf(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// CFS quota in microseconds per [`CPU_PERIOD_US`] for `cpus` CPUs.
+fn cpu_quota(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}

@@ -1,0 +1,121 @@
+//! cgroup v1: one hierarchy per controller group (`/sys/fs/cgroup/memory`, `…/cpu`, …).
+
+use std::path::{Path, PathBuf};
+
+use super::{cpu_quota, create_dir, write, Cgroup, CgroupError, Limits, CPU_PERIOD_US, PARENT};
+
+/// One mounted v1 hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    /// Its mount options minus `rw`/`ro`: the controllers (`cpu`, `cpuacct`) and named
+    /// hierarchies (`name=systemd`), as a new mount of the same hierarchy must name them.
+    pub options: Vec<String>,
+}
+
+impl Hierarchy {
+    fn has(&self, controller: &str) -> bool {
+        self.options.iter().any(|o| o == controller)
+    }
+}
+
+/// The v1 hierarchies in this process's mount table.
+pub fn hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
+    let path = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })?;
+    Ok(text.lines().filter_map(parse_mountinfo_line).collect())
+}
+
+fn parse_mountinfo_line(line: &str) -> Option<Hierarchy> {
+    let (left, right) = line.split_once(" - ")?;
+    let mountpoint = left.split(' ').nth(4)?;
+    let mut right = right.split(' ');
+    if right.next()? != "cgroup" {
+        return None;
+    }
+    let options = right.nth(1)?.split(',').filter(|o| *o != "rw" && *o != "ro").map(str::to_string).collect();
+    Some(Hierarchy { mountpoint: PathBuf::from(mountpoint), options })
+}
+
+/// Docker's default device allow-list: the devices `/dev` gets, ptys, and `mknod` of anything.
+const ALLOWED_DEVICES: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+pub fn create(
+    hierarchies: &[Hierarchy],
+    own: &[(Vec<String>, String)],
+    id: &str,
+    limits: &Limits,
+    cgroup: &mut Cgroup,
+) -> Result<(), CgroupError> {
+    let mut dir_for = |controller: &'static str| -> Result<PathBuf, CgroupError> {
+        let h =
+            hierarchies.iter().find(|h| h.has(controller)).ok_or(CgroupError::NoController { controller })?;
+        let dir = h.mountpoint.join(PARENT).join(id);
+        if !cgroup.dirs.contains(&dir) {
+            let own_path = own
+                .iter()
+                .find(|(controllers, _)| controllers.iter().any(|c| c == controller))
+                .map_or("/", |(_, path)| path.as_str());
+            create_dir(&h.mountpoint.join(PARENT))?;
+            create_dir(&dir)?;
+            cgroup.push(dir.clone(), h.mountpoint.join(own_path.trim_start_matches('/')));
+        }
+        Ok(dir)
+    };
+    // Always joined, so every container process can be found (and killed) by its cgroup.
+    let pids = dir_for("pids")?;
+    let memory = dir_for("memory")?;
+    let cpu = dir_for("cpu")?;
+    let devices = if limits.restrict_devices { Some(dir_for("devices")?) } else { None };
+
+    let r = &limits.resources;
+    if let Some(max) = r.pids {
+        write(&pids.join("pids.max"), &max.to_string())?;
+    }
+    if let Some(bytes) = r.memory {
+        write(&memory.join("memory.limit_in_bytes"), &bytes.to_string())?;
+        // No swap on top: a hog is OOM-killed at the limit instead of swapping.
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            write(&memsw, &bytes.to_string())?;
+        }
+    }
+    if let Some(cpus) = r.cpus {
+        write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+        write(&cpu.join("cpu.cfs_quota_us"), &cpu_quota(cpus).to_string())?;
+    }
+    if let Some(devices) = devices {
+        write(&devices.join("devices.deny"), "a")?;
+        for rule in ALLOWED_DEVICES {
+            write(&devices.join("devices.allow"), rule)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cgroup_mountinfo_lines() {
+        let line = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu,cpuacct";
+        let h = parse_mountinfo_line(line).unwrap();
+        assert_eq!(h.mountpoint, Path::new("/sys/fs/cgroup/cpu"));
+        assert_eq!(h.options, ["cpu", "cpuacct"]);
+        assert!(parse_mountinfo_line("41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw").is_none());
+    }
+}

@@ -1,0 +1,53 @@
+//! cgroup v2: one unified hierarchy; controllers are enabled down the path in
+//! `cgroup.subtree_control`.
+
+use std::path::Path;
+
+use super::{cpu_quota, create_dir, write, Cgroup, CgroupError, Limits, CPU_PERIOD_US, PARENT};
+
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+pub fn create(
+    root: &Path,
+    own: &[(Vec<String>, String)],
+    id: &str,
+    limits: &Limits,
+    cgroup: &mut Cgroup,
+) -> Result<(), CgroupError> {
+    let parent = root.join(PARENT);
+    create_dir(&parent)?;
+    enable_controllers(root)?;
+    enable_controllers(&parent)?;
+    let dir = parent.join(id);
+    create_dir(&dir)?;
+    let own_path =
+        own.iter().find(|(controllers, _)| controllers.is_empty()).map_or("/", |(_, p)| p.as_str());
+    cgroup.push(dir.clone(), root.join(own_path.trim_start_matches('/')));
+
+    let r = &limits.resources;
+    if let Some(max) = r.pids {
+        write(&dir.join("pids.max"), &max.to_string())?;
+    }
+    if let Some(bytes) = r.memory {
+        write(&dir.join("memory.max"), &bytes.to_string())?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            write(&swap, "0")?;
+        }
+    }
+    if let Some(cpus) = r.cpus {
+        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", cpu_quota(cpus)))?;
+    }
+    Ok(())
+}
+
+/// Enables in `dir`'s children the controllers `dir` itself has.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let path = dir.join("cgroup.controllers");
+    let available =
+        std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path: path.clone(), source })?;
+    for controller in CONTROLLERS.iter().filter(|c| available.split_whitespace().any(|a| a == **c)) {
+        write(&dir.join("cgroup.subtree_control"), &format!("+{controller}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The container's `/dev`: a fresh tmpfs with docker's device nodes (null, zero, full, random,
+//! urandom, tty), a private devpts instance with `ptmx` pointing into it, `/dev/shm`,
+//! `/dev/mqueue`, and the `fd`/`stdin`/`stdout`/`stderr` symlinks.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
+
+use super::mounts::{mount_in_root, MountError, MountSpec};
+use super::paths::Kind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("creating /dev/{name}: {source}")]
+    Node { name: &'static str, source: Errno },
+    #[error("creating the symlink /dev/{name}: {source}")]
+    Symlink { name: &'static str, source: Errno },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+}
+
+/// Character devices every container gets: name, major, minor (all mode 0666).
+const DEVICES: [(&str, u64, u64); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+const SYMLINKS: [(&str, &str); 6] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+    ("ptmx", "pts/ptmx"),
+];
+
+pub fn setup(root: BorrowedFd<'_>) -> Result<(), DeviceError> {
+    let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let dev = mount_in_root(
+        root,
+        &MountSpec {
+            source: Path::new("tmpfs"),
+            target: Path::new("/dev"),
+            kind: Kind::Dir,
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            data: Some("mode=755,size=65536k"),
+        },
+    )?;
+    for (name, major, minor) in DEVICES {
+        make_node(&dev, name, major, minor)?;
+    }
+    for (name, target) in SYMLINKS {
+        nix::unistd::symlinkat(target, &dev, name).map_err(|source| DeviceError::Symlink { name, source })?;
+    }
+    let mounts = [
+        ("devpts", "/dev/pts", "devpts", nosuid_noexec, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ("shm", "/dev/shm", "tmpfs", nosuid_noexec | MsFlags::MS_NODEV, "mode=1777,size=65536k"),
+        ("mqueue", "/dev/mqueue", "mqueue", nosuid_noexec | MsFlags::MS_NODEV, ""),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        mount_in_root(
+            root,
+            &MountSpec {
+                source: Path::new(source),
+                target: Path::new(target),
+                kind: Kind::Dir,
+                fstype,
+                flags,
+                data: Some(data).filter(|d| !d.is_empty()),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn make_node(dev: &OwnedFd, name: &'static str, major: u64, minor: u64) -> Result<(), DeviceError> {
+    let err = |source| DeviceError::Node { name, source };
+    let mode = Mode::from_bits_truncate(0o666);
+    mknodat(dev, name, SFlag::S_IFCHR, mode, makedev(major, minor)).map_err(err)?;
+    // mknod honours the umask; the node must be 0666 whatever it is.
+    nix::sys::stat::fchmodat(dev, name, mode, nix::sys::stat::FchmodatFlags::FollowSymlink).map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The generated `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf`: written by the supervisor
+//! into the container's state directory (never into the image) and bind-mounted over the
+//! image's files, as docker does.
+
+use std::path::{Path, PathBuf};
+
+use super::spec::Network;
+
+/// The three files, by their path in the state directory.
+#[derive(Debug, Clone)]
+pub struct EtcFiles {
+    pub hostname: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing {path}: {source}")]
+pub struct EtcError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl EtcFiles {
+    /// The container paths each file is mounted on, with its state-dir source.
+    pub fn mounts(&self) -> [(&'static str, &Path); 3] {
+        [
+            ("/etc/hostname", &self.hostname),
+            ("/etc/hosts", &self.hosts),
+            ("/etc/resolv.conf", &self.resolv_conf),
+        ]
+    }
+}
+
+pub fn write(state_dir: &Path, hostname: &str, network: Network) -> Result<EtcFiles, EtcError> {
+    let write = |name: &str, text: String| {
+        let path = state_dir.join(name);
+        std::fs::write(&path, text).map_err(|source| EtcError { path: path.clone(), source })?;
+        Ok::<_, EtcError>(path)
+    };
+    std::fs::create_dir_all(state_dir)
+        .map_err(|source| EtcError { path: state_dir.to_path_buf(), source })?;
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (hosts, resolv) = match network {
+        Network::Host => {
+            (std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname)), host_resolv)
+        }
+        // The host's loopback resolvers are unreachable from a network namespace of its own.
+        Network::None => (hosts(hostname), without_loopback_nameservers(&host_resolv)),
+    };
+    Ok(EtcFiles {
+        hostname: write("hostname", format!("{hostname}\n"))?,
+        hosts: write("hosts", hosts)?,
+        resolv_conf: write("resolv.conf", resolv)?,
+    })
+}
+
+fn hosts(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.0.1\t{hostname}\n"
+    )
+}
+
+fn without_loopback_nameservers(resolv: &str) -> String {
+    resolv
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            !(words.next() == Some("nameserver")
+                && words.next().is_some_and(|ip| ip.starts_with("127.") || ip == "::1"))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_nameservers_are_dropped() {
+        let text = "nameserver 127.0.0.53\nnameserver 10.0.0.1\noptions edns0\n";
+        assert_eq!(without_loopback_nameservers(text), "nameserver 10.0.0.1\noptions edns0\n");
+    }
+}

@@ -1,0 +1,170 @@
+//! The sandbox launcher: runs a command in a container whose rootfs is a directory (later the
+//! FUSE mount). It owns namespaces, the mount tree and `pivot_root`, `/dev`, capabilities,
+//! seccomp, cgroups (v1 and v2), rlimits, the image's users, and the container's processes.
+//!
+//! ```no_run
+//! use skiff::sandbox::{run, ContainerSpec, Stdio};
+//! let mut spec = ContainerSpec::new("abc123", "/tmp/rootfs", "/tmp/state", vec!["sh".into()]);
+//! spec.resources.memory = Some(64 << 20);
+//! let status = run(&spec, Stdio::inherit())?;
+//! std::process::exit(status.code());
+//! # Ok::<(), skiff::sandbox::Error>(())
+//! ```
+//!
+//! The supervisor must run as root. Its process gets no new state beyond the container's
+//! children, except that [`run`] routes SIGINT/SIGTERM/SIGHUP/SIGQUIT to the container.
+
+mod capabilities;
+mod cgroups;
+mod devices;
+mod etc;
+mod init;
+mod masks;
+mod mounts;
+mod namespaces;
+mod paths;
+mod process;
+mod rlimits;
+mod rootfs;
+mod seccomp;
+mod signals;
+mod spec;
+mod user;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+pub use capabilities::{CapabilityError, DOCKER_DEFAULT};
+pub use cgroups::CgroupError;
+pub use etc::EtcError;
+pub use init::NulError;
+pub use masks::{MASKED, READ_ONLY};
+pub use nix::errno::Errno;
+pub use nix::sys::signal::Signal;
+pub use process::Container;
+pub use seccomp::SeccompError;
+pub use spec::{
+    CapabilityOptions, ContainerSpec, Network, Resources, Rlimit, RlimitResource, SpecError, TmpfsMount,
+    Volume, DEFAULT_PATH,
+};
+pub use user::UserError;
+
+/// How a container's PID 1 ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// The exit code docker reports: the code, or 128+N when killed by signal N.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => *code,
+            ExitStatus::Signaled(signal) => 128 + *signal as i32,
+        }
+    }
+}
+
+/// The container's standard streams; `None` inherits the supervisor's.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+impl Stdio {
+    pub fn inherit() -> Stdio {
+        Stdio::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container {id}: no command given")]
+    NoCommand { id: String },
+    #[error("container {id}: a tty is not supported yet")]
+    TtyUnsupported { id: String },
+    #[error("opening the rootfs {path}: {source}")]
+    Rootfs { path: PathBuf, source: Errno },
+    #[error("container {id}: {source}")]
+    User { id: String, source: UserError },
+    #[error(transparent)]
+    Capability(#[from] CapabilityError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Etc(#[from] EtcError),
+    #[error(transparent)]
+    Nul(#[from] NulError),
+    #[error("{step}: {source}")]
+    Syscall { step: &'static str, source: Errno },
+    #[error("talking to the container's processes: {source}")]
+    Pipe { source: std::io::Error },
+    #[error("installing the {signal} handler: {source}")]
+    SignalHandler { signal: Signal, source: std::io::Error },
+    /// The container's init failed before exec; `message` is its own error, formatted inside
+    /// the container (where the typed error lives) and sent over a pipe.
+    #[error("container {id}: setting up: {message}")]
+    Setup { id: String, message: String },
+    /// The command could not be exec'd (docker exits 127 for ENOENT, 126 otherwise).
+    #[error("exec {program}: {source}")]
+    Exec { program: String, source: Errno },
+}
+
+/// The `CapEff` bitmask (as `/proc/PID/status` prints it) a root process gets under `options`.
+pub fn capability_mask(options: &CapabilityOptions) -> Result<u64, CapabilityError> {
+    capabilities::resolve(options).map(|set| capabilities::mask(&set))
+}
+
+/// Starts the container and returns once its command runs. Dropping the [`Container`] kills it.
+///
+/// The container's processes die with the thread that called `spawn` (`PR_SET_PDEATHSIG`), so
+/// a supervisor killed any way leaves no container behind.
+pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
+    if spec.args.is_empty() {
+        return Err(Error::NoCommand { id: spec.id.clone() });
+    }
+    if spec.tty {
+        return Err(Error::TtyUnsupported { id: spec.id.clone() });
+    }
+    let root =
+        nix::fcntl::open(&spec.rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|source| Error::Rootfs { path: spec.rootfs.clone(), source })?;
+    let user = user::resolve(std::os::fd::AsFd::as_fd(&root), spec.user.as_deref())
+        .map_err(|source| Error::User { id: spec.id.clone(), source })?;
+    drop(root);
+    let caps = capabilities::resolve(&spec.capabilities)?;
+    let seccomp = if spec.capabilities.privileged { None } else { Some(seccomp::default_filters(&caps)?) };
+    let command = init::command_line(spec, &user)?;
+    let etc = etc::write(&spec.state_dir, &spec.hostname, spec.network)?;
+    let layout = cgroups::Layout::detect()?;
+    let limits =
+        cgroups::Limits { resources: spec.resources, restrict_devices: !spec.capabilities.privileged };
+    let cgroup = cgroups::Cgroup::create(&layout, &spec.id, &limits)?;
+    let plan = init::InitPlan {
+        spec: spec.clone(),
+        user,
+        capabilities: caps,
+        seccomp,
+        etc,
+        cgroups: layout,
+        command,
+    };
+    process::start(&plan, cgroup, stdio)
+}
+
+/// Runs the container to completion, forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to its PID 1,
+/// and returns how it ended; [`ExitStatus::code`] is the code docker would exit with.
+pub fn run(spec: &ContainerSpec, stdio: Stdio) -> Result<ExitStatus, Error> {
+    // Before the spawn, so a signal that comes while the container starts is not lost.
+    let forwarder = signals::Forwarder::install()?;
+    let mut container = spawn(spec, stdio)?;
+    signals::wait_forwarding(&mut container, forwarder)
+}

@@ -1,0 +1,68 @@
+//! The namespaces a container gets, in the one order they are created, and the setup that
+//! belongs to a namespace: the hostname of the UTS namespace and `lo` of the network namespace.
+
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
+
+use super::spec::Network;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("unshare({flags:?}): {source}")]
+    Unshare { flags: CloneFlags, source: Errno },
+    #[error("sethostname({hostname:?}): {source}")]
+    Hostname { hostname: String, source: Errno },
+    #[error("bringing up lo: {call}: {source}")]
+    Loopback { call: &'static str, source: Errno },
+}
+
+/// The namespaces to create, in order. The cgroup namespace comes after the process joined
+/// its cgroups, so the container sees its own cgroup as the root; the PID namespace applies to
+/// the children of the unsharing process, whose first child becomes PID 1.
+pub fn namespaces(network: Network) -> Vec<CloneFlags> {
+    let mut list = vec![CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS, CloneFlags::CLONE_NEWIPC];
+    if network == Network::None {
+        list.push(CloneFlags::CLONE_NEWNET);
+    }
+    list.extend([CloneFlags::CLONE_NEWCGROUP, CloneFlags::CLONE_NEWPID]);
+    list
+}
+
+/// Unshares `list` from the calling process, one namespace at a time so an error names it.
+pub fn enter(list: &[CloneFlags]) -> Result<(), NamespaceError> {
+    for &flags in list {
+        unshare(flags).map_err(|source| NamespaceError::Unshare { flags, source })?;
+    }
+    Ok(())
+}
+
+pub fn set_hostname(hostname: &str) -> Result<(), NamespaceError> {
+    nix::unistd::sethostname(hostname)
+        .map_err(|source| NamespaceError::Hostname { hostname: hostname.to_string(), source })
+}
+
+/// Sets `IFF_UP` on `lo` with the `SIOCSIFFLAGS` ioctl, as `ip link set lo up` would.
+#[allow(unsafe_code)]
+pub fn loopback_up() -> Result<(), NamespaceError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let err = |call| move |source| NamespaceError::Loopback { call, source };
+    // SAFETY: socket(2) has no memory-safety preconditions; the result is checked below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = Errno::result(raw).map_err(err("socket"))?;
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of a valid ifreq we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) };
+    Errno::result(rc).map_err(err("ioctl(SIOCGIFFLAGS)"))?;
+    // SAFETY: the union's flags member is the one SIOCGIFFLAGS just filled.
+    unsafe { ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads a valid ifreq we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) };
+    Errno::result(rc).map_err(err("ioctl(SIOCSIFFLAGS)"))?;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! The container's mount namespace: the rootfs bound onto itself, `/proc`, `/dev`, `/sys` (with
+//! the cgroup filesystems), the generated `/etc` files, `--tmpfs` and `-v` mounts, docker's
+//! masks, then `pivot_root` with the old root detached, and `--read-only`.
+//!
+//! Runs in the container's init, in its fresh mount namespace. Everything before the pivot is
+//! reached through a descriptor of the rootfs (see [`super::paths`]).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+
+use super::cgroups::Layout;
+use super::devices::{self, DeviceError};
+use super::etc::EtcFiles;
+use super::masks;
+use super::mounts::{self, mount_in_root, MountError, MountSpec};
+use super::paths::{self, Kind, PathError};
+use super::spec::{TmpfsMount, Volume};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{step} {path}: {source}")]
+    Syscall { step: &'static str, path: PathBuf, source: Errno },
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
+
+/// What the mount namespace is built from.
+pub struct RootfsPlan<'a> {
+    pub rootfs: &'a Path,
+    pub etc: &'a EtcFiles,
+    pub volumes: &'a [Volume],
+    pub tmpfs: &'a [TmpfsMount],
+    pub cgroups: &'a Layout,
+    /// Skip docker's masked and read-only paths.
+    pub privileged: bool,
+    pub read_only: bool,
+    /// Created when missing, as docker creates `-w`.
+    pub cwd: &'a Path,
+}
+
+/// Builds the container's filesystem view and pivots into it; on return `/` is the rootfs.
+pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
+    let sys = |step, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Syscall { step, path, source }
+    };
+    // Nothing mounted from here on may propagate back to the host.
+    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .map_err(sys("making rslave", Path::new("/")))?;
+    nix::mount::mount(
+        Some(plan.rootfs),
+        plan.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys("bind-mounting the rootfs onto itself", plan.rootfs))?;
+    let root =
+        nix::fcntl::open(plan.rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(sys("opening", plan.rootfs))?;
+    let r = root.as_fd();
+
+    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_mount = MountSpec {
+        source: Path::new("proc"),
+        target: Path::new("/proc"),
+        kind: Kind::Dir,
+        fstype: "proc",
+        flags: no_exec,
+        data: None,
+    };
+    mount_in_root(r, &proc_mount)?;
+    devices::setup(r)?;
+    let sys_mount = MountSpec {
+        source: Path::new("sysfs"),
+        target: Path::new("/sys"),
+        kind: Kind::Dir,
+        fstype: "sysfs",
+        flags: no_exec | MsFlags::MS_RDONLY,
+        data: None,
+    };
+    mount_in_root(r, &sys_mount)?;
+    mount_cgroups(&root, plan.cgroups)?;
+
+    for (target, source) in plan.etc.mounts() {
+        let target = Path::new(target);
+        mount_in_root(
+            r,
+            &MountSpec {
+                source,
+                target,
+                kind: Kind::File,
+                fstype: "bind",
+                flags: MsFlags::empty(),
+                data: None,
+            },
+        )?;
+    }
+    for tmpfs in plan.tmpfs {
+        let (flags, data) = mounts::parse_options(&tmpfs.options);
+        let data = Some(data.as_str()).filter(|d| !d.is_empty());
+        let spec = MountSpec {
+            source: Path::new("tmpfs"),
+            target: &tmpfs.path,
+            kind: Kind::Dir,
+            fstype: "tmpfs",
+            flags,
+            data,
+        };
+        mount_in_root(r, &spec)?;
+    }
+    for volume in plan.volumes {
+        let kind = if volume.host.is_dir() { Kind::Dir } else { Kind::File };
+        let spec = MountSpec {
+            source: &volume.host,
+            target: &volume.container,
+            kind,
+            fstype: "bind",
+            flags: MsFlags::MS_REC,
+            data: None,
+        };
+        let mounted = mount_in_root(r, &spec)?;
+        if volume.read_only {
+            mounts::remount_read_only(&mounted, &volume.container)?;
+        }
+    }
+    if !plan.privileged {
+        masks::apply(r)?;
+    }
+    paths::ensure_in_root(r, plan.cwd, Kind::Dir)?;
+    pivot(&root, plan.rootfs)?;
+    if plan.read_only {
+        let new_root =
+            nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(sys("opening", Path::new("/")))?;
+        mounts::remount_read_only(&new_root, Path::new("/"))?;
+    }
+    Ok(())
+}
+
+/// `/sys/fs/cgroup` as the container sees it (read-only, rooted at its own cgroup through the
+/// cgroup namespace): cgroup2 on v2; a tmpfs holding each v1 hierarchy on v1.
+fn mount_cgroups(root: &OwnedFd, layout: &Layout) -> Result<(), RootfsError> {
+    let r = root.as_fd();
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    let target = Path::new("/sys/fs/cgroup");
+    match layout {
+        Layout::V2 => {
+            let spec = MountSpec {
+                source: Path::new("cgroup2"),
+                target,
+                kind: Kind::Dir,
+                fstype: "cgroup2",
+                flags,
+                data: None,
+            };
+            mount_in_root(r, &spec)?;
+        }
+        Layout::V1(hierarchies) => {
+            let tmpfs = MountSpec {
+                source: Path::new("tmpfs"),
+                target,
+                kind: Kind::Dir,
+                fstype: "tmpfs",
+                flags: flags - MsFlags::MS_RDONLY,
+                data: Some("mode=755"),
+            };
+            let dir = mount_in_root(r, &tmpfs)?;
+            for h in hierarchies {
+                let Some(name) = h.mountpoint.file_name() else { continue };
+                let data = h.options.join(",");
+                let spec = MountSpec {
+                    source: Path::new("cgroup"),
+                    target: &target.join(name),
+                    kind: Kind::Dir,
+                    fstype: "cgroup",
+                    flags,
+                    data: Some(&data),
+                };
+                mount_in_root(r, &spec)?;
+            }
+            mounts::remount_read_only(&dir, target)?;
+        }
+    }
+    Ok(())
+}
+
+/// `pivot_root(".", ".")` as runc does: the old root ends up stacked on the new one and is
+/// detached at once, so no directory for it is needed in the image.
+fn pivot(root: &OwnedFd, rootfs: &Path) -> Result<(), RootfsError> {
+    let sys = |step| move |source| RootfsError::Syscall { step, path: rootfs.to_path_buf(), source };
+    nix::unistd::fchdir(root).map_err(sys("fchdir to"))?;
+    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root into"))?;
+    nix::mount::mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .map_err(sys("making the old root rslave under"))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root from"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir to / of"))?;
+    Ok(())
+}
