@@ -12,6 +12,7 @@ pub mod index;
 pub mod lazy;
 mod source;
 pub mod tarindex;
+pub mod union;
 
 pub use cache::{CacheError, CacheStats, ChunkCache, ChunkHandle, Claim};
 pub use digest::{Digest, DigestError, Sha256Writer};

@@ -24,8 +24,11 @@
 //!   evicts the rest as the pins are released.
 //! - **Recovery.** `open` counts the chunk files already on disk, deletes stale temp files and
 //!   orders chunks oldest first by mtime, which is the time of their fill or of their first
-//!   use by a later process (verification sets it). Only one process may use a directory at a
-//!   time: `open` takes an exclusive lock on `<dir>/lock`.
+//!   use by a later process (verification sets it). Several processes may share a directory
+//!   (one per running container): chunk files appear by rename and are content-addressed, so
+//!   they never conflict, and a chunk another process evicted is simply fetched again. Each
+//!   process keeps its own budget accounting, so the budget holds per process; only the first
+//!   process in (no shared lock on `<dir>/lock` held) removes stale temp files.
 //!
 //! Locks: the index lock is held only for bookkeeping, never for I/O. A second lock serializes
 //! what changes the bytes on disk (evicting and installing), so the budget holds at every
@@ -53,8 +56,6 @@ use store::ChunkStore;
 /// no fill use the default, `Infallible`.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError<E = Infallible> {
-    #[error("chunk cache {dir} is in use by another process")]
-    InUse { dir: PathBuf },
     #[error("setting up chunk cache directory {path}")]
     Setup {
         path: PathBuf,
@@ -108,7 +109,6 @@ impl CacheError {
     /// The same error, typed for a caller whose fill fails with `E`.
     fn widen<E>(self) -> CacheError<E> {
         match self {
-            CacheError::InUse { dir } => CacheError::InUse { dir },
             CacheError::Setup { path, source } => CacheError::Setup { path, source },
             CacheError::Scan { path, source } => CacheError::Scan { path, source },
             CacheError::Write { digest, path, source } => CacheError::Write { digest, path, source },

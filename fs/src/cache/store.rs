@@ -64,12 +64,19 @@ impl ChunkStore {
             .write(true)
             .open(&lock_path)
             .map_err(|source| CacheError::Setup { path: lock_path.clone(), source })?;
-        lock.try_lock_exclusive().map_err(|source| match source.kind() {
-            io::ErrorKind::WouldBlock => CacheError::InUse { dir: dir.into() },
-            _ => CacheError::Setup { path: lock_path, source },
-        })?;
+        // Several processes (one per running container) share a cache directory: chunk files
+        // are content-addressed and appear by rename, so they never conflict. Only the first
+        // process in may remove temp files, which then cannot be another's fill in progress.
+        let alone = match lock.try_lock_exclusive() {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(source) => return Err(CacheError::Setup { path: lock_path, source }),
+        };
         let store = ChunkStore { dir: dir.into(), chunks, tmp, _lock: lock, next_temp: AtomicU64::new(0) };
-        store.remove_temp_files()?;
+        if alone {
+            store.remove_temp_files()?;
+        }
+        fs2::FileExt::lock_shared(&store._lock).map_err(|source| CacheError::Setup { path: lock_path, source })?;
         let found = store.scan()?;
         Ok((store, found))
     }
@@ -87,7 +94,7 @@ impl ChunkStore {
     /// hashed before its first use, so bytes torn by a crash are caught there.
     pub(super) fn write_temp(&self, digest: &Digest, bytes: &[u8]) -> Result<TempChunk, CacheError> {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
-        let path = self.tmp.join(format!("{}.{n}", digest.hex()));
+        let path = self.tmp.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
         let write_err =
             |path: &Path, source| CacheError::Write { digest: *digest, path: path.into(), source };
         let file = OpenOptions::new()

@@ -325,13 +325,16 @@ fn stale_temp_files_are_removed_at_open() {
 }
 
 #[test]
-fn a_second_open_of_the_same_directory_is_refused() {
+fn two_opens_of_one_directory_share_its_chunks_and_keep_each_others_temp_files() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = ChunkCache::open(dir.path(), 100).unwrap();
-    let err = ChunkCache::open(dir.path(), 100).unwrap_err();
-    assert!(matches!(&err, CacheError::InUse { dir: d } if d == dir.path()), "{err:?}");
-    drop(cache);
-    ChunkCache::open(dir.path(), 100).unwrap();
+    let first = ChunkCache::open(dir.path(), 1000).unwrap();
+    first.get_or_fill::<Infallible, _>(&Digest::of(b"shared"), || Ok(b"shared".to_vec())).unwrap();
+    fs::write(dir.path().join("tmp").join("in-flight"), b"another process's fill").unwrap();
+    let second = ChunkCache::open(dir.path(), 1000).unwrap();
+    assert!(dir.path().join("tmp").join("in-flight").exists(), "a shared open removes no temp file");
+    let hit =
+        second.get_or_fill::<Infallible, _>(&Digest::of(b"shared"), || panic!("must be a hit")).unwrap();
+    assert_eq!(hit.to_vec().unwrap(), b"shared");
 }
 
 #[test]

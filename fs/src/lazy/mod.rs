@@ -266,7 +266,6 @@ fn verify(chunk: &ChunkRef, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
 
 fn widen(e: CacheError) -> CacheError<FetchError> {
     match e {
-        CacheError::InUse { dir } => CacheError::InUse { dir },
         CacheError::Setup { path, source } => CacheError::Setup { path, source },
         CacheError::Scan { path, source } => CacheError::Scan { path, source },
         CacheError::Write { digest, path, source } => CacheError::Write { digest, path, source },

@@ -6,3 +6,4 @@ mod bad_input;
 mod images;
 mod lazy;
 mod registry_client;
+mod union;

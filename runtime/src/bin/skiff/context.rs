@@ -40,6 +40,21 @@ impl Context {
             .with_context(|| format!("opening the chunk cache at {}", dir.display()))
     }
 
+    /// The global flags as given, to pass on to a skiff started in the background.
+    pub fn global_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = vec!["--root".into(), self.root.clone().into()];
+        out.extend(["--cache-size".into(), self.cache_size.to_string().into()]);
+        out.extend(["--config".into(), self.config_path.clone().into()]);
+        for r in &self.insecure_registries {
+            out.extend(["--insecure-registry".into(), r.into()]);
+        }
+        out
+    }
+
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn store(&self) -> anyhow::Result<Store> {
         Store::open(&self.root).with_context(|| format!("opening the image store at {}", self.root.display()))
     }

@@ -48,6 +48,10 @@ enum Command {
     /// Show or empty the chunk cache.
     #[command(subcommand)]
     Cache(commands::cache::Command),
+    /// Mount an image lazily, with a writable upper layer.
+    Mount(commands::mount::Args),
+    /// Unmount what `skiff mount` mounted.
+    Umount(commands::mount::UmountArgs),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -74,6 +78,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(&ctx, a),
         Command::Convert(a) => commands::convert::run(&ctx, a),
         Command::Cache(c) => commands::cache::run(&ctx, c),
+        Command::Mount(a) => commands::mount::run(&ctx, a),
+        Command::Umount(a) => commands::mount::umount(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),

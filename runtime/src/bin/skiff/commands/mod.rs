@@ -5,6 +5,7 @@ pub mod convert;
 pub mod images;
 pub mod inspect;
 pub mod login;
+pub mod mount;
 pub mod pull;
 pub mod push;
 pub mod rmi;

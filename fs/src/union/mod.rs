@@ -1,0 +1,353 @@
+//! The union filesystem: `[upper, lower_n … lower_1]` merged into one tree, with
+//! copy-on-write into the upper directory. Plain Rust, path-based, testable without a mount;
+//! `fuse.rs` is the only file that speaks FUSE.
+
+mod fuse;
+mod inodes;
+mod resolve;
+mod upper;
+mod view;
+mod write;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use fuse::{mount, MountOptions, Mounted};
+pub use inodes::{Ino, ROOT_INO};
+pub use view::LayerView;
+pub use write::{Owner, RenameFlags, SetAttr};
+
+use crate::index::{Kind, NodeId};
+use inodes::{Identity, Inodes};
+use resolve::{join, Found, Resolved};
+
+/// An errno for the kernel. Details are logged where the error is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<nix::Error> for Errno {
+    fn from(e: nix::Error) -> Errno {
+        Errno(e as i32)
+    }
+}
+
+pub type FsResult<T> = Result<T, Errno>;
+
+/// Attributes of one merged entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Permission bits with setuid, setgid and sticky.
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub rdev: u64,
+}
+
+/// An open file: upper files are host files; lower files are read through their layer.
+enum Handle {
+    Upper(File),
+    Lower { layer: usize, node: NodeId },
+    Dir(Vec<(String, Kind, Ino)>),
+}
+
+pub struct Union {
+    /// Lower layers, top first.
+    layers: Vec<Arc<dyn LayerView>>,
+    upper: PathBuf,
+    /// Beside the upper on the same filesystem: copy-ups are built here, then renamed in.
+    work: PathBuf,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// Serializes changes to the tree (copy-up, create, remove, rename).
+    changes: Mutex<()>,
+}
+
+impl Union {
+    /// A union of `lowers` (bottom layer first, as in a manifest) under the writable `upper`
+    /// directory; `work` is an empty directory on the same filesystem as `upper`.
+    pub fn new(lowers: Vec<Arc<dyn LayerView>>, upper: &Path, work: &Path) -> io::Result<Union> {
+        std::fs::create_dir_all(upper)?;
+        std::fs::create_dir_all(work)?;
+        let mut layers = lowers;
+        layers.reverse();
+        Ok(Union {
+            layers,
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+            inodes: Mutex::new(Inodes::new()),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            changes: Mutex::new(()),
+        })
+    }
+
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    fn path_of(&self, ino: Ino) -> FsResult<String> {
+        self.inodes.lock().unwrap().path(ino).ok_or(Errno(libc::ESTALE))
+    }
+
+    fn resolve_ino(&self, ino: Ino) -> FsResult<(String, Resolved)> {
+        let path = self.path_of(ino)?;
+        let resolved = self.resolve(&path).ok_or(Errno(libc::ENOENT))?;
+        Ok((path, resolved))
+    }
+
+    /// The inode of a resolved path, shared among a hardlinked file's names.
+    fn ino_of(&self, path: &str, r: &Resolved) -> Ino {
+        let identity = match &r.found {
+            Found::Upper(m) if !m.is_dir() && m.nlink() > 1 => Some(Identity::Upper(m.ino())),
+            Found::Lower { layer, node } => {
+                let n = self.layers[*layer].index().node(*node);
+                (n.kind != Kind::Dir && n.nlink > 1).then(|| Identity::Lower(*layer, n.link.unwrap_or(*node)))
+            }
+            _ => None,
+        };
+        self.inodes.lock().unwrap().ino_for(path, identity)
+    }
+
+    fn attr_of(&self, ino: Ino, r: &Resolved) -> Attr {
+        match &r.found {
+            Found::Upper(m) => Attr {
+                ino,
+                kind: resolve::kind_of(m),
+                perm: m.mode() & 0o7777,
+                nlink: m.nlink() as u32,
+                uid: m.uid(),
+                gid: m.gid(),
+                size: m.size(),
+                blocks: m.blocks(),
+                atime: time(m.atime(), m.atime_nsec()),
+                mtime: time(m.mtime(), m.mtime_nsec()),
+                ctime: time(m.ctime(), m.ctime_nsec()),
+                rdev: m.rdev(),
+            },
+            Found::Lower { layer, node } => {
+                let n = self.layers[*layer].index().node(*node);
+                let t = time(n.mtime, 0);
+                Attr {
+                    ino,
+                    kind: n.kind,
+                    perm: n.mode,
+                    nlink: n.nlink,
+                    uid: n.uid,
+                    gid: n.gid,
+                    size: if n.kind == Kind::Dir { 4096 } else { n.size },
+                    blocks: n.size.div_ceil(512),
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    rdev: libc::makedev(n.rdev.0, n.rdev.1),
+                }
+            }
+        }
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        let (parent_path, parent_r) = self.resolve_ino(parent)?;
+        if parent_r.kind(self) != Kind::Dir {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let r = self.resolve_child(&parent_r, &parent_path, name).ok_or(Errno(libc::ENOENT))?;
+        let path = join(&parent_path, name);
+        let ino = self.ino_of(&path, &r);
+        Ok(self.attr_of(ino, &r))
+    }
+
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        let (_, r) = self.resolve_ino(ino)?;
+        Ok(self.attr_of(ino, &r))
+    }
+
+    pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
+        let (path, r) = self.resolve_ino(ino)?;
+        match &r.found {
+            Found::Upper(_) => {
+                use std::os::unix::ffi::OsStrExt;
+                Ok(std::fs::read_link(upper::host(&self.upper, &path))?.as_os_str().as_bytes().to_vec())
+            }
+            Found::Lower { layer, node } => {
+                let n = self.layers[*layer].index().node(*node);
+                n.target.clone().map(String::into_bytes).ok_or(Errno(libc::EINVAL))
+            }
+        }
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().unwrap().remove(&fh);
+    }
+
+    /// Opens a file; a write open of a lower file copies it up first. Also says whether the
+    /// file's bytes can never change while open (a lower file), so the kernel may cache them.
+    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<(u64, bool)> {
+        let access = flags & libc::O_ACCMODE;
+        let writes = access != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let (path, r) = self.resolve_ino(ino)?;
+        if r.kind(self) == Kind::Dir {
+            return Err(Errno(libc::EISDIR));
+        }
+        let immutable = !(writes || r.in_upper());
+        let handle = if !immutable {
+            if !r.in_upper() {
+                self.copy_up(&path)?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.read(access != libc::O_WRONLY).write(access != libc::O_RDONLY);
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(
+                flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) | libc::O_NOFOLLOW,
+            );
+            Handle::Upper(options.open(upper::host(&self.upper, &path))?)
+        } else {
+            let Found::Lower { layer, node } = r.found else { unreachable!("checked in_upper") };
+            Handle::Lower { layer, node }
+        };
+        Ok((self.add_handle(handle), immutable))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let n = match &*self.handle(fh)? {
+            Handle::Upper(f) => {
+                let mut done = 0;
+                while done < buf.len() {
+                    match f.read_at(&mut buf[done..], offset + done as u64)? {
+                        0 => break,
+                        n => done += n,
+                    }
+                }
+                done
+            }
+            Handle::Lower { layer, node } => self.layers[*layer].read(*node, offset, &mut buf)?,
+            Handle::Dir(_) => return Err(Errno(libc::EISDIR)),
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        match &*self.handle(fh)? {
+            Handle::Upper(f) => {
+                f.write_all_at(data, offset)?;
+                Ok(data.len() as u32)
+            }
+            _ => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        if let Handle::Upper(f) = &*self.handle(fh)? {
+            if datasync {
+                f.sync_data()?
+            } else {
+                f.sync_all()?
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        match &*self.handle(fh)? {
+            Handle::Upper(f) => {
+                let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
+                nix::fcntl::fallocate(f, flags, offset as i64, len as i64)?;
+                Ok(())
+            }
+            _ => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    /// Opens a directory: its merged entries are listed once, so offsets stay stable.
+    pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
+        let (path, r) = self.resolve_ino(ino)?;
+        if r.kind(self) != Kind::Dir {
+            return Err(Errno(libc::ENOTDIR));
+        }
+        let mut entries = Vec::new();
+        for (name, kind) in self.list(&r, &path)? {
+            let child_path = join(&path, &name);
+            let ino = match self.resolve_child(&r, &path, &name) {
+                Some(cr) => self.ino_of(&child_path, &cr),
+                None => continue,
+            };
+            entries.push((name, kind, ino));
+        }
+        Ok(self.add_handle(Handle::Dir(entries)))
+    }
+
+    /// Entries of an open directory from `offset` on (0 is the first after `.` and `..`).
+    pub fn readdir(&self, fh: u64, offset: usize) -> FsResult<Vec<(String, Kind, Ino)>> {
+        match &*self.handle(fh)? {
+            Handle::Dir(entries) => Ok(entries.iter().skip(offset).cloned().collect()),
+            _ => Err(Errno(libc::ENOTDIR)),
+        }
+    }
+
+    pub fn statfs(&self) -> FsResult<nix::sys::statvfs::Statvfs> {
+        Ok(nix::sys::statvfs::statvfs(&self.upper)?)
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &str) -> FsResult<Vec<u8>> {
+        if name.starts_with(upper::PRIVATE_XATTR_PREFIX) {
+            return Err(Errno(libc::ENODATA));
+        }
+        let (path, r) = self.resolve_ino(ino)?;
+        match &r.found {
+            Found::Upper(_) => xattr::get(upper::host(&self.upper, &path), name)?.ok_or(Errno(libc::ENODATA)),
+            Found::Lower { layer, node } => {
+                self.layers[*layer].index().node(*node).xattrs.get(name).cloned().ok_or(Errno(libc::ENODATA))
+            }
+        }
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<String>> {
+        let (path, r) = self.resolve_ino(ino)?;
+        match &r.found {
+            Found::Upper(_) => Ok(upper::visible_xattrs(&upper::host(&self.upper, &path))?),
+            Found::Lower { layer, node } => {
+                Ok(self.layers[*layer].index().node(*node).xattrs.keys().cloned().collect())
+            }
+        }
+    }
+}
+
+fn time(secs: i64, nsec: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}

@@ -1,0 +1,203 @@
+//! Where a path of the merged tree comes from: the upper dir, or which lower layer, and —
+//! for directories — which lower directories merge beneath it. The rules are overlayfs's,
+//! with OCI whiteouts in the lowers (`.wh.NAME`, `.wh..wh..opq`) and kernel-style ones in
+//! the upper (0/0 character devices, `trusted.overlay.opaque=y`).
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use super::upper;
+use super::Union;
+use crate::index::{Kind, NodeId, ROOT};
+
+pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
+pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// A lower directory taking part in a merge: (layer, node), layers counted from the top.
+pub(crate) type LowerDir = (usize, NodeId);
+
+#[derive(Clone, Debug)]
+pub(crate) enum Found {
+    Upper(Metadata),
+    Lower { layer: usize, node: NodeId },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub found: Found,
+    /// For directories: the lower directories merged beneath, top first.
+    pub lowers: Vec<LowerDir>,
+}
+
+impl Resolved {
+    pub fn kind(&self, union: &Union) -> Kind {
+        match &self.found {
+            Found::Upper(m) => kind_of(m),
+            Found::Lower { layer, node } => union.layers[*layer].index().node(*node).kind,
+        }
+    }
+
+    pub fn in_upper(&self) -> bool {
+        matches!(self.found, Found::Upper(_))
+    }
+}
+
+pub(crate) fn kind_of(m: &Metadata) -> Kind {
+    let t = m.file_type();
+    if t.is_dir() {
+        Kind::Dir
+    } else if t.is_symlink() {
+        Kind::Symlink
+    } else if t.is_char_device() {
+        Kind::CharDevice
+    } else if t.is_block_device() {
+        Kind::BlockDevice
+    } else if t.is_fifo() {
+        Kind::Fifo
+    } else {
+        Kind::File
+    }
+}
+
+pub(crate) fn is_whiteout(m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+impl Union {
+    fn is_opaque_lower(&self, layer: usize, dir: NodeId) -> bool {
+        self.layers[layer].index().lookup(dir, OPAQUE_MARKER).is_some()
+    }
+
+    /// The lower directories named `name` inside `scope`, top first, down to the first
+    /// whiteout, non-directory or opaque directory.
+    fn lower_dirs(&self, scope: &[LowerDir], name: &str) -> Vec<LowerDir> {
+        let mut out = Vec::new();
+        for &(layer, dir) in scope {
+            let index = self.layers[layer].index();
+            match index.lookup(dir, name) {
+                Some(node) if index.node(node).kind == Kind::Dir => {
+                    out.push((layer, node));
+                    if self.is_opaque_lower(layer, node) {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None if index.lookup(dir, &format!("{WHITEOUT_PREFIX}{name}")).is_some() => break,
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// The root of the merged tree.
+    pub(crate) fn resolve_root(&self) -> Resolved {
+        let mut lowers = Vec::new();
+        for layer in 0..self.layers.len() {
+            lowers.push((layer, ROOT));
+            if self.is_opaque_lower(layer, ROOT) {
+                break;
+            }
+        }
+        let meta = upper::lstat(&self.upper, "").expect("the upper dir exists");
+        let lowers = if upper::is_opaque(&self.upper, "") { Vec::new() } else { lowers };
+        Resolved { found: Found::Upper(meta), lowers }
+    }
+
+    /// The entry `name` in the resolved directory `parent` (at `parent_path`).
+    pub(crate) fn resolve_child(&self, parent: &Resolved, parent_path: &str, name: &str) -> Option<Resolved> {
+        if name.starts_with(WHITEOUT_PREFIX) {
+            return None;
+        }
+        if parent.in_upper() {
+            let path = join(parent_path, name);
+            if let Some(meta) = upper::lstat(&self.upper, &path) {
+                if is_whiteout(&meta) {
+                    return None;
+                }
+                let lowers = if meta.is_dir() && !upper::is_opaque(&self.upper, &path) {
+                    self.lower_dirs(&parent.lowers, name)
+                } else {
+                    Vec::new()
+                };
+                return Some(Resolved { found: Found::Upper(meta), lowers });
+            }
+        }
+        self.resolve_lower_child(&parent.lowers, name)
+    }
+
+    /// The entry `name` among the lower directories `scope` alone (ignoring the upper).
+    pub(crate) fn resolve_lower_child(&self, scope: &[LowerDir], name: &str) -> Option<Resolved> {
+        for (i, &(layer, dir)) in scope.iter().enumerate() {
+            let index = self.layers[layer].index();
+            if let Some(node) = index.lookup(dir, name) {
+                let lowers = if index.node(node).kind == Kind::Dir {
+                    let mut v = vec![(layer, node)];
+                    if !self.is_opaque_lower(layer, node) {
+                        v.extend(self.lower_dirs(&scope[i + 1..], name));
+                    }
+                    v
+                } else {
+                    Vec::new()
+                };
+                return Some(Resolved { found: Found::Lower { layer, node }, lowers });
+            }
+            if index.lookup(dir, &format!("{WHITEOUT_PREFIX}{name}")).is_some() {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Resolves a whole path from the root.
+    pub(crate) fn resolve(&self, path: &str) -> Option<Resolved> {
+        let mut cur = self.resolve_root();
+        let mut cur_path = String::new();
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            cur = self.resolve_child(&cur, &cur_path, name)?;
+            cur_path = join(&cur_path, name);
+        }
+        Some(cur)
+    }
+
+    /// The merged entries of a resolved directory: name → kind.
+    pub(crate) fn list(&self, dir: &Resolved, path: &str) -> std::io::Result<BTreeMap<String, Kind>> {
+        let mut seen: BTreeMap<String, Kind> = BTreeMap::new();
+        let mut hidden: std::collections::HashSet<String> = Default::default();
+        if dir.in_upper() {
+            for (name, meta) in upper::entries(&self.upper, path)? {
+                if is_whiteout(&meta) {
+                    hidden.insert(name);
+                } else {
+                    seen.insert(name, kind_of(&meta));
+                }
+            }
+        }
+        for &(layer, node) in &dir.lowers {
+            let index = self.layers[layer].index();
+            let mut whiteouts = Vec::new();
+            for &child in &index.node(node).children {
+                let c = index.node(child);
+                if let Some(target) = c.name.strip_prefix(WHITEOUT_PREFIX) {
+                    if c.name != OPAQUE_MARKER {
+                        whiteouts.push(target.to_string());
+                    }
+                    continue;
+                }
+                if !hidden.contains(&c.name) && !seen.contains_key(&c.name) {
+                    seen.insert(c.name.clone(), c.kind);
+                }
+            }
+            hidden.extend(whiteouts);
+        }
+        Ok(seen)
+    }
+}
+
+pub(crate) fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}

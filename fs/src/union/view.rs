@@ -1,0 +1,39 @@
+//! `LayerView`: what the union needs of a read-only (lower) layer — its index and a way to
+//! read a file's bytes. `LazyLayer` is the implementation that matters.
+
+use std::io;
+
+use crate::index::{LayerIndex, NodeId};
+use crate::lazy::LazyLayer;
+
+pub trait LayerView: Send + Sync {
+    fn index(&self) -> &LayerIndex;
+
+    /// Reads file `node` at `offset`; returns the bytes read, 0 at the end.
+    fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl LayerView for LazyLayer {
+    fn index(&self) -> &LayerIndex {
+        LazyLayer::index(self)
+    }
+
+    fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        LazyLayer::read(self, node, offset, buf).map_err(|e| {
+            // The kernel only sees EIO; the log says which file, blob and chunk failed.
+            tracing::error!(error = %error_chain(&e), "lazy read failed");
+            io::Error::other(e)
+        })
+    }
+}
+
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

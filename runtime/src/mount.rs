@@ -1,0 +1,248 @@
+//! Mounting an image: its layers opened lazily, merged under a writable upper directory by
+//! the union filesystem, served over FUSE. Every mount is recorded under `<root>/mounts/` so
+//! that one left behind by a killed process is found and cleaned by the next skiff command.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use skiff_fs::union::{self, LayerView, MountOptions, Mounted, Union};
+use skiff_fs::{ChunkCache, Digest};
+
+use crate::image::ImageError;
+use crate::layers::{open_layers, OpenedLayer};
+use crate::registry::Client;
+use crate::store::{write_atomic, ImageRecord, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("mounting {image} at {target}")]
+    Mount {
+        image: String,
+        target: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unmounting {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0} is not a skiff mount")]
+    NotMounted(PathBuf),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> MountError + '_ {
+    move |source| MountError::Io { path: path.to_path_buf(), source }
+}
+
+/// What is recorded of a live mount.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub target: PathBuf,
+    pub image: String,
+    pub upper: PathBuf,
+    /// The process serving the mount.
+    pub pid: u32,
+}
+
+/// Where a mount's upper and work directories go by default, and its record.
+pub struct MountPaths {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub record: PathBuf,
+}
+
+impl MountPaths {
+    /// Defaults for `target` under `root`; an explicit `upper` gets its work dir beside it.
+    pub fn new(root: &Path, target: &Path, upper: Option<&Path>) -> MountPaths {
+        let id = &Digest::of(target.as_os_str().as_encoded_bytes()).hex()[..16];
+        let dir = root.join("mounts").join(id);
+        let record = root.join("mounts").join(format!("{id}.json"));
+        match upper {
+            Some(u) => {
+                let name = u.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let work = u.parent().unwrap_or(Path::new("/")).join(format!(".{name}.skiff-work"));
+                MountPaths { upper: u.to_path_buf(), work, record }
+            }
+            None => MountPaths { upper: dir.join("upper"), work: dir.join("work"), record },
+        }
+    }
+}
+
+/// A mounted image: unmounted when dropped.
+pub struct ImageMount {
+    pub layers: Vec<OpenedLayer>,
+    pub union: Arc<Union>,
+    mounted: Option<Mounted>,
+    record: Option<PathBuf>,
+}
+
+impl ImageMount {
+    /// Unmounts now, reporting errors; forgets the record.
+    pub fn unmount(mut self) -> io::Result<()> {
+        let result = self.mounted.take().map_or(Ok(()), Mounted::unmount);
+        if let Some(r) = self.record.take() {
+            let _ = fs::remove_file(r);
+        }
+        result
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        drop(self.mounted.take());
+        if let Some(r) = self.record.take() {
+            let _ = fs::remove_file(r);
+        }
+    }
+}
+
+/// What to mount, and where.
+pub struct MountRequest<'a> {
+    pub client: &'a Arc<Client>,
+    pub store: &'a Store,
+    pub cache: &'a ChunkCache,
+    pub image: &'a ImageRecord,
+    pub target: &'a Path,
+    pub paths: MountPaths,
+}
+
+pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
+    clean_stale_mounts(req.store.root());
+    let layers = open_layers(req.client, req.store, req.cache, req.image)?;
+    let lowers: Vec<Arc<dyn LayerView>> =
+        layers.iter().map(|l| l.layer.clone() as Arc<dyn LayerView>).collect();
+    let paths = &req.paths;
+    let union = Arc::new(Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?);
+    let options = MountOptions { fsname: format!("skiff:{}", req.image.name), ..MountOptions::default() };
+    let mounted = union::mount(union.clone(), req.target, &options).map_err(|source| MountError::Mount {
+        image: req.image.name.clone(),
+        target: req.target.to_path_buf(),
+        source,
+    })?;
+    let record = MountRecord {
+        target: req.target.to_path_buf(),
+        image: req.image.name.clone(),
+        upper: paths.upper.clone(),
+        pid: std::process::id(),
+    };
+    let dir = paths.record.parent().expect("mounts dir");
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    write_atomic(&paths.record, &serde_json::to_vec_pretty(&record).expect("serializes"), 0o644)
+        .map_err(|source| StoreError::Io { path: paths.record.clone(), source })
+        .map_err(ImageError::from)?;
+    Ok(ImageMount { layers, union, mounted: Some(mounted), record: Some(paths.record.clone()) })
+}
+
+/// Whether `path` is a mount point of a skiff FUSE filesystem.
+pub fn is_skiff_mount(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-");
+        fields.get(4).is_some_and(|mp| unescape(mp) == want)
+            && sep.and_then(|i| fields.get(i + 1)).is_some_and(|t| *t == "fuse.skiff" || *t == "fuse")
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(field: &str) -> String {
+    let mut out = String::new();
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            if let Ok(n) = u8::from_str_radix(&code, 8) {
+                out.push(n as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&code);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Every recorded mount.
+pub fn mounts(root: &Path) -> Vec<(PathBuf, MountRecord)> {
+    let dir = root.join("mounts");
+    let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| {
+            let record = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+            Some((e.path(), record))
+        })
+        .collect()
+}
+
+/// Unmounts what dead processes left mounted and forgets their records.
+pub fn clean_stale_mounts(root: &Path) {
+    for (path, record) in mounts(root) {
+        if record.pid == std::process::id() || alive(record.pid) {
+            continue;
+        }
+        if is_skiff_mount(&record.target) {
+            tracing::info!(target = %record.target.display(), pid = record.pid, "cleaning a mount left by a dead process");
+            if let Err(e) = nix::mount::umount2(&record.target, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(target = %record.target.display(), error = %e, "could not unmount");
+                continue;
+            }
+        }
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Unmounts the skiff mount at `target` and waits for its serving process to end.
+pub fn unmount(root: &Path, target: &Path) -> Result<(), MountError> {
+    clean_stale_mounts(root);
+    let record = mounts(root).into_iter().find(|(_, r)| r.target == target);
+    if record.is_none() && !is_skiff_mount(target) {
+        return Err(MountError::NotMounted(target.to_path_buf()));
+    }
+    if is_skiff_mount(target) {
+        nix::mount::umount2(target, nix::mount::MntFlags::empty())
+            .map_err(|source| MountError::Unmount { target: target.to_path_buf(), source })?;
+    }
+    if let Some((path, r)) = record {
+        for _ in 0..100 {
+            if !alive(r.pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = fs::remove_file(path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_fields_are_unescaped() {
+        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,207 @@
+//! The union mount through the `skiff` binary: a real FUSE mount of the fixture images, with
+//! every operation a container needs, checked through the mount and in the upper dir.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use skiff_tests::cli::Skiff;
+use skiff_tests::{fixtures, temp_dir};
+
+/// A detached `skiff mount`, unmounted when dropped.
+struct Mount {
+    skiff: Skiff,
+    dir: PathBuf,
+    upper: PathBuf,
+}
+
+impl Mount {
+    fn new(base: &Path, image: &str) -> Option<Mount> {
+        if !Path::new("/dev/fuse").exists() || !nix_is_root() {
+            eprintln!("SKIP: FUSE mounts need root and /dev/fuse");
+            return None;
+        }
+        let skiff = Skiff::new(base);
+        let dir = base.join("mnt");
+        let upper = base.join("upper");
+        fs::create_dir_all(&dir).unwrap();
+        let out =
+            skiff.run(&["mount", "-d", "--upper", upper.to_str().unwrap(), image, dir.to_str().unwrap()]);
+        out.ok();
+        Some(Mount { skiff, dir, upper })
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let out = self.skiff.run(&["umount", self.dir.to_str().unwrap()]);
+        if out.code != 0 && !std::thread::panicking() {
+            panic!("umount failed: {}", out.stderr);
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn lower_layers_merge_with_whiteouts_opaque_dirs_links_and_metadata() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+    // Whiteouts and opaque directories of the second layer apply to the first.
+    assert_eq!(
+        names(&m.p("fixture"))
+            .iter()
+            .filter(|n| n.starts_with("deleted") || *n == "opaque")
+            .collect::<Vec<_>>(),
+        ["opaque"]
+    );
+    assert_eq!(names(&m.p("fixture/opaque")), ["visible"]);
+    assert!(!m.p("fixture/deleted-file").exists());
+    // Content, modes, owners, links, devices, xattrs.
+    assert_eq!(fs::read(m.p("fixture/big.bin")).unwrap(), fixtures::noise(fixtures::BIG_FILE_SIZE, 7));
+    let big = fs::metadata(m.p("fixture/big.bin")).unwrap();
+    let hard = fs::metadata(m.p("fixture/big-hardlink")).unwrap();
+    assert_eq!((big.ino(), big.nlink()), (hard.ino(), 2), "hardlinks share an inode");
+    assert_eq!(fs::metadata(m.p("fixture/setuid")).unwrap().permissions().mode() & 0o7777, 0o4755);
+    let x = fs::metadata(m.p("fixture/xattrs")).unwrap();
+    assert_eq!((x.uid(), x.gid(), x.mode() & 0o777), (1000, 1000, 0o640));
+    assert_eq!(xattr::get(m.p("fixture/xattrs"), "user.skiff").unwrap().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(fs::read_link(m.p("fixture/absolute-link")).unwrap(), Path::new("/etc/passwd"));
+    let null = fs::symlink_metadata(m.p("fixture/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc_makedev(1, 3));
+    assert!(fs::symlink_metadata(m.p("fixture/fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(fs::read_to_string(m.p(fixtures::UNICODE_NAME)).unwrap(), "ünïcødé\n");
+    assert!(m.p(&format!("{}/{}", fixtures::LONG_NAME_DIR, "f".repeat(120))).exists());
+    assert_eq!(fs::metadata(m.p("fixture/empty")).unwrap().len(), 0);
+    // Inodes are stable.
+    assert_eq!(fs::metadata(m.p("fixture/big.bin")).unwrap().ino(), big.ino());
+    // busybox runs from the mount.
+    let out = Command::new(m.p("bin/busybox")).arg("echo").arg("from the mount").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the mount\n");
+    // Nothing was written to the upper.
+    assert!(names(&m.upper).is_empty(), "{:?}", names(&m.upper));
+}
+
+fn libc_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
+}
+
+#[test]
+fn writes_copy_up_and_deletions_leave_overlayfs_whiteouts() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+
+    // Append to a lower file: copied up whole, with its metadata; the lower is untouched.
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new().append(true).open(m.p("etc/passwd")).unwrap();
+    file.write_all(b"extra:x:1:1::/:/bin/sh\n").unwrap();
+    drop(file);
+    let merged = fs::read_to_string(m.p("etc/passwd")).unwrap();
+    assert!(merged.starts_with("root:x:0:0") && merged.ends_with("extra:x:1:1::/:/bin/sh\n"));
+    assert_eq!(fs::read_to_string(m.upper.join("etc/passwd")).unwrap(), merged);
+    assert_eq!(fs::metadata(m.upper.join("etc/passwd")).unwrap().mode() & 0o7777, 0o644);
+
+    // chmod/chown/truncate/utimens of a lower file.
+    fs::set_permissions(m.p("fixture/setuid"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(fs::metadata(m.upper.join("fixture/setuid")).unwrap().mode() & 0o7777, 0o700);
+    std::os::unix::fs::chown(m.p("fixture/empty"), Some(42), Some(43)).unwrap();
+    let e = fs::metadata(m.p("fixture/empty")).unwrap();
+    assert_eq!((e.uid(), e.gid()), (42, 43));
+    fs::OpenOptions::new().write(true).open(m.p("fixture/big.bin")).unwrap().set_len(10).unwrap();
+    assert_eq!(fs::read(m.p("fixture/big.bin")).unwrap(), fixtures::noise(fixtures::BIG_FILE_SIZE, 7)[..10]);
+
+    // Delete a lower file and a lower directory: whiteouts as 0/0 character devices.
+    fs::remove_file(m.p("fixture/relative-link")).unwrap();
+    fs::remove_dir_all(m.p(fixtures::LONG_NAME_DIR)).unwrap();
+    for gone in ["fixture/relative-link", fixtures::LONG_NAME_DIR] {
+        assert!(!m.p(gone).exists());
+        let w = fs::symlink_metadata(m.upper.join(gone)).unwrap();
+        assert!(w.file_type().is_char_device() && w.rdev() == 0, "{gone} is a whiteout");
+    }
+    // Recreating a deleted directory makes it opaque.
+    fs::create_dir(m.p(fixtures::LONG_NAME_DIR)).unwrap();
+    assert!(names(&m.p(fixtures::LONG_NAME_DIR)).is_empty());
+    assert_eq!(
+        xattr::get(m.upper.join(fixtures::LONG_NAME_DIR), "trusted.overlay.opaque").unwrap().as_deref(),
+        Some(&b"y"[..])
+    );
+    // New files, dirs, symlinks, hardlinks, fifos, xattrs.
+    fs::create_dir_all(m.p("new/dir")).unwrap();
+    fs::write(m.p("new/dir/file"), b"new").unwrap();
+    std::os::unix::fs::symlink("file", m.p("new/dir/link")).unwrap();
+    fs::hard_link(m.p("new/dir/file"), m.p("new/dir/hard")).unwrap();
+    assert_eq!(
+        fs::metadata(m.p("new/dir/hard")).unwrap().ino(),
+        fs::metadata(m.p("new/dir/file")).unwrap().ino()
+    );
+    assert_eq!(fs::metadata(m.p("new/dir/file")).unwrap().nlink(), 2);
+    xattr::set(m.p("new/dir/file"), "user.k", b"v").unwrap();
+    assert_eq!(
+        xattr::list(m.p("new/dir/file")).unwrap().map(|n| n.into_string().unwrap()).collect::<Vec<_>>(),
+        ["user.k"]
+    );
+    let mkfifo = Command::new(m.p("bin/busybox")).args(["mkfifo"]).arg(m.p("new/fifo")).status().unwrap();
+    assert!(mkfifo.success());
+    assert!(fs::symlink_metadata(m.upper.join("new/fifo")).unwrap().file_type().is_fifo());
+    // Hardlink to a lower file.
+    fs::hard_link(m.p("etc/group"), m.p("new/group-link")).unwrap();
+    assert_eq!(fs::read(m.p("new/group-link")).unwrap(), fs::read(m.p("etc/group")).unwrap());
+}
+
+#[test]
+fn renames_of_lower_files_and_directories() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+    let busybox = fs::read(m.p("bin/busybox")).unwrap();
+    // A lower file.
+    fs::rename(m.p("etc/group"), m.p("etc/group.moved")).unwrap();
+    assert!(!m.p("etc/group").exists());
+    assert!(fs::read_to_string(m.p("etc/group.moved")).unwrap().starts_with("root:x:0:"));
+    // A lower directory, across the tree: moved whole.
+    fs::rename(m.p("bin"), m.p("usr/bin2")).unwrap();
+    assert!(!m.p("bin").exists());
+    assert_eq!(fs::read(m.p("usr/bin2/busybox")).unwrap(), busybox);
+    assert_eq!(fs::read_link(m.p("usr/bin2/sh")).unwrap(), Path::new("busybox"));
+    // Replacing an existing file.
+    fs::write(m.p("a"), b"a").unwrap();
+    fs::rename(m.p("a"), m.p("etc/passwd")).unwrap();
+    assert_eq!(fs::read(m.p("etc/passwd")).unwrap(), b"a");
+    // And back: a directory renamed onto a name a lower layer had.
+    fs::rename(m.p("usr/bin2"), m.p("bin")).unwrap();
+    assert_eq!(names(&m.p("bin")), names(&m.p("bin")));
+    assert!(m.p("bin/busybox").exists() && !m.p("usr/bin2").exists());
+    // A non-empty directory cannot replace another.
+    assert!(fs::rename(m.p("fixture"), m.p("bin")).is_err());
+}
+
+#[test]
+fn two_mounts_of_one_image_do_not_see_each_others_changes() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(a) = Mount::new(&dir.path().join("a"), &f.busybox_ref) else { return };
+    let Some(b) = Mount::new(&dir.path().join("b"), &f.busybox_ref) else { return };
+    fs::write(a.p("etc/hostname"), b"a\n").unwrap();
+    fs::remove_file(a.p("etc/group")).unwrap();
+    assert!(!b.p("etc/hostname").exists());
+    assert!(b.p("etc/group").exists());
+}
