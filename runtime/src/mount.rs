@@ -53,6 +53,7 @@ pub struct MountRecord {
     pub target: PathBuf,
     pub image: String,
     pub upper: PathBuf,
+    pub work: PathBuf,
     /// The process serving the mount.
     pub pid: u32,
 }
@@ -119,13 +120,25 @@ pub struct MountRequest<'a> {
     pub paths: MountPaths,
 }
 
-pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
-    clean_stale_mounts(req.store.root());
-    let layers = open_layers(req.client, req.store, req.cache, req.image)?;
+/// The union of an image's layers under `upper`, not mounted (for diff and commit).
+pub fn open_union(
+    client: &Arc<Client>,
+    store: &Store,
+    cache: &ChunkCache,
+    image: &ImageRecord,
+    paths: &MountPaths,
+) -> Result<(Vec<OpenedLayer>, Arc<Union>), MountError> {
+    let layers = open_layers(client, store, cache, image)?;
     let lowers: Vec<Arc<dyn LayerView>> =
         layers.iter().map(|l| l.layer.clone() as Arc<dyn LayerView>).collect();
-    let paths = &req.paths;
     let union = Arc::new(Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?);
+    Ok((layers, union))
+}
+
+pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
+    clean_stale_mounts(req.store.root());
+    let paths = &req.paths;
+    let (layers, union) = open_union(req.client, req.store, req.cache, req.image, paths)?;
     let options = MountOptions { fsname: format!("skiff:{}", req.image.name), ..MountOptions::default() };
     let mounted = union::mount(union.clone(), req.target, &options).map_err(|source| MountError::Mount {
         image: req.image.name.clone(),
@@ -136,6 +149,7 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
         target: req.target.to_path_buf(),
         image: req.image.name.clone(),
         upper: paths.upper.clone(),
+        work: paths.work.clone(),
         pid: std::process::id(),
     };
     let dir = paths.record.parent().expect("mounts dir");

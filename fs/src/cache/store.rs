@@ -76,7 +76,8 @@ impl ChunkStore {
         if alone {
             store.remove_temp_files()?;
         }
-        fs2::FileExt::lock_shared(&store._lock).map_err(|source| CacheError::Setup { path: lock_path, source })?;
+        fs2::FileExt::lock_shared(&store._lock)
+            .map_err(|source| CacheError::Setup { path: lock_path, source })?;
         let found = store.scan()?;
         Ok((store, found))
     }

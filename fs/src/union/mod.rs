@@ -2,6 +2,7 @@
 //! copy-on-write into the upper directory. Plain Rust, path-based, testable without a mount;
 //! `fuse.rs` is the only file that speaks FUSE.
 
+mod export;
 mod fuse;
 mod inodes;
 mod resolve;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use export::Change;
 pub use fuse::{mount, MountOptions, Mounted};
 pub use inodes::{Ino, ROOT_INO};
 pub use view::LayerView;

@@ -1,5 +1,6 @@
 //! Images: pulling into the store, pushing from it, and reading what the store holds.
 
+mod commit;
 mod convert;
 mod format;
 mod inspect;
@@ -9,6 +10,7 @@ pub mod stream;
 
 use skiff_fs::Digest;
 
+pub use commit::{commit, CommitOptions, LayerCompression};
 pub use convert::{convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER};
 pub use format::LayerFormat;
 pub use inspect::{inspect, ImageDetails, LayerDetails};

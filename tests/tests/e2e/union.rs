@@ -205,3 +205,54 @@ fn two_mounts_of_one_image_do_not_see_each_others_changes() {
     assert!(!b.p("etc/hostname").exists());
     assert!(b.p("etc/group").exists());
 }
+
+#[test]
+fn diff_commit_push_pull_mount_round_trip_shows_exactly_the_changes() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let upper;
+    {
+        let Some(m) = Mount::new(&dir.path().join("first"), &f.hard_ref) else { return };
+        fs::create_dir(m.p("new")).unwrap();
+        fs::write(m.p("new/hello.txt"), b"hello from a commit\n").unwrap();
+        let mut passwd = fs::read(m.p("etc/passwd")).unwrap();
+        passwd.extend_from_slice(b"added:x:7:7::/:/bin/sh\n");
+        fs::write(m.p("etc/passwd"), &passwd).unwrap();
+        fs::remove_file(m.p("fixture/empty")).unwrap();
+        fs::remove_dir_all(m.p("fixture/opaque")).unwrap();
+        upper = m.upper.clone();
+    }
+    let skiff = Skiff::new(&dir.path().join("first"));
+    let upper_arg = upper.to_str().unwrap();
+    let diff = skiff.run(&["diff", "--image", &f.hard_ref, upper_arg]);
+    let mut lines: Vec<&str> = diff.ok().lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "A /new",
+            "A /new/hello.txt",
+            "C /etc",
+            "C /etc/passwd",
+            "C /fixture",
+            "D /fixture/empty",
+            "D /fixture/opaque"
+        ]
+    );
+
+    let committed = format!("{}/committed/hard:v2", f.registry.addr);
+    skiff.run(&["commit", "--image", &f.hard_ref, "-m", "round trip", upper_arg, &committed]).ok();
+    let pushed = skiff.run(&["push", &committed]);
+    assert!(pushed.ok().contains("2 blobs uploaded, 2 mounted"), "{}", pushed.stdout);
+
+    let Some(m) = Mount::new(&dir.path().join("second"), &committed) else { return };
+    assert_eq!(fs::read_to_string(m.p("new/hello.txt")).unwrap(), "hello from a commit\n");
+    assert!(fs::read_to_string(m.p("etc/passwd")).unwrap().ends_with("added:x:7:7::/:/bin/sh\n"));
+    assert!(!m.p("fixture/empty").exists() && !m.p("fixture/opaque").exists());
+    assert_eq!(fs::read(m.p("fixture/big.bin")).unwrap(), fixtures::noise(fixtures::BIG_FILE_SIZE, 7));
+    let inspect: serde_json::Value =
+        serde_json::from_str(m.skiff.run(&["inspect", &committed]).ok()).unwrap();
+    assert_eq!(inspect[0]["Layers"].as_array().unwrap().len(), 3);
+    assert_eq!(inspect[0]["Layers"][2]["Format"], "eStargz");
+    assert_eq!(inspect[0]["Config"]["history"].as_array().unwrap().last().unwrap()["comment"], "round trip");
+}

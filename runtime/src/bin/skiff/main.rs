@@ -52,6 +52,10 @@ enum Command {
     Mount(commands::mount::Args),
     /// Unmount what `skiff mount` mounted.
     Umount(commands::mount::UmountArgs),
+    /// List what a mount (or an upper directory) changed: A added, C changed, D deleted.
+    Diff(commands::changes::DiffArgs),
+    /// Save a mount's (or an upper directory's) changes as a new image.
+    Commit(commands::changes::CommitArgs),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
         Command::Cache(c) => commands::cache::run(&ctx, c),
         Command::Mount(a) => commands::mount::run(&ctx, a),
         Command::Umount(a) => commands::mount::umount(&ctx, a),
+        Command::Diff(a) => commands::changes::diff(&ctx, a),
+        Command::Commit(a) => commands::changes::commit_changes(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),

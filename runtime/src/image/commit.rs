@@ -1,0 +1,136 @@
+//! `commit`: a container's upper directory becomes a new layer (OCI whiteouts; eStargz by
+//! default so the new image is lazy-pullable, plain gzip on request), appended to the base
+//! image's manifest and config (`diff_ids`, `history`), and stored under a new name. Its
+//! `source` stays the base image's repository, so `push` mounts the base layers there.
+
+use std::io::{self, Seek, Write};
+
+use flate2::write::GzEncoder;
+use skiff_fs::estargz::{self, ConvertOptions};
+use skiff_fs::union::Union;
+use skiff_fs::{Digest, Sha256Writer};
+
+use super::{ImageError, StoredImage};
+use crate::manifest::{Descriptor, DOCKER_MANIFEST, OCI_CONFIG};
+use crate::reference::Reference;
+use crate::store::{ImageRecord, Store, StoreError, Verified};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerCompression {
+    Estargz,
+    Gzip,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommitOptions {
+    pub compression: LayerCompression,
+    /// The history entry's comment (`-m`).
+    pub message: Option<String>,
+    pub author: Option<String>,
+}
+
+pub fn commit(
+    store: &Store,
+    base: &ImageRecord,
+    union: &Union,
+    dest: &Reference,
+    options: &CommitOptions,
+) -> Result<ImageRecord, ImageError> {
+    let image = StoredImage::load(store, base)?;
+    let what = format!("the changes in {}", union.upper().display());
+    let io_err = |e: io::Error| ImageError::Invalid { what: what.clone(), why: e.to_string() };
+
+    // The upper as a tar, spooled: eStargz conversion reads it twice when prioritizing, and
+    // the tar's digest is the layer's diff_id either way.
+    let mut tar = tempfile::tempfile_in(store.root().join("tmp")).map_err(io_err)?;
+    union.write_layer_tar(&mut tar).map_err(io_err)?;
+    tar.rewind().map_err(io_err)?;
+
+    let mut staged = store.stage()?;
+    let (diff_id, annotations) = match options.compression {
+        LayerCompression::Estargz => {
+            let result =
+                estargz::convert(&mut tar, &mut staged, &ConvertOptions::default()).map_err(|e| {
+                    ImageError::Invalid { what: what.clone(), why: crate::registry::error_chain(&e) }
+                })?;
+            let annotations = result.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            (result.diff_id, annotations)
+        }
+        LayerCompression::Gzip => {
+            let mut hashed = Sha256Writer::new(GzEncoder::new(&mut staged, flate2::Compression::default()));
+            io::copy(&mut tar, &mut hashed).map_err(io_err)?;
+            let (diff_id, gz) = hashed.finish();
+            gz.finish().map_err(io_err)?;
+            (diff_id, Default::default())
+        }
+    };
+    let size = staged.written();
+    let layer: Verified = staged.finish(None, Some(size), &what)?;
+
+    let docker = image.media_type == DOCKER_MANIFEST;
+    let layer_desc = Descriptor {
+        media_type: if docker {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
+        } else {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        },
+        digest: layer.digest(),
+        size,
+        urls: None,
+        annotations,
+        platform: None,
+    };
+
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
+            image: base.name.clone(),
+            digest: image.manifest.config.digest,
+            why: e.to_string(),
+        })?;
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .expect("checked by config()")
+        .push(diff_id.to_string().into());
+    let mut entry = serde_json::json!({ "created": now, "created_by": "skiff commit" });
+    if let Some(m) = &options.message {
+        entry["comment"] = m.clone().into();
+    }
+    if let Some(a) = &options.author {
+        entry["author"] = a.clone().into();
+        config["author"] = a.clone().into();
+    }
+    match config["history"].as_array_mut() {
+        Some(h) => h.push(entry),
+        None => config["history"] = serde_json::json!([entry]),
+    }
+    config["created"] = now.clone().into();
+    let config_bytes = serde_json::to_vec(&config).expect("JSON serializes");
+
+    let mut manifest = image.manifest.clone();
+    manifest.config.digest = Digest::of(&config_bytes);
+    manifest.config.size = config_bytes.len() as u64;
+    if !docker {
+        manifest.config.media_type = OCI_CONFIG.into();
+    }
+    manifest.layers.push(layer_desc);
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let manifest_digest = Digest::of(&manifest_bytes);
+
+    let record = ImageRecord {
+        name: dest.to_string(),
+        digest: manifest_digest,
+        manifest: manifest_digest,
+        source: base.source.clone(),
+        updated: now,
+    };
+    let objects = vec![layer, stage(store, &config_bytes)?, stage(store, &manifest_bytes)?];
+    store.commit_image(objects, record.clone())?;
+    Ok(record)
+}
+
+fn stage(store: &Store, bytes: &[u8]) -> Result<Verified, StoreError> {
+    let mut staged = store.stage()?;
+    staged.write_all(bytes).map_err(|source| StoreError::Io { path: store.root().join("tmp"), source })?;
+    staged.finish(None, Some(bytes.len() as u64), "committed image")
+}
