@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION};
 use skiff_fs::index::LayerIndex;
-use skiff_fs::lazy::{index_estargz, LazyLayer, Restream};
+use skiff_fs::lazy::{index_estargz, LazyLayer, Priority, Restream};
 use skiff_fs::tarindex::index_tar;
 use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 
@@ -50,13 +50,20 @@ pub fn open_layers(
     let diff_ids: Vec<Digest> =
         config.rootfs().diff_ids().iter().map(|d| d.parse().expect("checked by config()")).collect();
     let layers = &image.manifest.layers;
+    let priority = Arc::new(Priority::default());
     std::thread::scope(|scope| {
         let handles: Vec<_> = layers
             .iter()
             .zip(&diff_ids)
             .map(|(desc, diff_id)| {
-                let source = &source;
-                scope.spawn(move || open_layer_lazily(client, store, cache, source, desc, *diff_id))
+                let (source, priority) = (&source, priority.clone());
+                scope.spawn(move || {
+                    let mut opened = open_layer_lazily(client, store, cache, source, desc, *diff_id)?;
+                    let layer =
+                        Arc::try_unwrap(opened.layer).ok().expect("just made").with_priority(priority);
+                    opened.layer = Arc::new(layer);
+                    Ok(opened)
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()

@@ -82,31 +82,50 @@ impl MountPaths {
     }
 }
 
+/// Prefetch profiles: record what this mount reads, and prefetch what an earlier one did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProfileMode {
+    pub record: bool,
+    pub prefetch: bool,
+}
+
 /// A mounted image: unmounted when dropped.
 pub struct ImageMount {
     pub layers: Vec<OpenedLayer>,
     pub union: Arc<Union>,
     mounted: Option<Mounted>,
     record: Option<PathBuf>,
+    /// Where to save the recorded profile: the store and the image manifest.
+    profile: Option<(Store, Digest)>,
 }
 
 impl ImageMount {
-    /// Unmounts now, reporting errors; forgets the record.
+    /// Unmounts now, reporting errors; forgets the record, saves a recorded profile.
     pub fn unmount(mut self) -> io::Result<()> {
         let result = self.mounted.take().map_or(Ok(()), Mounted::unmount);
+        self.finish();
+        result
+    }
+
+    fn finish(&mut self) {
         if let Some(r) = self.record.take() {
             let _ = fs::remove_file(r);
         }
-        result
+        if let Some((store, digest)) = self.profile.take() {
+            let files = self.union.recorded();
+            if !files.is_empty() {
+                if let Err(e) = store.write_profile(&digest, &files) {
+                    tracing::warn!(error = %e, "saving the prefetch profile");
+                }
+            }
+        }
     }
 }
 
 impl Drop for ImageMount {
     fn drop(&mut self) {
         drop(self.mounted.take());
-        if let Some(r) = self.record.take() {
-            let _ = fs::remove_file(r);
-        }
+        self.finish();
     }
 }
 
@@ -118,6 +137,7 @@ pub struct MountRequest<'a> {
     pub image: &'a ImageRecord,
     pub target: &'a Path,
     pub paths: MountPaths,
+    pub profile: ProfileMode,
 }
 
 /// The union of an image's layers under `upper`, not mounted (for diff and commit).
@@ -139,6 +159,21 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     clean_stale_mounts(req.store.root());
     let paths = &req.paths;
     let (layers, union) = open_union(req.client, req.store, req.cache, req.image, paths)?;
+    if req.profile.record {
+        union.record_reads();
+    }
+    if req.profile.prefetch {
+        if let Some(files) = req.store.read_profile(&req.image.manifest) {
+            let union = union.clone();
+            std::thread::Builder::new()
+                .name("skiff-prefetch".into())
+                .spawn(move || {
+                    let fetched = union.prefetch(&files);
+                    tracing::debug!(files = files.len(), fetched, "prefetch done");
+                })
+                .map_err(io_at(req.store.root()))?;
+        }
+    }
     let options = MountOptions { fsname: format!("skiff:{}", req.image.name), ..MountOptions::default() };
     let mounted = union::mount(union.clone(), req.target, &options).map_err(|source| MountError::Mount {
         image: req.image.name.clone(),
@@ -157,7 +192,8 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     write_atomic(&paths.record, &serde_json::to_vec_pretty(&record).expect("serializes"), 0o644)
         .map_err(|source| StoreError::Io { path: paths.record.clone(), source })
         .map_err(ImageError::from)?;
-    Ok(ImageMount { layers, union, mounted: Some(mounted), record: Some(paths.record.clone()) })
+    let profile = req.profile.record.then(|| (req.store.clone(), req.image.manifest));
+    Ok(ImageMount { layers, union, mounted: Some(mounted), record: Some(paths.record.clone()), profile })
 }
 
 /// Whether `path` is a mount point of a skiff FUSE filesystem.

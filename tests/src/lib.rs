@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod fixtures;
 pub mod hostile;
+pub mod mount;
 pub mod registry;
 pub mod sandbox;
 pub mod tree;

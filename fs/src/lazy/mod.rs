@@ -3,6 +3,7 @@
 //! source — neighbouring misses in one range request — verifies, caches and copies out.
 
 mod estargz_index;
+mod prefetch;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -14,6 +15,7 @@ use crate::{BlobSource, Digest, SourceError};
 use crate::{CacheError, ChunkCache, ChunkHandle, Claim};
 
 pub use estargz_index::index_estargz;
+pub use prefetch::{Foreground, Priority};
 
 /// Misses whose compressed spans lie closer than this are fetched in one range request.
 const COALESCE_GAP: u64 = 64 << 10;
@@ -65,16 +67,24 @@ pub struct LazyLayer {
     cache: ChunkCache,
     source: Arc<dyn BlobSource>,
     restream: Option<Arc<Restream>>,
+    /// Shared by the layers of one mount: foreground reads hold back prefetching.
+    priority: Option<Arc<Priority>>,
 }
 
 impl LazyLayer {
     pub fn new(index: Arc<LayerIndex>, cache: ChunkCache, source: Arc<dyn BlobSource>) -> LazyLayer {
-        LazyLayer { index, cache, source, restream: None }
+        LazyLayer { index, cache, source, restream: None, priority: None }
     }
 
     /// For layers whose chunks are reachable only by streaming the layer again.
     pub fn with_restream(mut self, restream: Arc<Restream>) -> LazyLayer {
         self.restream = Some(restream);
+        self
+    }
+
+    /// Foreground reads of this layer will hold back background work sharing `priority`.
+    pub fn with_priority(mut self, priority: Arc<Priority>) -> LazyLayer {
+        self.priority = Some(priority);
         self
     }
 
@@ -93,6 +103,7 @@ impl LazyLayer {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
+        let _foreground = self.priority().map(|p| p.foreground());
         let chunks = self.index.chunks(node, offset..end);
         let handles = self.chunk_handles(node, chunks)?;
         for (chunk, handle) in chunks.iter().zip(&handles) {
@@ -111,15 +122,6 @@ impl LazyLayer {
             }
         }
         Ok((end - offset) as usize)
-    }
-
-    /// Makes sure every chunk of `node` is cached (for prefetching); returns the bytes fetched.
-    pub fn prefetch(&self, node: NodeId) -> Result<u64, LazyError> {
-        let chunks = self.index.file_chunks(node);
-        let claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
-        let fetched = claims.len() as u64;
-        self.fill_claims(node, chunks, claims)?;
-        Ok(fetched)
     }
 
     fn chunk_handles(&self, node: NodeId, chunks: &[ChunkRef]) -> Result<Vec<ChunkHandle>, LazyError> {

@@ -83,6 +83,14 @@ pub struct Union {
     next_fh: AtomicU64,
     /// Serializes changes to the tree (copy-up, create, remove, rename).
     changes: Mutex<()>,
+    /// When recording a profile: the lower files read, in the order of their first read.
+    recorder: Mutex<Option<Recorder>>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    seen: std::collections::HashSet<(usize, NodeId)>,
+    order: Vec<String>,
 }
 
 impl Union {
@@ -101,11 +109,49 @@ impl Union {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             changes: Mutex::new(()),
+            recorder: Mutex::new(None),
         })
     }
 
     pub fn upper(&self) -> &Path {
         &self.upper
+    }
+
+    /// Starts recording which lower files are read, for a prefetch profile.
+    pub fn record_reads(&self) {
+        *self.recorder.lock().unwrap() = Some(Recorder::default());
+    }
+
+    /// The lower files read since `record_reads`, in the order of their first read.
+    pub fn recorded(&self) -> Vec<String> {
+        self.recorder.lock().unwrap().as_ref().map(|r| r.order.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, layer: usize, node: NodeId) {
+        let mut guard = self.recorder.lock().unwrap();
+        if let Some(r) = guard.as_mut() {
+            if r.seen.insert((layer, node)) {
+                r.order.push(self.layers[layer].index().path_of(node));
+            }
+        }
+    }
+
+    /// Fetches the files of a profile (merged paths) that live in lower layers, in the
+    /// background of foreground reads; returns the bytes fetched.
+    pub fn prefetch(&self, paths: &[String]) -> u64 {
+        let mut per_layer: Vec<Vec<NodeId>> = vec![Vec::new(); self.layers.len()];
+        for path in paths {
+            if let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(path) {
+                if self.layers[layer].index().node(node).kind == Kind::File {
+                    per_layer[layer].push(node);
+                }
+            }
+        }
+        let mut fetched = 0;
+        for (layer, nodes) in per_layer.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
+            fetched += self.layers[layer].prefetch(nodes).unwrap_or(0);
+        }
+        fetched
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {
@@ -253,7 +299,10 @@ impl Union {
                 }
                 done
             }
-            Handle::Lower { layer, node } => self.layers[*layer].read(*node, offset, &mut buf)?,
+            Handle::Lower { layer, node } => {
+                self.record(*layer, *node);
+                self.layers[*layer].read(*node, offset, &mut buf)?
+            }
             Handle::Dir(_) => return Err(Errno(libc::EISDIR)),
         };
         buf.truncate(n);

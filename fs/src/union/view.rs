@@ -11,6 +11,12 @@ pub trait LayerView: Send + Sync {
 
     /// Reads file `node` at `offset`; returns the bytes read, 0 at the end.
     fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Fetches the bytes of `nodes` ahead of their reads; returns the bytes fetched. Layers
+    /// whose bytes are all local need not do anything.
+    fn prefetch(&self, _nodes: &[NodeId]) -> io::Result<u64> {
+        Ok(0)
+    }
 }
 
 impl LayerView for LazyLayer {
@@ -22,6 +28,15 @@ impl LayerView for LazyLayer {
         LazyLayer::read(self, node, offset, buf).map_err(|e| {
             // The kernel only sees EIO; the log says which file, blob and chunk failed.
             tracing::error!(error = %error_chain(&e), "lazy read failed");
+            io::Error::other(e)
+        })
+    }
+
+    fn prefetch(&self, nodes: &[NodeId]) -> io::Result<u64> {
+        let fallback = crate::lazy::Priority::default();
+        let priority = self.priority().map_or(&fallback, |p| p.as_ref());
+        self.prefetch_files(nodes, priority).map_err(|e| {
+            tracing::warn!(error = %error_chain(&e), "prefetch failed");
             io::Error::other(e)
         })
     }

@@ -179,6 +179,25 @@ impl Store {
         write_atomic(&path, &index.to_json(), 0o644).map_err(io_at(&path))
     }
 
+    /// The prefetch profile recorded for image manifest `digest`: files read at start-up,
+    /// in order.
+    pub fn read_profile(&self, digest: &Digest) -> Option<Vec<String>> {
+        let bytes = fs::read(self.profile_path(digest)).ok()?;
+        serde_json::from_slice::<Profile>(&bytes).ok().map(|p| p.files)
+    }
+
+    pub fn write_profile(&self, digest: &Digest, files: &[String]) -> Result<(), StoreError> {
+        let path = self.profile_path(digest);
+        let dir = path.parent().expect("profiles dir");
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let bytes = serde_json::to_vec_pretty(&Profile { files: files.to_vec() }).expect("serializes");
+        write_atomic(&path, &bytes, 0o644).map_err(io_at(&path))
+    }
+
+    pub fn profile_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("profiles").join(format!("{}.json", digest.hex()))
+    }
+
     /// Every object in the store.
     pub fn objects(&self) -> Result<Vec<Digest>, StoreError> {
         let dir = self.content_dir();
@@ -191,6 +210,11 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Profile {
+    files: Vec<String>,
 }
 
 /// An object being written to a temp file, hashed as it goes. Dropped unfinished, the temp

@@ -5,5 +5,6 @@ mod auth;
 mod bad_input;
 mod images;
 mod lazy;
+mod profiles;
 mod registry_client;
 mod union;

@@ -3,61 +3,12 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use skiff_tests::cli::Skiff;
+use skiff_tests::mount::{names, Mount};
 use skiff_tests::{fixtures, temp_dir};
-
-/// A detached `skiff mount`, unmounted when dropped.
-struct Mount {
-    skiff: Skiff,
-    dir: PathBuf,
-    upper: PathBuf,
-}
-
-impl Mount {
-    fn new(base: &Path, image: &str) -> Option<Mount> {
-        if !Path::new("/dev/fuse").exists() || !nix_is_root() {
-            eprintln!("SKIP: FUSE mounts need root and /dev/fuse");
-            return None;
-        }
-        let skiff = Skiff::new(base);
-        let dir = base.join("mnt");
-        let upper = base.join("upper");
-        fs::create_dir_all(&dir).unwrap();
-        let out =
-            skiff.run(&["mount", "-d", "--upper", upper.to_str().unwrap(), image, dir.to_str().unwrap()]);
-        out.ok();
-        Some(Mount { skiff, dir, upper })
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let out = self.skiff.run(&["umount", self.dir.to_str().unwrap()]);
-        if out.code != 0 && !std::thread::panicking() {
-            panic!("umount failed: {}", out.stderr);
-        }
-    }
-}
-
-fn nix_is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn lower_layers_merge_with_whiteouts_opaque_dirs_links_and_metadata() {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use skiff::image::{pull, PullOptions, Quiet};
-use skiff::mount::{is_skiff_mount, mount_image, unmount, MountPaths, MountRequest};
+use skiff::mount::{is_skiff_mount, mount_image, unmount, MountPaths, MountRequest, ProfileMode};
 
 use crate::context::Context;
 
@@ -13,6 +13,12 @@ pub struct Args {
     /// Where the changes go (by default a directory under the root, kept after unmount).
     #[arg(long)]
     upper: Option<PathBuf>,
+    /// Record which files are read while mounted, as the image's prefetch profile.
+    #[arg(long)]
+    record_profile: bool,
+    /// Do not prefetch the files of the image's profile.
+    #[arg(long)]
+    no_prefetch: bool,
     /// Serve the mount from a background process and return once it is up.
     #[arg(short, long)]
     detach: bool,
@@ -53,6 +59,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     };
     let paths = MountPaths::new(store.root(), &target, args.upper.as_deref());
     let upper = paths.upper.clone();
+    let profile = ProfileMode { record: args.record_profile, prefetch: !args.no_prefetch };
     let mounted = mount_image(MountRequest {
         client: &client,
         store: &store,
@@ -60,6 +67,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         image: &record,
         target: &target,
         paths,
+        profile,
     })?;
     println!("Mounted {} at {} (changes in {})", record.name, target.display(), upper.display());
     // Serve until asked to stop, or until `skiff umount` unmounts us.
@@ -87,6 +95,12 @@ fn detach(ctx: &Context, args: &Args, target: &Path) -> anyhow::Result<()> {
     cmd.args(ctx.global_args()).arg("mount");
     if let Some(u) = &args.upper {
         cmd.arg("--upper").arg(u);
+    }
+    if args.record_profile {
+        cmd.arg("--record-profile");
+    }
+    if args.no_prefetch {
+        cmd.arg("--no-prefetch");
     }
     cmd.arg(&args.image).arg(target);
     use std::os::unix::process::CommandExt;

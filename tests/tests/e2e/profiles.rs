@@ -1,0 +1,87 @@
+//! Prefetch profiles: a mount records what is read; the next mount prefetches it in the
+//! background; `skiff convert --prioritize` places the same files first in the layer.
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, LayerBuilder};
+use skiff_tests::mount::Mount;
+use skiff_tests::temp_dir;
+
+fn cache_bytes(root: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| if e.path().is_dir() { walk(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) })
+            .sum()
+    }
+    walk(&root.join("cache/sha256"))
+}
+
+#[test]
+fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let layer = {
+        let mut l = LayerBuilder::new(&dir.path().join("layer.tar.gz"));
+        for i in 0..6 {
+            l.file(&format!("data/blob-{i}.bin"), 0o644, &fixtures::noise(2 << 20, 200 + i));
+        }
+        l.file("etc/app.conf", 0o644, b"answer = 42\n");
+        l.finish()
+    };
+    let store = skiff::store::Store::open(&dir.path().join("build")).unwrap();
+    let plain = format!("{}/profiles/app:plain", f.registry.addr);
+    let record =
+        fixtures::store_image(&store, &plain, std::slice::from_ref(&layer), fixtures::Format::Oci, "amd64");
+    fixtures::push(&store, &record, &plain);
+    let lazy = format!("{}/profiles/app:estargz", f.registry.addr);
+    Skiff::new(&dir.path().join("converter")).run(&["convert", &plain, &lazy]).ok();
+
+    // Record: the workload reads two files.
+    let base = dir.path().join("node");
+    {
+        let Some(m) = Mount::with_flags(&base, &lazy, &["--record-profile"]) else { return };
+        assert_eq!(fs::read_to_string(m.p("etc/app.conf")).unwrap(), "answer = 42\n");
+        assert_eq!(fs::read(m.p("data/blob-4.bin")).unwrap(), fixtures::noise(2 << 20, 204));
+    }
+    let skiff = Skiff::new(&base);
+    let manifest = skiff.store().find_image(&lazy).unwrap().manifest;
+    let profile = skiff.store().read_profile(&manifest).expect("profile saved at unmount");
+    assert_eq!(profile, ["etc/app.conf", "data/blob-4.bin"]);
+
+    // Prefetch: with a cold cache, the next mount fetches the profile's files unasked.
+    skiff.run(&["cache", "prune"]).ok();
+    assert!(cache_bytes(&skiff.root) < 1 << 20);
+    let Some(m) = Mount::new(&base, &lazy) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache_bytes(&skiff.root) < 2 << 20 {
+        assert!(Instant::now() < deadline, "the profile was not prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cache_bytes(&skiff.root) < 4 << 20, "only the profile's files are prefetched");
+    assert_eq!(fs::read(m.p("data/blob-4.bin")).unwrap(), fixtures::noise(2 << 20, 204));
+    drop(m);
+
+    // The same list reorders a conversion: those files first, then the landmark.
+    let list = dir.path().join("profile.txt");
+    fs::write(&list, profile.join("\n")).unwrap();
+    let ordered = format!("{}/profiles/app:ordered", f.registry.addr);
+    let converter = Skiff::new(&dir.path().join("converter"));
+    converter.run(&["convert", "--prioritize", list.to_str().unwrap(), &plain, &ordered]).ok();
+    let converted = converter.store().find_image(&ordered).unwrap();
+    let image = skiff::image::StoredImage::load(&converter.store(), &converted).unwrap();
+    let blob = converter.store().path_of(&image.manifest.layers[0].digest);
+    let listing = Command::new("tar").arg("-tzf").arg(&blob).output().unwrap();
+    let files: Vec<String> = String::from_utf8(listing.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("./").to_string())
+        .filter(|l| !l.ends_with('/'))
+        .collect();
+    assert_eq!(&files[..3], ["etc/app.conf", "data/blob-4.bin", ".prefetch.landmark"], "{files:?}");
+}
