@@ -240,3 +240,34 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     files(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
 }
+
+#[test]
+fn a_converted_image_runs_under_podman() {
+    let Some(f) = fixtures::shared() else { return };
+    if !skiff_tests::have("podman") {
+        return;
+    }
+    let dir = temp_dir();
+    let dest = format!("{}/converted/busybox:podman", f.registry.addr);
+    Skiff::new(&dir.path().join("converter")).run(&["convert", &f.busybox_ref, &dest]).ok();
+    let conf = dir.path().join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\",\"nproc=32768:32768\"]\n\
+         [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", &conf)
+        .arg("--root")
+        .arg(dir.path().join("podman-root"))
+        .arg("--runroot")
+        .arg(dir.path().join("podman-run"))
+        .args(["--storage-driver", "vfs", "run", "--rm", "--tls-verify=false", "--network", "none", &dest])
+        .args(["/bin/sh", "-c", "cat /fixture/deleted-file && echo converted-runs"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "podman failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "deleted by the next layer\nconverted-runs\n");
+}
