@@ -107,7 +107,7 @@ pub enum CacheError<E = Infallible> {
 
 impl CacheError {
     /// The same error, typed for a caller whose fill fails with `E`.
-    fn widen<E>(self) -> CacheError<E> {
+    pub fn widen<E>(self) -> CacheError<E> {
         match self {
             CacheError::Setup { path, source } => CacheError::Setup { path, source },
             CacheError::Scan { path, source } => CacheError::Scan { path, source },

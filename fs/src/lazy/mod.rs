@@ -114,7 +114,7 @@ impl LazyLayer {
             while done < out.len() {
                 let n = handle
                     .read_at(from - chunk.file_offset + done as u64, &mut out[done..])
-                    .map_err(|e| self.cache_error(node, widen(e)))?;
+                    .map_err(|e| self.cache_error(node, e.widen()))?;
                 if n == 0 {
                     break;
                 }
@@ -158,7 +158,7 @@ impl LazyLayer {
             let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
             let bytes = self.fetch_group(&group).map_err(|source| self.fetch_error(node, source))?;
             for ((chunk, claim), data) in group.into_iter().zip(bytes) {
-                let handle = claim.commit(&data).map_err(|e| self.cache_error(node, widen(e)))?;
+                let handle = claim.commit(&data).map_err(|e| self.cache_error(node, e.widen()))?;
                 handles.insert(chunk.digest, handle);
             }
         }
@@ -264,17 +264,4 @@ fn verify(chunk: &ChunkRef, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
         }));
     }
     Ok(bytes)
-}
-
-fn widen(e: CacheError) -> CacheError<FetchError> {
-    match e {
-        CacheError::Setup { path, source } => CacheError::Setup { path, source },
-        CacheError::Scan { path, source } => CacheError::Scan { path, source },
-        CacheError::Write { digest, path, source } => CacheError::Write { digest, path, source },
-        CacheError::Install { digest, path, source } => CacheError::Install { digest, path, source },
-        CacheError::Read { digest, path, source } => CacheError::Read { digest, path, source },
-        CacheError::Remove { path, source } => CacheError::Remove { path, source },
-        CacheError::Mismatch { expected, actual, len } => CacheError::Mismatch { expected, actual, len },
-        CacheError::Fill { source, .. } => match source {},
-    }
 }

@@ -166,6 +166,17 @@ fn empty(reply: ReplyEmpty, result: Result<(), Errno>) {
     }
 }
 
+/// Answers an xattr request: the size when asked for it, else the bytes if they fit.
+fn xattr_reply(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32)
+    } else if bytes.len() > size as usize {
+        reply.error(FuseErrno::ERANGE)
+    } else {
+        reply.data(bytes)
+    }
+}
+
 fn owner(req: &Request) -> Owner {
     Owner { uid: req.uid(), gid: req.gid() }
 }
@@ -473,9 +484,7 @@ impl Filesystem for FuseUnion {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
         match self.0.getxattr(ino.0, name) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(FuseErrno::ERANGE),
-            Ok(v) => reply.data(&v),
+            Ok(v) => xattr_reply(reply, size, &v),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -488,13 +497,7 @@ impl Filesystem for FuseUnion {
                     buf.extend_from_slice(n.as_bytes());
                     buf.push(0);
                 }
-                if size == 0 {
-                    reply.size(buf.len() as u32)
-                } else if buf.len() > size as usize {
-                    reply.error(FuseErrno::ERANGE)
-                } else {
-                    reply.data(&buf)
-                }
+                xattr_reply(reply, size, &buf)
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -1,5 +1,5 @@
 use anyhow::Context as _;
-use skiff::image::{convert, pull, push, PullOptions, Quiet};
+use skiff::image::{convert, push, Quiet};
 use skiff::registry::UploadOptions;
 use skiff_fs::estargz::ConvertOptions;
 
@@ -27,15 +27,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let client = ctx.client()?;
     let dest = super::parse_reference(&args.destination)?;
-    let record = match store.find_image(&args.source) {
-        Ok(r) => r,
-        Err(_) => {
-            let reference = super::parse_reference(&args.source)?;
-            pull(&client, &store, &reference, &PullOptions::default(), &Quiet)
-                .with_context(|| format!("pulling {reference}"))?
-                .record
-        }
-    };
+    let record = super::stored_or_pulled(&store, &client, &args.source)?;
     let prioritized = match &args.prioritize {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the prioritized file list {}", path.display()))?

@@ -16,3 +16,21 @@ pub mod tag;
 pub fn parse_reference(input: &str) -> anyhow::Result<skiff::Reference> {
     Ok(input.parse::<skiff::Reference>()?)
 }
+
+/// The stored image `input` names, pulled lazily first if the store does not have it (as
+/// `docker run` does).
+pub fn stored_or_pulled(
+    store: &skiff::store::Store,
+    client: &std::sync::Arc<skiff::registry::Client>,
+    input: &str,
+) -> anyhow::Result<skiff::store::ImageRecord> {
+    use anyhow::Context as _;
+    if let Ok(record) = store.find_image(input) {
+        return Ok(record);
+    }
+    let reference = parse_reference(input)?;
+    let options = skiff::image::PullOptions::default();
+    Ok(skiff::image::pull(client, store, &reference, &options, &skiff::image::Quiet)
+        .with_context(|| format!("pulling {reference}"))?
+        .record)
+}

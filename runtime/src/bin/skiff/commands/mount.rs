@@ -3,7 +3,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use skiff::image::{pull, PullOptions, Quiet};
 use skiff::mount::{is_skiff_mount, mount_image, unmount, MountPaths, MountRequest, ProfileMode};
 
 use crate::context::Context;
@@ -48,15 +47,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let client = ctx.client()?;
     let cache = ctx.cache()?;
-    let record = match store.find_image(&args.image) {
-        Ok(r) => r,
-        Err(_) => {
-            let reference = super::parse_reference(&args.image)?;
-            pull(&client, &store, &reference, &PullOptions::default(), &Quiet)
-                .with_context(|| format!("pulling {reference}"))?
-                .record
-        }
-    };
+    let record = super::stored_or_pulled(&store, &client, &args.image)?;
     let paths = MountPaths::new(store.root(), &target, args.upper.as_deref());
     let upper = paths.upper.clone();
     let profile = ProfileMode { record: args.record_profile, prefetch: !args.no_prefetch };
