@@ -14,6 +14,7 @@ pub mod registry;
 pub mod sandbox;
 pub mod size;
 pub mod store;
+pub mod usage;
 
 pub use reference::Reference;
 pub use skiff_fs::Digest;

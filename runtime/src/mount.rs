@@ -97,6 +97,8 @@ pub struct ImageMount {
     record: Option<PathBuf>,
     /// Where to save the recorded profile: the store and the image manifest.
     profile: Option<(Store, Digest)>,
+    /// Where to add this mount's cache and fetch counters when it ends.
+    usage: Option<(PathBuf, ChunkCache)>,
 }
 
 impl ImageMount {
@@ -110,6 +112,12 @@ impl ImageMount {
     fn finish(&mut self) {
         if let Some(r) = self.record.take() {
             let _ = fs::remove_file(r);
+        }
+        if let Some((root, cache)) = self.usage.take() {
+            let totals = crate::usage::Totals::of(&cache.stats(), &self.layers);
+            if let Err(e) = crate::usage::add(&root, &totals) {
+                tracing::warn!(error = %e, "recording usage totals");
+            }
         }
         if let Some((store, digest)) = self.profile.take() {
             let files = self.union.recorded();
@@ -193,7 +201,15 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
         .map_err(|source| StoreError::Io { path: paths.record.clone(), source })
         .map_err(ImageError::from)?;
     let profile = req.profile.record.then(|| (req.store.clone(), req.image.manifest));
-    Ok(ImageMount { layers, union, mounted: Some(mounted), record: Some(paths.record.clone()), profile })
+    let usage = Some((req.store.root().to_path_buf(), req.cache.clone()));
+    Ok(ImageMount {
+        layers,
+        union,
+        mounted: Some(mounted),
+        record: Some(paths.record.clone()),
+        profile,
+        usage,
+    })
 }
 
 /// Whether `path` is a mount point of a skiff FUSE filesystem.

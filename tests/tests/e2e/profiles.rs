@@ -50,6 +50,12 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
         assert_eq!(fs::read(m.p("data/blob-4.bin")).unwrap(), fixtures::noise(2 << 20, 204));
     }
     let skiff = Skiff::new(&base);
+    // The mount's fetches are in the totals: about the two files read, not the layer.
+    let stats: serde_json::Value =
+        serde_json::from_str(skiff.run(&["cache", "stats", "--format", "json"]).ok()).unwrap();
+    let fetched = stats["totals"]["registry_bytes"].as_u64().unwrap();
+    assert!(fetched > 2 << 20 && fetched < 4 << 20, "{stats}");
+    assert!(stats["totals"]["fills"].as_u64().unwrap() > 0);
     let manifest = skiff.store().find_image(&lazy).unwrap().manifest;
     let profile = skiff.store().read_profile(&manifest).expect("profile saved at unmount");
     assert_eq!(profile, ["etc/app.conf", "data/blob-4.bin"]);

@@ -17,13 +17,29 @@ pub fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Stats { format } => {
             let stats = cache.stats();
+            let totals = skiff::usage::read(ctx.root());
             if format == "json" {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                let out = serde_json::json!({
+                    "bytes_used": stats.bytes_used,
+                    "budget": stats.budget,
+                    "chunks": stats.chunks,
+                    "hit_ratio": totals.hit_ratio(),
+                    "totals": totals,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                let value = serde_json::to_value(stats)?;
-                for (key, v) in value.as_object().into_iter().flatten() {
-                    println!("{key:<14} {v}");
-                }
+                println!("{:<18} {}", "bytes used", stats.bytes_used);
+                println!("{:<18} {}", "budget", stats.budget);
+                println!("{:<18} {}", "chunks", stats.chunks);
+                println!("{:<18} {:.1}%", "hit ratio", totals.hit_ratio() * 100.0);
+                println!(
+                    "{:<18} {} ({} requests)",
+                    "bytes fetched", totals.registry_bytes, totals.registry_requests
+                );
+                println!("{:<18} {}", "bytes streamed", totals.streamed_bytes);
+                println!("{:<18} {} ({} bytes)", "chunks filled", totals.fills, totals.bytes_filled);
+                println!("{:<18} {}", "evictions", totals.evictions);
+                println!("{:<18} {}", "corrupt chunks", totals.corrupt);
             }
         }
         Command::Prune => {
