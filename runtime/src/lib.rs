@@ -5,6 +5,7 @@
 //! in `skiff-fs`.
 #![deny(unsafe_code)]
 
+pub mod container;
 pub mod image;
 pub mod layers;
 pub mod manifest;

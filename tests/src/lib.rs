@@ -3,6 +3,7 @@
 //! `skiff` binary.
 
 pub mod cli;
+pub mod containers;
 pub mod fixtures;
 pub mod hostile;
 pub mod mount;

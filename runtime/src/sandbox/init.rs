@@ -6,11 +6,12 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use caps::CapsHashSet;
 use nix::errno::Errno;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -33,9 +34,17 @@ pub struct InitPlan {
     pub capabilities: CapsHashSet,
     /// `None` with `--privileged`.
     pub seccomp: Option<Filters>,
-    pub etc: EtcFiles,
     pub cgroups: Layout,
     pub command: CommandLine,
+    pub mode: InitMode,
+}
+
+/// Whether the process starts a new container or joins a running one (`exec`).
+pub enum InitMode {
+    /// New namespaces and a new mount tree; `console` is the pty slave bound on `/dev/console`.
+    Create { etc: EtcFiles, console: Option<PathBuf> },
+    /// The namespaces of a running container, in the order they are joined.
+    Join { namespaces: Vec<(CloneFlags, OwnedFd)> },
 }
 
 /// The command as execve takes it.
@@ -72,7 +81,11 @@ pub const REPORT_EXEC: u8 = 1;
 /// `error_pipe` (the process's only copy, so the supervisor sees EOF exactly when the command
 /// has been exec'd) and exits 127.
 pub fn run(plan: &InitPlan, error_pipe: OwnedFd) -> ! {
-    if let Err(error) = setup(plan) {
+    let prepared = match &plan.mode {
+        InitMode::Create { etc, console } => setup(plan, etc, console.as_deref()),
+        InitMode::Join { .. } => join_setup(plan),
+    };
+    if let Err(error) = prepared {
         report(&error_pipe, &error);
         exit_now(127)
     }
@@ -95,18 +108,22 @@ pub fn report(error_pipe: &OwnedFd, error: &InitError) {
     let _ = std::fs::File::from(error_pipe.try_clone().expect("dup of the error pipe")).write_all(&record);
 }
 
-fn setup(plan: &InitPlan) -> Result<(), InitError> {
+fn setup(plan: &InitPlan, etc: &EtcFiles, console: Option<&std::path::Path>) -> Result<(), InitError> {
     let sys = |step| move |source| InitError::Syscall { step, source };
     let spec = &plan.spec;
     nix::sys::stat::umask(Mode::empty());
     nix::unistd::setsid().map_err(sys("setsid"))?;
+    if spec.tty {
+        super::pty::make_controlling(std::io::stdin().as_fd()).map_err(sys("ioctl(TIOCSCTTY)"))?;
+    }
     namespaces::set_hostname(&spec.hostname)?;
     if spec.network == Network::None {
         namespaces::loopback_up()?;
     }
     rootfs::setup(&RootfsPlan {
         rootfs: &spec.rootfs,
-        etc: &plan.etc,
+        etc,
+        console,
         volumes: &spec.volumes,
         tmpfs: &spec.tmpfs,
         cgroups: &plan.cgroups,
@@ -115,6 +132,27 @@ fn setup(plan: &InitPlan) -> Result<(), InitError> {
         cwd: &spec.cwd,
     })?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("chdir to the working directory"))?;
+    restrict(plan)
+}
+
+/// A process joining a running container (`exec`): it is already in the container's
+/// namespaces, so its root is the container's; only the working directory and the
+/// privileges remain to set.
+fn join_setup(plan: &InitPlan) -> Result<(), InitError> {
+    let sys = |step| move |source| InitError::Syscall { step, source };
+    let spec = &plan.spec;
+    if spec.tty {
+        nix::unistd::setsid().map_err(sys("setsid"))?;
+        super::pty::make_controlling(std::io::stdin().as_fd()).map_err(sys("ioctl(TIOCSCTTY)"))?;
+    }
+    nix::unistd::chdir(&spec.cwd).map_err(sys("chdir to the working directory"))?;
+    restrict(plan)
+}
+
+/// rlimits, bounding set, `no_new_privs`, seccomp, user and capabilities, in that order.
+fn restrict(plan: &InitPlan) -> Result<(), InitError> {
+    let sys = |step| move |source| InitError::Syscall { step, source };
+    let spec = &plan.spec;
     rlimits::apply(&spec.rlimits)?;
     capabilities::drop_bounding(&plan.capabilities)?;
     if spec.no_new_privileges {

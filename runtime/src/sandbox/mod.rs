@@ -18,12 +18,14 @@ mod capabilities;
 mod cgroups;
 mod devices;
 mod etc;
+mod exec;
 mod init;
 mod masks;
 mod mounts;
 mod namespaces;
-mod paths;
+pub(crate) mod paths;
 mod process;
+pub mod pty;
 mod rlimits;
 mod rootfs;
 mod seccomp;
@@ -31,7 +33,7 @@ mod signals;
 mod spec;
 mod user;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
@@ -40,12 +42,17 @@ use nix::sys::stat::Mode;
 pub use capabilities::{CapabilityError, DOCKER_DEFAULT};
 pub use cgroups::CgroupError;
 pub use etc::EtcError;
+pub use exec::exec;
 pub use init::NulError;
 pub use masks::{MASKED, READ_ONLY};
+pub use namespaces::NamespaceError;
 pub use nix::errno::Errno;
 pub use nix::sys::signal::Signal;
+pub use paths::PathError;
 pub use process::Container;
+pub use pty::PtyError;
 pub use seccomp::SeccompError;
+pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{
     CapabilityOptions, ContainerSpec, Network, Resources, Rlimit, RlimitResource, SpecError, TmpfsMount,
     Volume, DEFAULT_PATH,
@@ -87,8 +94,12 @@ impl Stdio {
 pub enum Error {
     #[error("container {id}: no command given")]
     NoCommand { id: String },
-    #[error("container {id}: a tty is not supported yet")]
-    TtyUnsupported { id: String },
+    #[error("container {id}: a tty was asked for but its stdin is not a terminal")]
+    NotATerminal { id: String },
+    #[error(transparent)]
+    Pty(#[from] PtyError),
+    #[error("container {id}: joining the namespaces of pid {pid}: {source}")]
+    Join { id: String, pid: i32, source: NamespaceError },
     #[error("opening the rootfs {path}: {source}")]
     Rootfs { path: PathBuf, source: Errno },
     #[error("container {id}: {source}")]
@@ -131,13 +142,15 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
     if spec.args.is_empty() {
         return Err(Error::NoCommand { id: spec.id.clone() });
     }
-    if spec.tty {
-        return Err(Error::TtyUnsupported { id: spec.id.clone() });
-    }
+    let console = match (&stdio.stdin, spec.tty) {
+        (_, false) => None,
+        (Some(stdin), true) if pty::is_terminal(stdin.as_fd()) => Some(pty::slave_path(stdin.as_fd())?),
+        (_, true) => return Err(Error::NotATerminal { id: spec.id.clone() }),
+    };
     let root =
         nix::fcntl::open(&spec.rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|source| Error::Rootfs { path: spec.rootfs.clone(), source })?;
-    let user = user::resolve(std::os::fd::AsFd::as_fd(&root), spec.user.as_deref())
+    let user = user::resolve(root.as_fd(), spec.user.as_deref())
         .map_err(|source| Error::User { id: spec.id.clone(), source })?;
     drop(root);
     let caps = capabilities::resolve(&spec.capabilities)?;
@@ -153,11 +166,18 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
         user,
         capabilities: caps,
         seccomp,
-        etc,
         cgroups: layout,
         command,
+        mode: init::InitMode::Create { etc, console },
     };
     process::start(&plan, cgroup, stdio)
+}
+
+/// Removes what is left of the cgroup of container `id` (after its supervisor died), killing
+/// any process still in it.
+pub fn remove_cgroup(id: &str) -> Result<(), CgroupError> {
+    let layout = cgroups::Layout::detect()?;
+    cgroups::Cgroup::existing(&layout, id, true)?.remove()
 }
 
 /// Runs the container to completion, forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to its PID 1,

@@ -1,8 +1,12 @@
 //! The namespaces a container gets, in the one order they are created, and the setup that
 //! belongs to a namespace: the hostname of the UTS namespace and `lo` of the network namespace.
 
+use std::os::fd::OwnedFd;
+
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::Mode;
 
 use super::spec::Network;
 
@@ -12,6 +16,10 @@ pub enum NamespaceError {
     Unshare { flags: CloneFlags, source: Errno },
     #[error("sethostname({hostname:?}): {source}")]
     Hostname { hostname: String, source: Errno },
+    #[error("opening {path}: {source}")]
+    Open { path: String, source: Errno },
+    #[error("setns({flags:?}): {source}")]
+    Setns { flags: CloneFlags, source: Errno },
     #[error("bringing up lo: {call}: {source}")]
     Loopback { call: &'static str, source: Errno },
 }
@@ -36,6 +44,36 @@ pub fn enter(list: &[CloneFlags]) -> Result<(), NamespaceError> {
     Ok(())
 }
 
+/// The namespaces of a running container's process `pid`, in the order `exec` joins them:
+/// the mount namespace last, as it changes the root the others' paths would resolve from.
+pub fn open(pid: nix::unistd::Pid) -> Result<Vec<(CloneFlags, OwnedFd)>, NamespaceError> {
+    let order = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    order
+        .into_iter()
+        .map(|(name, flags)| {
+            let path = format!("/proc/{pid}/ns/{name}");
+            nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .map(|fd| (flags, fd))
+                .map_err(|source| NamespaceError::Open { path, source })
+        })
+        .collect()
+}
+
+/// Joins every namespace of `list` (a process's, from [`open`]).
+pub fn join(list: &[(CloneFlags, OwnedFd)]) -> Result<(), NamespaceError> {
+    for (flags, fd) in list {
+        nix::sched::setns(fd, *flags).map_err(|source| NamespaceError::Setns { flags: *flags, source })?;
+    }
+    Ok(())
+}
+
 pub fn set_hostname(hostname: &str) -> Result<(), NamespaceError> {
     nix::unistd::sethostname(hostname)
         .map_err(|source| NamespaceError::Hostname { hostname: hostname.to_string(), source })
@@ -44,7 +82,7 @@ pub fn set_hostname(hostname: &str) -> Result<(), NamespaceError> {
 /// Sets `IFF_UP` on `lo` with the `SIOCSIFFLAGS` ioctl, as `ip link set lo up` would.
 #[allow(unsafe_code)]
 pub fn loopback_up() -> Result<(), NamespaceError> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, FromRawFd};
     let err = |call| move |source| NamespaceError::Loopback { call, source };
     // SAFETY: socket(2) has no memory-safety preconditions; the result is checked below.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

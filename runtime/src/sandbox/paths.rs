@@ -103,7 +103,7 @@ fn create_at(dir: &OwnedFd, name: &std::ffi::OsStr, kind: Kind) -> Result<(), Er
 }
 
 /// `path` made absolute and lexically clean: no `.`, `..` clamped at `/`.
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for component in path.components() {
         match component {

@@ -121,6 +121,9 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
     let mut keep: Vec<RawFd> =
         vec![0, 1, 2, pipes.sync.as_raw_fd(), pipes.report.as_raw_fd(), pipes.error.as_raw_fd()];
     keep.extend(stdio.iter().map(|(_, fd)| fd.as_raw_fd()));
+    if let init::InitMode::Join { namespaces } = &plan.mode {
+        keep.extend(namespaces.iter().map(|(_, fd)| fd.as_raw_fd()));
+    }
     close_other_fds(&mut keep);
 
     let fail = |e: init::InitError| -> ! {
@@ -131,7 +134,11 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
     if std::fs::File::from(pipes.sync).read_exact(&mut go).is_err() {
         exit_now(1);
     }
-    if let Err(e) = namespaces::enter(&namespaces::namespaces(plan.spec.network)) {
+    let entered = match &plan.mode {
+        init::InitMode::Create { .. } => namespaces::enter(&namespaces::namespaces(plan.spec.network)),
+        init::InitMode::Join { namespaces: list } => namespaces::join(list),
+    };
+    if let Err(e) = entered {
         fail(e.into());
     }
     // SAFETY: this process is single-threaded (a fork), so the child may run arbitrary code.

@@ -37,6 +37,8 @@ pub enum RootfsError {
 pub struct RootfsPlan<'a> {
     pub rootfs: &'a Path,
     pub etc: &'a EtcFiles,
+    /// The pty slave to bind on `/dev/console` (with `-t`).
+    pub console: Option<&'a Path>,
     pub volumes: &'a [Volume],
     pub tmpfs: &'a [TmpfsMount],
     pub cgroups: &'a Layout,
@@ -80,6 +82,17 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
     };
     mount_in_root(r, &proc_mount)?;
     devices::setup(r)?;
+    if let Some(console) = plan.console {
+        let spec = MountSpec {
+            source: console,
+            target: Path::new("/dev/console"),
+            kind: Kind::File,
+            fstype: "bind",
+            flags: MsFlags::empty(),
+            data: None,
+        };
+        mount_in_root(r, &spec)?;
+    }
     let sys_mount = MountSpec {
         source: Path::new("sysfs"),
         target: Path::new("/sys"),

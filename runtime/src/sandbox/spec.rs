@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
 /// The default `PATH` when neither the image nor the caller sets one (docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything the launcher needs to run one container. Build it with [`ContainerSpec::new`] and
 /// set the public fields; every field has a docker-like default.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     /// Container id: names the cgroup (`skiff/<id>`).
     pub id: String,
@@ -36,7 +38,8 @@ pub struct ContainerSpec {
     pub rlimits: Vec<Rlimit>,
     /// Set `no_new_privs` before exec (on by default).
     pub no_new_privileges: bool,
-    /// Allocate a pty. Not implemented yet: [`crate::sandbox::run`] refuses it.
+    /// The container's stdin, stdout and stderr are a pty slave (which must be given as its
+    /// stdin): it becomes the controlling terminal and `/dev/console`.
     pub tty: bool,
     /// Run a minimal reaper as PID 1 that forwards signals to the command and reaps zombies.
     pub init: bool,
@@ -76,7 +79,7 @@ impl ContainerSpec {
 }
 
 /// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// A network namespace of its own with only `lo`, brought up.
     None,
@@ -85,7 +88,7 @@ pub enum Network {
 }
 
 /// A bind mount from the host, `-v HOST:CTR[:ro]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     pub host: PathBuf,
     pub container: PathBuf,
@@ -114,7 +117,7 @@ impl std::str::FromStr for Volume {
 
 /// A tmpfs mount, `--tmpfs PATH[:OPTIONS]` (options as mount(8) takes them, e.g.
 /// `rw,size=64m,mode=1777`; docker's default is `noexec,nosuid,nodev`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TmpfsMount {
     pub path: PathBuf,
     pub options: String,
@@ -133,7 +136,7 @@ impl std::str::FromStr for TmpfsMount {
 }
 
 /// `--cap-add`, `--cap-drop` (names with or without `CAP_`, any case, or `ALL`), `--privileged`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapabilityOptions {
     pub add: Vec<String>,
     pub drop: Vec<String>,
@@ -142,7 +145,7 @@ pub struct CapabilityOptions {
 }
 
 /// `--memory`, `--cpus`, `--pids-limit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     /// Bytes; swap is not allowed on top of it.
     pub memory: Option<u64>,
@@ -152,7 +155,7 @@ pub struct Resources {
 }
 
 /// One resource limit, `--ulimit NAME=SOFT[:HARD]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
     pub resource: RlimitResource,
     pub soft: u64,
@@ -160,7 +163,7 @@ pub struct Rlimit {
 }
 
 /// The rlimits docker's `--ulimit` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RlimitResource {
     Core,
     Cpu,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod containers;
 mod images;
 mod lazy;
 mod profiles;

@@ -60,6 +60,25 @@ enum Command {
     Rmi(commands::rmi::Args),
     /// Give an image another name.
     Tag(commands::tag::Args),
+    /// Run a command in a new container.
+    Run(Box<commands::run::Args>),
+    /// List containers.
+    Ps(commands::ps::Args),
+    /// Stop running containers (their stop signal, then SIGKILL).
+    Stop(commands::stop::Args),
+    /// Send a signal to running containers.
+    Kill(commands::kill::Args),
+    /// Start stopped containers.
+    Start(commands::start::Args),
+    /// Remove containers.
+    Rm(commands::rm::Args),
+    /// Print a container's output.
+    Logs(commands::logs::Args),
+    /// Run a command in a running container.
+    Exec(commands::exec::Args),
+    /// Supervise a container in the background (started by `run -d` and `start`).
+    #[command(hide = true)]
+    Supervise(commands::run::SuperviseArgs),
     /// Store credentials for a registry.
     Login(commands::login::Args),
     /// Remove stored credentials for a registry.
@@ -88,6 +107,15 @@ fn main() -> ExitCode {
         Command::Commit(a) => commands::changes::commit_changes(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
+        Command::Run(a) => return commands::run::run(&ctx, *a),
+        Command::Ps(a) => commands::ps::run(&ctx, a),
+        Command::Stop(a) => commands::stop::run(&ctx, a),
+        Command::Kill(a) => commands::kill::run(&ctx, a),
+        Command::Start(a) => return commands::start::run(&ctx, a),
+        Command::Rm(a) => commands::rm::run(&ctx, a),
+        Command::Logs(a) => commands::logs::run(&ctx, a),
+        Command::Exec(a) => return commands::exec::run(&ctx, a),
+        Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
     };

@@ -73,12 +73,14 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
     /// For each of `dirs`, the supervisor's own cgroup in that hierarchy.
     homes: Vec<PathBuf>,
+    /// Whether [`Cgroup::remove`] (and drop) removes it: not for a cgroup `exec` joins.
+    owned: bool,
 }
 
 impl Cgroup {
     /// Creates `skiff/<id>` in every hierarchy the limits need and writes the limits.
     pub fn create(layout: &Layout, id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
-        let mut cgroup = Cgroup { dirs: Vec::new(), homes: Vec::new() };
+        let mut cgroup = Cgroup { dirs: Vec::new(), homes: Vec::new(), owned: true };
         let own = own_cgroups()?;
         let result = match layout {
             Layout::V1(hierarchies) => v1::create(hierarchies, &own, id, limits, &mut cgroup),
@@ -92,6 +94,32 @@ impl Cgroup {
                 Err(e)
             }
         }
+    }
+
+    /// The cgroup of a container created earlier, as far as its directories still exist;
+    /// `owned` makes [`Cgroup::remove`] remove them.
+    pub fn existing(layout: &Layout, id: &str, owned: bool) -> Result<Cgroup, CgroupError> {
+        let own = own_cgroups()?;
+        let mut cgroup = Cgroup { dirs: Vec::new(), homes: Vec::new(), owned };
+        match layout {
+            Layout::V1(hierarchies) => {
+                for h in hierarchies {
+                    let dir = h.mountpoint.join(PARENT).join(id);
+                    if dir.is_dir() {
+                        cgroup.push(dir, v1::home(h, &own));
+                    }
+                }
+            }
+            Layout::V2 => {
+                let root = Path::new(CGROUP_ROOT);
+                let dir = root.join(PARENT).join(id);
+                if dir.is_dir() {
+                    let home = own.iter().find(|(c, _)| c.is_empty()).map_or("/", |(_, p)| p.as_str());
+                    cgroup.push(dir, root.join(home.trim_start_matches('/')));
+                }
+            }
+        }
+        Ok(cgroup)
     }
 
     /// Moves `pid` (with its future children) into the cgroup.
@@ -125,6 +153,9 @@ impl Cgroup {
     /// Kills what is left in the cgroup and removes its directories, waiting up to two seconds
     /// for exiting processes to leave.
     pub fn remove(&mut self) -> Result<(), CgroupError> {
+        if !self.owned {
+            return Ok(());
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         while let Some(dir) = self.dirs.last() {
             match std::fs::remove_dir(dir) {
@@ -145,7 +176,7 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if !self.dirs.is_empty() {
+        if self.owned && !self.dirs.is_empty() {
             if let Err(e) = self.remove() {
                 tracing::warn!("{e}");
             }

@@ -38,6 +38,15 @@ fn parse_mountinfo_line(line: &str) -> Option<Hierarchy> {
     Some(Hierarchy { mountpoint: PathBuf::from(mountpoint), options })
 }
 
+/// The supervisor's own cgroup in hierarchy `h` (from `own`, `/proc/self/cgroup`).
+pub fn home(h: &Hierarchy, own: &[(Vec<String>, String)]) -> PathBuf {
+    let path = own
+        .iter()
+        .find(|(controllers, _)| controllers.iter().any(|c| h.has(c)))
+        .map_or("/", |(_, path)| path.as_str());
+    h.mountpoint.join(path.trim_start_matches('/'))
+}
+
 /// Docker's default device allow-list: the devices `/dev` gets, ptys, and `mknod` of anything.
 const ALLOWED_DEVICES: [&str; 11] = [
     "c *:* m",

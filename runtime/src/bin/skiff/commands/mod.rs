@@ -3,13 +3,21 @@
 pub mod cache;
 pub mod changes;
 pub mod convert;
+pub mod exec;
 pub mod images;
 pub mod inspect;
+pub mod kill;
 pub mod login;
+pub mod logs;
 pub mod mount;
+pub mod ps;
 pub mod pull;
 pub mod push;
+pub mod rm;
 pub mod rmi;
+pub mod run;
+pub mod start;
+pub mod stop;
 pub mod tag;
 
 /// Parses a user's image reference, with the error naming it.

@@ -1,0 +1,23 @@
+//! `skiff kill`: a signal (default SIGKILL) to the container's PID 1.
+
+use anyhow::anyhow;
+
+use crate::context::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Signal name or number.
+    #[arg(short, long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let signal = skiff::container::parse_signal(&args.signal)
+        .ok_or_else(|| anyhow!("invalid signal {:?}", args.signal))?;
+    super::run::for_each_container(ctx, &args.containers, "killing", |_containers, state| {
+        skiff::container::kill(state, signal)?;
+        Ok(())
+    })
+}

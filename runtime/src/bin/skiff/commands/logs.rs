@@ -1,0 +1,35 @@
+//! `skiff logs`: a container's output, stdout to stdout and stderr to stderr; `-f` follows it
+//! until the container stops.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use skiff::container::log::{self, Stream};
+
+use crate::context::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Keep printing new output until the container stops.
+    #[arg(short, long)]
+    follow: bool,
+    container: String,
+}
+
+pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+    let containers = super::run::containers(ctx)?;
+    let state = containers.find(&args.container)?;
+    let path = containers.paths(&state.id).log;
+    let running = || containers.load(&state.id).is_ok_and(|s| s.supervisor.is_some_and(|p| p.is_alive()));
+    let follow: Option<&dyn Fn() -> bool> = if args.follow { Some(&running) } else { None };
+    log::read(&path, follow, &mut |record| {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        let sink: &mut dyn Write = match record.stream {
+            Stream::Stdout => &mut out,
+            Stream::Stderr => &mut err,
+        };
+        sink.write_all(record.log.as_bytes())?;
+        sink.flush()
+    })
+    .with_context(|| format!("reading the log of {}", args.container))
+}

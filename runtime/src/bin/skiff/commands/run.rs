@@ -1,0 +1,288 @@
+//! `skiff run` (this process supervises the container; `-d` hands it to a background one) and
+//! the hidden `skiff supervise ID` that background supervisors run. Also the helpers the other
+//! container verbs share.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use skiff::container::{
+    exit_code, supervise, Attach, ContainerError, Containers, PullMode, RootfsProvider, RunOptions, State,
+    Status, Supervision, UnpackedRootfs,
+};
+use skiff::image::StoredImage;
+use skiff::sandbox::{CapabilityOptions, Network, Resources, TmpfsMount, Volume};
+
+use crate::context::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run in the background and print the container's id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Assign a name to the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass skiff's own).
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file")]
+    env_files: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// User (name|uid[:group|gid]).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Override the image's entrypoint ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Bind-mount a host path (HOST:CONTAINER[:ro]).
+    #[arg(short, long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volumes: Vec<Volume>,
+    /// Mount a tmpfs (PATH[:OPTIONS]).
+    #[arg(long)]
+    tmpfs: Vec<TmpfsMount>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Container host name.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Network: none (own namespace with lo) or host.
+    #[arg(long, default_value = "none", value_parser = parse_network)]
+    network: Network,
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// All capabilities, no seccomp filter, no masked paths.
+    #[arg(long)]
+    privileged: bool,
+    /// Memory limit (K, M, G suffixes).
+    #[arg(short, long, value_parser = skiff::size::parse_size)]
+    memory: Option<u64>,
+    /// Number of CPUs (fractional).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes the container may have.
+    #[arg(long)]
+    pids_limit: Option<u64>,
+    /// Run a minimal init as PID 1 that forwards signals and reaps zombies.
+    #[arg(long)]
+    init: bool,
+    /// Signal `stop` sends first (default: the image's, else SIGTERM).
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// How the image's files are fetched: full (download and unpack every layer first).
+    #[arg(long, default_value = "full")]
+    pull_mode: PullMode,
+    /// The image, pulled first when it is not stored.
+    image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn parse_network(s: &str) -> Result<Network, String> {
+    match s {
+        "none" => Ok(Network::None),
+        "host" => Ok(Network::Host),
+        other => Err(format!("unsupported network {other:?} (expected none or host)")),
+    }
+}
+
+impl Args {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            name: self.name.clone(),
+            command: self.command.clone(),
+            entrypoint: self.entrypoint.clone(),
+            env: self.env.clone(),
+            env_files: self.env_files.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            hostname: self.hostname.clone(),
+            volumes: self.volumes.clone(),
+            tmpfs: self.tmpfs.clone(),
+            read_only: self.read_only,
+            network: self.network,
+            capabilities: CapabilityOptions {
+                add: self.cap_add.clone(),
+                drop: self.cap_drop.clone(),
+                privileged: self.privileged,
+            },
+            resources: Resources { memory: self.memory, cpus: self.cpus, pids: self.pids_limit },
+            init: self.init,
+            tty: self.tty,
+            interactive: self.interactive,
+            auto_remove: self.rm,
+            pull_mode: self.pull_mode,
+            stop_signal: self.stop_signal.clone(),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SuperviseArgs {
+    id: String,
+}
+
+/// Docker's exit code for a failure of skiff itself.
+pub const RUNTIME_ERROR: u8 = 125;
+
+/// The container store, cleaned of what dead supervisors left.
+pub fn containers(ctx: &Context) -> anyhow::Result<Containers> {
+    Containers::open(ctx.root()).context("opening the containers directory")
+}
+
+/// Does `verb` to each container named in `inputs`, printing each name once done, as docker
+/// does; the first failure stops the loop and names its container.
+pub fn for_each_container(
+    ctx: &Context,
+    inputs: &[String],
+    verb: &str,
+    mut act: impl FnMut(&Containers, &State) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let containers = containers(ctx)?;
+    for input in inputs {
+        let state = containers.find(input)?;
+        act(&containers, &state).with_context(|| format!("{verb} {input}"))?;
+        println!("{input}");
+    }
+    Ok(())
+}
+
+/// The rootfs provider of a pull mode.
+pub fn provider(ctx: &Context, mode: PullMode) -> anyhow::Result<Box<dyn RootfsProvider>> {
+    match mode {
+        PullMode::Full => Ok(Box::new(UnpackedRootfs::new(ctx.client()?, ctx.store()?))),
+    }
+}
+
+/// A process exit code from a container's (0–255).
+pub fn code(value: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(value).unwrap_or(RUNTIME_ERROR))
+}
+
+/// Prints `error` and gives docker's code for it.
+pub fn failed(error: anyhow::Error) -> ExitCode {
+    // Library errors carry their cause in their own message: print each once.
+    let mut message = String::new();
+    for cause in error.chain().map(|c| c.to_string()) {
+        if !message.contains(&cause) {
+            message = if message.is_empty() { cause } else { format!("{message}: {cause}") };
+        }
+    }
+    eprintln!("Error: {message}");
+    let container = error.chain().find_map(|e| e.downcast_ref::<ContainerError>());
+    code(container.map_or(RUNTIME_ERROR as i32, exit_code))
+}
+
+pub fn run(ctx: &Context, args: Args) -> ExitCode {
+    run_container(ctx, args).unwrap_or_else(failed)
+}
+
+fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    let containers = containers(ctx)?;
+    let store = ctx.store()?;
+    let record = super::stored_or_pulled(&store, &ctx.client()?, &args.image)?;
+    let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
+    let state = containers.create(&image, &args.options()).context("creating the container")?;
+    if args.detach {
+        return start_detached(ctx, &containers, &state);
+    }
+    supervise_with(ctx, &containers, &state, Attach::Terminal)
+}
+
+/// Supervises `state`'s container to its end in this process; its exit code.
+pub fn supervise_with(
+    ctx: &Context,
+    containers: &Containers,
+    state: &State,
+    attach: Attach,
+) -> anyhow::Result<ExitCode> {
+    let image = StoredImage::load(&ctx.store()?, &state.image)
+        .with_context(|| format!("loading {}", state.image.name))?;
+    let provider = provider(ctx, state.pull_mode)?;
+    let supervision = Supervision { containers, id: &state.id, image: &image, provider: &*provider, attach };
+    Ok(code(supervise(supervision)?.code()))
+}
+
+/// Starts a background supervisor for `state` and returns once the container runs (0, its id
+/// printed) or failed to start (its error and docker's code).
+pub fn start_detached(ctx: &Context, containers: &Containers, state: &State) -> anyhow::Result<ExitCode> {
+    // Forget the last run's end, so only this run's shows below.
+    containers.update(&state.id, |st| {
+        st.status = Status::Created;
+        st.error = None;
+    })?;
+    let mut child = spawn_supervisor(ctx, containers, &state.id)?;
+    loop {
+        let current = match containers.load(&state.id) {
+            Ok(st) => st,
+            // Removed by --rm: it ran and is gone already.
+            Err(ContainerError::NotFound(_)) => break,
+            Err(e) => return Err(e.into()),
+        };
+        match (current.status, &current.error) {
+            (Status::Exited, Some(error)) => {
+                eprintln!("Error: {error}");
+                return Ok(code(current.exit_code.unwrap_or(RUNTIME_ERROR as i32)));
+            }
+            (Status::Running | Status::Exited, _) => break,
+            (Status::Created, _) => {}
+        }
+        if let Some(exit) = child.try_wait()? {
+            if containers.load(&state.id).is_ok_and(|st| st.status == Status::Created) {
+                let log = containers.paths(&state.id).dir.join("supervisor.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!(
+                    "the supervisor of {} exited ({exit}) before the container started: {}",
+                    state.id,
+                    text.trim()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{}", state.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `skiff supervise ID` in the background: its own session, output to `supervisor.log`.
+fn spawn_supervisor(ctx: &Context, containers: &Containers, id: &str) -> anyhow::Result<Child> {
+    let log_path = containers.paths(id).dir.join("supervisor.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    Command::new(std::env::current_exe().context("finding the skiff binary")?)
+        .args(ctx.global_args())
+        .arg("supervise")
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the container's supervisor")
+}
+
+pub fn supervise_detached(ctx: &Context, args: SuperviseArgs) -> ExitCode {
+    // Out of the caller's session: its terminal's hangup must not reach this process.
+    let _ = nix::unistd::setsid();
+    let supervised = || -> anyhow::Result<ExitCode> {
+        let containers = containers(ctx)?;
+        let state = containers.load(&args.id)?;
+        supervise_with(ctx, &containers, &state, Attach::Detached)
+    };
+    supervised().unwrap_or_else(failed)
+}

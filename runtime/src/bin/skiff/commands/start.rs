@@ -1,0 +1,44 @@
+//! `skiff start`: runs a stopped container again, with the changes it made kept — in the
+//! background, or attached with `-a` (exiting with its code).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use skiff::container::Attach;
+
+use super::run::{failed, start_detached, supervise_with};
+use crate::context::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Attach to the container's output and exit with its code.
+    #[arg(short, long)]
+    attach: bool,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn run(ctx: &Context, args: Args) -> ExitCode {
+    start(ctx, args).unwrap_or_else(failed)
+}
+
+fn start(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    let containers = super::run::containers(ctx)?;
+    for input in &args.containers {
+        let state = containers.find(input)?;
+        if state.is_running() {
+            println!("{input}");
+            continue;
+        }
+        if !args.attach {
+            let started =
+                start_detached(ctx, &containers, &state).with_context(|| format!("starting {input}"))?;
+            if started != ExitCode::SUCCESS {
+                return Ok(started);
+            }
+            continue;
+        }
+        return supervise_with(ctx, &containers, &state, Attach::Terminal);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,283 @@
+//! What a new container runs: the image's config (Entrypoint, Cmd, Env, WorkingDir, User,
+//! StopSignal) merged with `skiff run`'s flags exactly as docker merges them, and docker's
+//! container names.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::ImageConfiguration;
+use rand::seq::IndexedRandom;
+
+use super::rootfs::PullMode;
+use crate::sandbox::{CapabilityOptions, Network, Resources, Signal, TmpfsMount, Volume};
+
+/// `skiff run`'s flags, as the library takes them.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `--name`; a generated name when `None`.
+    pub name: Option<String>,
+    /// The arguments after the image: they replace the image's Cmd.
+    pub command: Vec<String>,
+    /// `--entrypoint`: replaces the image's Entrypoint and drops its Cmd; `""` clears both.
+    pub entrypoint: Option<String>,
+    /// `-e KEY=VALUE` (or `-e KEY`, taken from skiff's own environment when set there).
+    pub env: Vec<String>,
+    /// `--env-file`, read before `-e`.
+    pub env_files: Vec<PathBuf>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub volumes: Vec<Volume>,
+    pub tmpfs: Vec<TmpfsMount>,
+    pub read_only: bool,
+    pub network: Network,
+    pub capabilities: CapabilityOptions,
+    pub resources: Resources,
+    pub init: bool,
+    pub tty: bool,
+    pub interactive: bool,
+    pub auto_remove: bool,
+    pub pull_mode: PullMode,
+    /// `--stop-signal`, over the image's.
+    pub stop_signal: Option<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            name: None,
+            command: Vec::new(),
+            entrypoint: None,
+            env: Vec::new(),
+            env_files: Vec::new(),
+            workdir: None,
+            user: None,
+            hostname: None,
+            volumes: Vec::new(),
+            tmpfs: Vec::new(),
+            read_only: false,
+            network: Network::None,
+            capabilities: CapabilityOptions::default(),
+            resources: Resources::default(),
+            init: false,
+            tty: false,
+            interactive: false,
+            auto_remove: false,
+            pull_mode: PullMode::Full,
+            stop_signal: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("image {image}: no command specified (the image has no Entrypoint or Cmd and none was given)")]
+    NoCommand { image: String },
+    #[error("reading the env file {path}: {source}")]
+    EnvFile { path: PathBuf, source: std::io::Error },
+    #[error("the working directory {value:?} is invalid: it must be an absolute path")]
+    RelativeWorkdir { value: String },
+    #[error("invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    BadName { name: String },
+    #[error("invalid stop signal {value:?}")]
+    StopSignal { value: String },
+}
+
+/// The process a container runs, resolved from the image and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+    pub user: Option<String>,
+    /// A signal name such as `SIGTERM`.
+    pub stop_signal: String,
+}
+
+/// Merges the image's config with the flags, as docker does; `host_env` looks up skiff's own
+/// environment (for `-e KEY`).
+pub fn resolve(
+    image: &str,
+    config: &ImageConfiguration,
+    options: &RunOptions,
+    host_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Process, ConfigError> {
+    let c = config.config().clone().unwrap_or_default();
+    let (entrypoint, image_cmd) = match &options.entrypoint {
+        Some(e) if e.is_empty() => (Vec::new(), Vec::new()),
+        Some(e) => (vec![e.clone()], Vec::new()),
+        None => (c.entrypoint().clone().unwrap_or_default(), c.cmd().clone().unwrap_or_default()),
+    };
+    let cmd = if options.command.is_empty() { image_cmd } else { options.command.clone() };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(ConfigError::NoCommand { image: image.to_string() });
+    }
+    let mut env = c.env().clone().unwrap_or_default();
+    let mut given = Vec::new();
+    for path in &options.env_files {
+        given.extend(read_env_file(path)?);
+    }
+    given.extend(options.env.iter().cloned());
+    for entry in given {
+        let entry = match entry.split_once('=') {
+            Some(_) => entry,
+            None => match host_env(&entry) {
+                Some(value) => format!("{entry}={value}"),
+                None => continue,
+            },
+        };
+        set_env(&mut env, entry);
+    }
+    let cwd = match options.workdir.as_deref().or(c.working_dir().as_deref()).filter(|w| !w.is_empty()) {
+        None => PathBuf::from("/"),
+        Some(w) if w.starts_with('/') => PathBuf::from(w),
+        Some(w) if options.workdir.is_some() => {
+            return Err(ConfigError::RelativeWorkdir { value: w.to_string() })
+        }
+        // An image's relative WorkingDir is taken from `/`, as docker does.
+        Some(w) => Path::new("/").join(w),
+    };
+    let user = options.user.clone().or_else(|| c.user().clone()).filter(|u| !u.is_empty());
+    let stop_signal = match options.stop_signal.as_deref().or(c.stop_signal().as_deref()) {
+        None | Some("") => "SIGTERM".to_string(),
+        Some(s) => {
+            let signal = parse_signal(s).ok_or_else(|| ConfigError::StopSignal { value: s.to_string() })?;
+            signal.as_str().to_string()
+        }
+    };
+    Ok(Process { args, env, cwd, user, stop_signal })
+}
+
+/// `KEY=VALUE` replacing an earlier value of `KEY`.
+pub fn set_env(env: &mut Vec<String>, entry: String) {
+    let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k).to_string();
+    env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+    env.push(entry);
+}
+
+/// Docker's env file: `KEY=VALUE` or `KEY` lines; blank lines and `#` comments skipped.
+fn read_env_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::EnvFile { path: path.to_path_buf(), source })?;
+    Ok(text
+        .lines()
+        .map(|l| l.trim_start())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// `SIGTERM`, `TERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Option<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse().ok()
+}
+
+/// Checks a `--name` against docker's rule.
+pub fn check_name(name: &str) -> Result<(), ConfigError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName { name: name.to_string() })
+    }
+}
+
+const ADJECTIVES: [&str; 16] = [
+    "brave", "calm", "eager", "fervent", "gallant", "happy", "jolly", "keen", "lucid", "nimble", "quirky",
+    "serene", "sharp", "stoic", "vibrant", "zealous",
+];
+const NAMES: [&str; 16] = [
+    "babbage", "curie", "dijkstra", "euler", "fermat", "hopper", "kepler", "knuth", "lamport", "liskov",
+    "lovelace", "noether", "pike", "ritchie", "thompson", "turing",
+];
+
+/// A docker-style name (`adjective_scientist`), with a number when those are taken.
+pub fn generate_name(taken: &dyn Fn(&str) -> bool) -> String {
+    let mut rng = rand::rng();
+    for attempt in 0.. {
+        let adjective = ADJECTIVES.choose(&mut rng).expect("not empty");
+        let name = NAMES.choose(&mut rng).expect("not empty");
+        let candidate =
+            if attempt < 8 { format!("{adjective}_{name}") } else { format!("{adjective}_{name}{attempt}") };
+        if !taken(&candidate) {
+            return candidate;
+        }
+    }
+    unreachable!("names run out after usize::MAX attempts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(json: serde_json::Value) -> ImageConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "config": json,
+        }))
+        .unwrap()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_merge_as_in_docker() {
+        let config = image(serde_json::json!({"Entrypoint": ["/ep"], "Cmd": ["a", "b"]}));
+        let run = |o: RunOptions| resolve("img", &config, &o, &no_env).map(|p| p.args);
+        assert_eq!(run(RunOptions::default()).unwrap(), ["/ep", "a", "b"]);
+        let args = RunOptions { command: vec!["c".into()], ..Default::default() };
+        assert_eq!(run(args).unwrap(), ["/ep", "c"]);
+        let ep = RunOptions { entrypoint: Some("/other".into()), ..Default::default() };
+        assert_eq!(run(ep).unwrap(), ["/other"]);
+        let cleared =
+            RunOptions { entrypoint: Some(String::new()), command: vec!["sh".into()], ..Default::default() };
+        assert_eq!(run(cleared).unwrap(), ["sh"]);
+        let nothing = RunOptions { entrypoint: Some(String::new()), ..Default::default() };
+        assert!(matches!(run(nothing), Err(ConfigError::NoCommand { .. })));
+    }
+
+    #[test]
+    fn env_workdir_user_and_stop_signal() {
+        let config = image(serde_json::json!({
+            "Env": ["PATH=/bin", "A=image"], "WorkingDir": "/srv", "User": "nobody", "StopSignal": "SIGQUIT",
+            "Cmd": ["sh"],
+        }));
+        let host = |k: &str| (k == "FROM_HOST").then(|| "yes".to_string());
+        let options = RunOptions {
+            env: vec!["A=flag".into(), "FROM_HOST".into(), "MISSING".into()],
+            ..Default::default()
+        };
+        let p = resolve("img", &config, &options, &host).unwrap();
+        assert_eq!(p.env, ["PATH=/bin", "A=flag", "FROM_HOST=yes"]);
+        assert_eq!((p.cwd.to_str().unwrap(), p.user.as_deref()), ("/srv", Some("nobody")));
+        assert_eq!(p.stop_signal, "SIGQUIT");
+        let options = RunOptions { workdir: Some("rel".into()), ..Default::default() };
+        assert!(matches!(resolve("img", &config, &options, &host), Err(ConfigError::RelativeWorkdir { .. })));
+        let options =
+            RunOptions { user: Some("1000:1000".into()), workdir: Some("/w".into()), ..Default::default() };
+        let p = resolve("img", &config, &options, &host).unwrap();
+        assert_eq!((p.cwd.to_str().unwrap(), p.user.as_deref()), ("/w", Some("1000:1000")));
+    }
+
+    #[test]
+    fn signals_and_names() {
+        assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal("SIGUSR1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("bogus"), None);
+        assert!(check_name("web-1.a_b").is_ok());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a/b").is_err());
+        let name = generate_name(&|_| false);
+        assert!(name.contains('_'));
+    }
+}

@@ -1,0 +1,220 @@
+//! What other `skiff` processes do to a container its supervisor runs: signal it (`kill`),
+//! stop it (its stop signal, then SIGKILL), wait for it, remove it; and clean up after a
+//! supervisor that died (killed with SIGKILL, or the machine went down) — its mounts, its
+//! cgroup and its record.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nix::mount::MntFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::state::{self, State, Status};
+use super::{io_err, ContainerError, Containers};
+use crate::sandbox;
+
+const POLL: Duration = Duration::from_millis(50);
+/// How long a container gets to go after SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Cleans up after every supervisor that died: kills what is left of its container, unmounts
+/// what it mounted under the container's directory, removes its cgroup and records the
+/// container as exited (or removes it, for `--rm`).
+pub(super) fn reap(containers: &Containers) -> Result<(), ContainerError> {
+    for listed in containers.list()? {
+        if listed.supervisor.is_none_or(|p| p.is_alive()) {
+            continue;
+        }
+        // Under the lock, so a supervisor that claims the container now does not have its
+        // fresh mounts torn down.
+        let _lock = containers.lock()?;
+        let Ok(mut st) = containers.load(&listed.id) else { continue };
+        let Some(dead) = st.supervisor.filter(|p| !p.is_alive()) else { continue };
+        tracing::info!(container = %st.id, pid = dead.pid, "cleaning up after a dead supervisor");
+        if let Some(init) = st.init.filter(|p| p.is_alive()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), Signal::SIGKILL);
+        }
+        unmount_all(&st.id, &containers.paths(&st.id).dir)?;
+        if let Err(e) = sandbox::remove_cgroup(&st.id) {
+            tracing::warn!(container = %st.id, error = %e, "removing the cgroup of a dead supervisor's container");
+        }
+        if st.auto_remove {
+            remove_dir(containers, &st.id)?;
+            continue;
+        }
+        st.exit_code = Some(if st.status == Status::Running { 128 + Signal::SIGKILL as i32 } else { 125 });
+        st.status = Status::Exited;
+        st.error = Some(format!("its supervisor (pid {}) died", dead.pid));
+        st.supervisor = None;
+        st.init = None;
+        st.finished_at = Some(Utc::now());
+        let path = containers.paths(&st.id).state;
+        state::write(&path, &st).map_err(io_err("writing", &path))?;
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the container's PID 1.
+pub fn kill(state: &State, signal: Signal) -> Result<(), ContainerError> {
+    let init = state
+        .init
+        .filter(|p| state.status == Status::Running && p.is_alive())
+        .ok_or_else(|| ContainerError::NotRunning { id: state.id.clone() })?;
+    nix::sys::signal::kill(Pid::from_raw(init.pid), signal).map_err(|source| ContainerError::Signal {
+        id: state.id.clone(),
+        pid: init.pid,
+        source,
+    })
+}
+
+/// Stops the container as docker does: its stop signal, then SIGKILL after `timeout`.
+/// Returns once its supervisor has recorded the exit (`None`: the container removed itself).
+pub fn stop(
+    containers: &Containers,
+    state: &State,
+    timeout: Duration,
+) -> Result<Option<State>, ContainerError> {
+    if state.status != Status::Running {
+        return Ok(Some(state.clone()));
+    }
+    let signal = super::parse_signal(&state.stop_signal).unwrap_or(Signal::SIGTERM);
+    match kill(state, signal) {
+        Ok(()) | Err(ContainerError::NotRunning { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(done) = wait_exited(containers, &state.id, timeout)? {
+        return Ok(done);
+    }
+    match kill(state, Signal::SIGKILL) {
+        Ok(()) | Err(ContainerError::NotRunning { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    wait_exited(containers, &state.id, KILL_GRACE)?
+        .ok_or_else(|| ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() })
+}
+
+/// Waits up to `timeout` for the container to have no live supervisor. `Some(None)`: it is
+/// gone (removed by `--rm`); `None`: still running at the deadline.
+pub fn wait_exited(
+    containers: &Containers,
+    id: &str,
+    timeout: Duration,
+) -> Result<Option<Option<State>>, ContainerError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = match containers.load(id) {
+            Ok(st) => st,
+            Err(ContainerError::NotFound(_)) => return Ok(Some(None)),
+            Err(e) => return Err(e),
+        };
+        match st.supervisor {
+            None => return Ok(Some(Some(st))),
+            Some(p) if !p.is_alive() => {
+                reap(containers)?;
+                return Ok(Some(containers.load(id).ok()));
+            }
+            Some(_) if Instant::now() >= deadline => return Ok(None),
+            Some(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+/// Removes a container; a running one only with `force` (it is killed first).
+pub fn remove(containers: &Containers, state: &State, force: bool) -> Result<(), ContainerError> {
+    let supervised = state.supervisor.is_some_and(|p| p.is_alive());
+    if supervised {
+        if !force {
+            return Err(ContainerError::Running { id: state.id.clone() });
+        }
+        if let Some(init) = state.init.filter(|p| p.is_alive()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), Signal::SIGKILL);
+        }
+        if wait_exited(containers, &state.id, KILL_GRACE)?.is_none() {
+            return Err(ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() });
+        }
+    }
+    let _lock = containers.lock()?;
+    remove_dir(containers, &state.id)
+}
+
+/// Removes the container's files (for `--rm` once it exited).
+pub(super) fn remove_files(containers: &Containers, id: &str) -> Result<(), ContainerError> {
+    let _lock = containers.lock()?;
+    remove_dir(containers, id)
+}
+
+/// Removes the directory of `id` once nothing is mounted in it (the caller holds the lock).
+fn remove_dir(containers: &Containers, id: &str) -> Result<(), ContainerError> {
+    let dir = containers.paths(id).dir;
+    unmount_all(id, &dir)?;
+    if let Some(left) = mounts_under(&dir).first() {
+        return Err(ContainerError::Unmount {
+            id: id.to_string(),
+            path: left.clone(),
+            source: nix::errno::Errno::EBUSY,
+        });
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("removing", &dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Detaches every mount under `dir`, deepest first.
+fn unmount_all(id: &str, dir: &Path) -> Result<(), ContainerError> {
+    for path in mounts_under(dir) {
+        nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|source| ContainerError::Unmount {
+            id: id.to_string(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Mount points under `dir` (in this process's mount namespace), deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape(field)))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal =
+            bytes.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(super::unescape(r"/a\040b/c"), "/a b/c");
+        assert_eq!(super::unescape("/plain"), "/plain");
+    }
+}

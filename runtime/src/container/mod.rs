@@ -1,0 +1,240 @@
+//! Containers: their records under `<root>/containers/<id>/`, their supervision (the `skiff
+//! run` process mounts the rootfs, runs the sandbox, relays and logs output, records the exit),
+//! and the verbs on them: stop, kill, start, rm, logs, exec.
+//!
+//! Per container directory: `state.json` ([`State`]), `upper/` (its changes), `rootfs/` (the
+//! mount point of its root filesystem), `log` (json lines, see [`log`]), and the generated
+//! `hostname`, `hosts`, `resolv.conf`. Daemonless: a supervisor that dies leaves a record whose
+//! supervisor is gone; the next command cleans what it left ([`Containers::open`]).
+
+mod attach;
+mod config;
+mod exec;
+mod lifecycle;
+pub mod log;
+mod rootfs;
+mod state;
+mod supervisor;
+mod unpack;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use fs2::FileExt;
+
+pub use config::{check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions};
+pub use exec::{exec, ExecRequest};
+pub use lifecycle::{kill, remove, stop, wait_exited};
+pub use rootfs::{MountedRootfs, PullMode, RootfsError, RootfsProvider, UnpackedRootfs};
+pub use state::{ProcessId, State, Status};
+pub use supervisor::{exit_code, supervise, Attach, Supervision};
+pub use unpack::{apply_layer, LayerStats, UnpackError};
+
+use crate::image::{ImageError, StoredImage};
+use crate::sandbox::{self, ContainerSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{step} {path}: {source}")]
+    Io { step: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("{input:?} matches more than one container: {matches}")]
+    Ambiguous { input: String, matches: String },
+    #[error("the container name {name:?} is already in use by container {id}")]
+    NameInUse { name: String, id: String },
+    #[error("container {id} is running: stop it first, or remove it with -f")]
+    Running { id: String },
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    #[error("container {id} is already supervised by pid {pid}")]
+    Supervised { id: String, pid: i32 },
+    #[error("container {id} did not stop within {seconds} seconds of SIGKILL")]
+    StopTimeout { id: String, seconds: u64 },
+    #[error("container {id}: {source}")]
+    Config { id: String, source: ConfigError },
+    #[error("container {id}: {source}")]
+    Rootfs { id: String, source: Box<RootfsError> },
+    #[error("container {id}: {source}")]
+    Sandbox { id: String, source: Box<sandbox::Error> },
+    #[error("container {id}: unmounting {path}: {source}")]
+    Unmount { id: String, path: PathBuf, source: nix::errno::Errno },
+    #[error("container {id}: signalling pid {pid}: {source}")]
+    Signal { id: String, pid: i32, source: nix::errno::Errno },
+    #[error(transparent)]
+    Image(Box<ImageError>),
+}
+
+impl From<ImageError> for ContainerError {
+    fn from(e: ImageError) -> Self {
+        ContainerError::Image(Box::new(e))
+    }
+}
+
+fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |source| ContainerError::Io { step, path: path.to_path_buf(), source }
+}
+
+/// The files of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    pub dir: PathBuf,
+    pub state: PathBuf,
+    pub upper: PathBuf,
+    pub rootfs: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Every container of one skiff root.
+#[derive(Debug, Clone)]
+pub struct Containers {
+    dir: PathBuf,
+}
+
+impl Containers {
+    /// Opens `<root>/containers` and cleans up after supervisors that died (see
+    /// [`lifecycle::reap`]).
+    pub fn open(root: &Path) -> Result<Containers, ContainerError> {
+        let containers = Containers { dir: root.join("containers") };
+        fs::create_dir_all(&containers.dir).map_err(io_err("creating", &containers.dir))?;
+        lifecycle::reap(&containers)?;
+        Ok(containers)
+    }
+
+    pub fn paths(&self, id: &str) -> ContainerPaths {
+        let dir = self.dir.join(id);
+        ContainerPaths {
+            state: dir.join("state.json"),
+            upper: dir.join("upper"),
+            rootfs: dir.join("rootfs"),
+            log: dir.join("log"),
+            dir,
+        }
+    }
+
+    /// Held while a record is read, changed and written back, or a name is claimed.
+    fn lock(&self) -> Result<File, ContainerError> {
+        let path = self.dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        file.lock_exclusive().map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+
+    /// Every container, oldest first.
+    pub fn list(&self) -> Result<Vec<State>, ContainerError> {
+        let mut all = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))?.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().filter(|n| n.len() == 64) else { continue };
+            // A record being removed or not written yet is skipped.
+            if let Ok(state) = state::read(&self.paths(id).state) {
+                all.push(state);
+            }
+        }
+        all.sort_by_key(|s| s.created);
+        Ok(all)
+    }
+
+    /// A container by full id, name, or unique id prefix (as docker finds them).
+    pub fn find(&self, input: &str) -> Result<State, ContainerError> {
+        let all = self.list()?;
+        if let Some(s) = all.iter().find(|s| s.id == input || s.name == input) {
+            return Ok(s.clone());
+        }
+        let hits: Vec<&State> = all.iter().filter(|s| !input.is_empty() && s.id.starts_with(input)).collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ContainerError::NotFound(input.to_string())),
+            many => Err(ContainerError::Ambiguous {
+                input: input.to_string(),
+                matches: many.iter().map(|s| s.short_id()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// The current record of container `id`.
+    pub fn load(&self, id: &str) -> Result<State, ContainerError> {
+        let path = self.paths(id).state;
+        state::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ContainerError::NotFound(id.to_string()),
+            _ => ContainerError::Io { step: "reading", path, source: e },
+        })
+    }
+
+    /// Changes the record of `id` under the lock and returns it as written.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut State)) -> Result<State, ContainerError> {
+        let _lock = self.lock()?;
+        let mut state = self.load(id)?;
+        change(&mut state);
+        let path = self.paths(id).state;
+        state::write(&path, &state).map_err(io_err("writing", &path))?;
+        Ok(state)
+    }
+
+    /// Makes a new container of `image` (status created): its directory, record and name.
+    pub fn create(&self, image: &StoredImage, options: &RunOptions) -> Result<State, ContainerError> {
+        let id: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        let config_err = |source| ContainerError::Config { id: id.clone(), source };
+        let process =
+            config::resolve(&image.record.name, &image.config()?, options, &|k| std::env::var(k).ok())
+                .map_err(config_err)?;
+        if let Some(name) = &options.name {
+            config::check_name(name).map_err(config_err)?;
+        }
+        let paths = self.paths(&id);
+        let mut spec = ContainerSpec::new(&id, &paths.rootfs, &paths.dir, process.args);
+        spec.env = process.env;
+        spec.cwd = process.cwd;
+        spec.user = process.user;
+        if let Some(hostname) = &options.hostname {
+            spec.hostname = hostname.clone();
+        }
+        spec.read_only_rootfs = options.read_only;
+        spec.volumes = options.volumes.clone();
+        spec.tmpfs = options.tmpfs.clone();
+        spec.network = options.network;
+        spec.capabilities = options.capabilities.clone();
+        spec.resources = options.resources;
+        spec.init = options.init;
+        spec.tty = options.tty;
+
+        let _lock = self.lock()?;
+        let taken = self.list()?;
+        let name = match &options.name {
+            Some(name) => {
+                if let Some(other) = taken.iter().find(|s| &s.name == name) {
+                    return Err(ContainerError::NameInUse { name: name.clone(), id: other.id.clone() });
+                }
+                name.clone()
+            }
+            None => config::generate_name(&|n| taken.iter().any(|s| s.name == n)),
+        };
+        let state = State {
+            id: id.clone(),
+            name,
+            image: image.record.clone(),
+            pull_mode: options.pull_mode,
+            created: Utc::now(),
+            status: Status::Created,
+            supervisor: None,
+            init: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: None,
+            stop_signal: process.stop_signal,
+            auto_remove: options.auto_remove,
+            interactive: options.interactive,
+            spec,
+        };
+        fs::create_dir_all(&paths.rootfs).map_err(io_err("creating", &paths.rootfs))?;
+        state::write(&paths.state, &state).map_err(io_err("writing", &paths.state))?;
+        Ok(state)
+    }
+}

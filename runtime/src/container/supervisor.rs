@@ -1,0 +1,126 @@
+//! The supervisor: the `skiff` process that runs one container from start to exit. It claims
+//! the container's record, mounts the rootfs through a [`RootfsProvider`], wires stdio, starts
+//! the sandbox (forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it), records the pid, waits,
+//! unmounts, and records how the container ended — or, with `--rm`, removes every trace.
+
+use chrono::Utc;
+
+use super::attach::{self, Wiring};
+use super::log::LogFile;
+use super::rootfs::RootfsProvider;
+use super::state::{ProcessId, State, Status};
+use super::{lifecycle, ContainerError, Containers};
+use crate::image::StoredImage;
+use crate::sandbox::{self, Errno, ExitStatus};
+
+/// Whether a user is attached to the container's stdio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// Output to this process's stdout and stderr (and the log); `-i` reads its stdin.
+    Terminal,
+    /// Output to the log only: `run -d`, `start`.
+    Detached,
+}
+
+/// One run of a container.
+pub struct Supervision<'a> {
+    pub containers: &'a Containers,
+    pub id: &'a str,
+    pub image: &'a StoredImage,
+    pub provider: &'a dyn RootfsProvider,
+    pub attach: Attach,
+}
+
+/// The exit code docker gives when a container cannot start: 127 when the command is not
+/// found, 126 when it cannot be executed, 125 for any other error of the runtime's own.
+pub fn exit_code(error: &ContainerError) -> i32 {
+    match error {
+        ContainerError::Sandbox { source, .. } => match **source {
+            sandbox::Error::Exec { source: Errno::ENOENT, .. } => 127,
+            sandbox::Error::Exec { .. } => 126,
+            _ => 125,
+        },
+        _ => 125,
+    }
+}
+
+/// Runs the container `id` until it exits and returns how it ended.
+pub fn supervise(s: Supervision<'_>) -> Result<ExitStatus, ContainerError> {
+    let state = claim(s.containers, s.id)?;
+    let result = run(&s, &state);
+    let finished = s.containers.update(s.id, |st| {
+        st.status = Status::Exited;
+        st.supervisor = None;
+        st.init = None;
+        st.finished_at = Some(Utc::now());
+        match &result {
+            Ok(status) => st.exit_code = Some(status.code()),
+            Err(e) => {
+                st.exit_code = Some(exit_code(e));
+                st.error = Some(e.to_string());
+            }
+        }
+    });
+    if finished.as_ref().is_ok_and(|st| st.auto_remove) {
+        lifecycle::remove_files(s.containers, s.id)?;
+    }
+    finished?;
+    result
+}
+
+/// Makes this process the container's supervisor, unless another live one is.
+fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
+    let me = ProcessId::current();
+    let mut other = None;
+    let state = containers.update(id, |st| {
+        if let Some(sup) = st.supervisor.filter(|p| *p != me && p.is_alive()) {
+            other = Some(sup.pid);
+            return;
+        }
+        st.supervisor = Some(me);
+        st.status = Status::Created;
+        st.init = None;
+        st.exit_code = None;
+        st.error = None;
+        st.finished_at = None;
+    })?;
+    match other {
+        Some(pid) => Err(ContainerError::Supervised { id: id.to_string(), pid }),
+        None => Ok(state),
+    }
+}
+
+fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError> {
+    let id = s.id.to_string();
+    let paths = s.containers.paths(s.id);
+    let mounted = s
+        .provider
+        .mount(s.image, &paths.upper, &paths.rootfs)
+        .map_err(|source| ContainerError::Rootfs { id: id.clone(), source: Box::new(source) })?;
+    let mut spec = state.spec.clone();
+    spec.rootfs = mounted.path().to_path_buf();
+    let log = LogFile::open(&paths.log).map_err(super::io_err("opening", &paths.log))?;
+    let wiring =
+        Wiring { attached: s.attach == Attach::Terminal, tty: spec.tty, interactive: state.interactive };
+    let (stdio, wired) =
+        attach::wire(wiring, Some(log)).map_err(super::io_err("wiring stdio of", &paths.dir))?;
+    let sandbox_err = |source| ContainerError::Sandbox { id: id.clone(), source: Box::new(source) };
+    // Before the spawn, so a signal that comes while the container starts is not lost.
+    let forwarder = sandbox::Forwarder::install().map_err(sandbox_err)?;
+    let mut container = match sandbox::spawn(&spec, stdio) {
+        Ok(c) => c,
+        Err(e) => {
+            wired.finish();
+            return Err(sandbox_err(e));
+        }
+    };
+    s.containers.update(s.id, |st| {
+        st.status = Status::Running;
+        st.init = ProcessId::of(container.pid().as_raw());
+        st.started_at = Some(Utc::now());
+    })?;
+    let status = sandbox::wait_forwarding(&mut container, forwarder).map_err(sandbox_err);
+    wired.finish();
+    drop(mounted);
+    status
+}

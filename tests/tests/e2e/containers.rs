@@ -1,0 +1,358 @@
+//! Containers through the `skiff` binary: `run` of the registry's busybox fixture (full pull),
+//! exit codes and signals, `-d` with `logs`, `stop`, `kill`, `start`, `rm`, `exec`, `--rm`,
+//! isolation between containers, docker's config merging, hostile layers, a killed
+//! supervisor, and `-t`. Needs root (namespaces, mounts, cgroups) and the registry fixtures.
+
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skiff::sandbox::pty::{self, Pty};
+use skiff_tests::cli::{Run, Skiff};
+use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_image};
+use skiff_tests::fixtures::{self, Fixtures};
+use skiff_tests::{sandbox, temp_dir};
+
+/// A test's skiff root; every container still there at the end is force-removed.
+struct Env {
+    skiff: Skiff,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Option<(&'static Fixtures, Env)> {
+        if !sandbox::available() {
+            return None;
+        }
+        let f = fixtures::shared()?;
+        let dir = temp_dir();
+        Some((f, Env { skiff: Skiff::new(dir.path()), dir }))
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.skiff.run(args)
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.skiff.root.join("containers")
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.containers_dir().join(id).join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `run -d`: the id it printed.
+    fn detach(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let id = self.run(&all).ok().trim().to_string();
+        assert_eq!(id.len(), 64, "not an id: {id}");
+        id
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.containers_dir()) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 {
+                self.skiff.run(&["rm", "-f", &name]);
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_prints_output_and_exits_with_the_commands_code() {
+    let Some((f, env)) = Env::new() else { return };
+    let out = env.run(&["run", "--rm", &f.busybox_ref, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "out\n", "err\n"), "{out:?}");
+    // Exec failures: docker's 127 for a missing command, 126 for one that cannot run.
+    let out = env.run(&["run", "--rm", &f.busybox_ref, "/no/such/command"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    let out = env.run(&["run", "--rm", &f.busybox_ref, "/etc/passwd"]);
+    assert_eq!(out.code, 126, "{out:?}");
+    // A command killed by signal N gives 128+N (through --init, as PID 1 cannot be signalled
+    // from inside).
+    let out = env.run(&["run", "--rm", "--init", &f.busybox_ref, "sh", "-c", "kill -USR1 $$"]);
+    assert_eq!(out.code, 128 + 10, "{out:?}");
+    // -i gives the container skiff's stdin; without it, stdin is empty.
+    let out = env.skiff.run_with_input(&["run", "--rm", "-i", &f.busybox_ref, "cat"], "piped\n");
+    assert_eq!(out.ok(), "piped\n");
+    let out = env.skiff.run_with_input(&["run", "--rm", &f.busybox_ref, "cat"], "piped\n");
+    assert_eq!(out.ok(), "");
+}
+
+#[test]
+fn detached_container_logs_stops_and_is_removed() {
+    let Some((f, env)) = Env::new() else { return };
+    let script = "echo hello; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
+    let id = env.detach(&["--name", "web", &f.busybox_ref, "sh", "-c", script]);
+    wait_for("the first log line", Duration::from_secs(10), || {
+        env.run(&["logs", "web"]).stdout.contains("hello")
+    });
+    let logs = env.run(&["logs", "web"]);
+    assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("hello\n", "oops\n"));
+    let ps = env.run(&["ps"]).ok().to_string();
+    assert!(ps.contains(&id[..12]) && ps.contains("Up ") && ps.contains("web"), "{ps}");
+    assert!(env.run(&["run", "--name", "web", &f.busybox_ref, "true"]).failed().contains("already in use"));
+    // rm refuses a running container.
+    assert!(env.run(&["rm", "web"]).failed().contains("running"));
+    env.run(&["stop", "-t", "5", "web"]).ok();
+    assert_eq!(env.run(&["logs", "web"]).stdout, "hello\nbye\n");
+    let ps = env.run(&["ps", "-a"]).ok().to_string();
+    assert!(ps.contains("Exited (0)"), "{ps}");
+    assert!(!env.run(&["ps"]).ok().contains(&id[..12]));
+    env.run(&["rm", &id[..8]]).ok();
+    assert!(!env.containers_dir().join(&id).exists());
+    assert!(mounts_under(&env.skiff.root).is_empty());
+}
+
+#[test]
+fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
+    let Some((f, env)) = Env::new() else { return };
+    let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
+    let started = Instant::now();
+    env.run(&["stop", "-t", "1", &a]).ok();
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(env.state(&a)["exit_code"], 137);
+    let b = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
+    env.run(&["kill", "-s", "KILL", &b]).ok();
+    wait_for("the exit", Duration::from_secs(10), || env.state(&b)["status"] == "exited");
+    assert_eq!(env.state(&b)["exit_code"], 137);
+    assert!(env.run(&["kill", &b]).failed().contains("not running"));
+    env.run(&["rm", &a, &b]).ok();
+}
+
+#[test]
+fn exec_joins_the_running_container() {
+    let Some((f, env)) = Env::new() else { return };
+    let id =
+        env.detach(&["-e", "FROM_RUN=yes", &f.busybox_ref, "sh", "-c", "echo made > /marker; sleep 1000"]);
+    wait_for("the marker", Duration::from_secs(10), || env.run(&["exec", &id, "cat", "/marker"]).code == 0);
+    let script = "cat /marker; cat /etc/hostname; echo $FROM_RUN $EXTRA; echo pid=$$; id -u; \
+                  grep -c . /proc/1/cmdline; grep Seccomp: /proc/self/status";
+    let out = env.run(&["exec", "-e", "EXTRA=1", "-u", "nobody", &id, "sh", "-c", script]);
+    let lines: Vec<&str> = out.ok().lines().collect();
+    assert_eq!(&lines[..3], ["made", &id[..12], "yes 1"], "{out:?}");
+    assert_ne!(lines[3], "pid=1");
+    assert_eq!(lines[4], "65534");
+    assert!(lines[6].ends_with('2'), "seccomp filter not applied: {}", lines[6]);
+    assert_eq!(env.run(&["exec", &id, "sh", "-c", "exit 7"]).code, 7);
+    assert_eq!(env.run(&["exec", &id, "/nonexistent"]).code, 127);
+    // The exec'd process is in the container's cgroup.
+    let cgroup = env.run(&["exec", &id, "cat", "/proc/self/cgroup"]).ok().to_string();
+    assert!(cgroup.contains(&format!("/skiff/{id}")) || !cgroup.contains("/skiff/"), "{cgroup}");
+    env.run(&["rm", "-f", &id]).ok();
+    assert!(env.run(&["exec", &id, "true"]).failed().contains("no such container"));
+}
+
+#[test]
+fn rm_flag_leaves_no_trace() {
+    let Some((f, env)) = Env::new() else { return };
+    let id = env.detach(&["--rm", &f.busybox_ref, "sh", "-c", "sleep 0.3"]);
+    wait_for("the container to go", Duration::from_secs(10), || !env.containers_dir().join(&id).exists());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    let out = env.run(&["run", "--rm", &f.busybox_ref, "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(env.containers_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(&env.skiff.root).is_empty());
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty());
+}
+
+#[test]
+fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
+    let Some((f, env)) = Env::new() else { return };
+    let script =
+        "cat /etc/mine 2>/dev/null; echo \"$HOSTNAME\" >> /etc/mine; rm /bin/cat.gone 2>/dev/null; true";
+    env.run(&["run", "--name", "a", &f.busybox_ref, "sh", "-c", script]).ok();
+    env.run(&["run", "--name", "b", &f.busybox_ref, "sh", "-c", "rm /bin/ls; test ! -e /etc/mine"]).ok();
+    // b deleted ls in its own rootfs only.
+    assert_eq!(env.run(&["run", "--rm", &f.busybox_ref, "ls", "/"]).code, 0);
+    // a starts again on its own upper: its earlier line is there.
+    let id = env.state_id("a");
+    let out = env.run(&["start", "-a", "a"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("{}\n", &id[..12]), "{out:?}");
+    // Detached start, then its log holds every run.
+    env.run(&["start", "a"]).ok();
+    wait_for("a to exit", Duration::from_secs(10), || {
+        env.state(&id)["status"] == "exited" && env.state(&id)["supervisor"].is_null()
+    });
+    let logs = env.run(&["logs", "a"]);
+    assert_eq!(logs.stdout.lines().count(), 3, "{logs:?}");
+}
+
+impl Env {
+    fn state_id(&self, name: &str) -> String {
+        std::fs::read_dir(self.containers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|id| id.len() == 64 && self.state(id)["name"] == name)
+            .unwrap()
+    }
+}
+
+#[test]
+fn image_config_merges_with_flags_as_docker_does() {
+    let Some((f, env)) = Env::new() else { return };
+    let config = serde_json::json!({
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo default"],
+        "Env": ["PATH=/bin", "FROM_IMAGE=1", "OVER=image"],
+        "WorkingDir": "/work",
+        "User": "nobody",
+        "StopSignal": "SIGUSR1",
+    });
+    let image = push_image("configured", std::slice::from_ref(&f.busybox), config);
+    assert_eq!(env.run(&["run", "--rm", &image]).ok(), "default\n");
+    let env_file = env.dir.path().join("env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=file\nOVER=file\n").unwrap();
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "-e",
+        "OVER=flag",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        &image,
+        "echo $FROM_IMAGE $FROM_FILE $OVER $(pwd) $(id -u)",
+    ]);
+    assert_eq!(out.ok(), "1 file flag /work 65534\n");
+    assert_eq!(env.run(&["run", "--rm", "-w", "/tmp", "-u", "0", &image, "pwd; id -u"]).ok(), "/tmp\n0\n");
+    assert_eq!(
+        env.run(&["run", "--rm", "--entrypoint", "/bin/echo", &image, "hi", "there"]).ok(),
+        "hi there\n"
+    );
+    assert_eq!(env.run(&["run", "--rm", "--hostname", "box", &image, "cat /etc/hostname"]).ok(), "box\n");
+    let out = env.run(&["run", "--rm", "--entrypoint", "", &image]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("no command"), "{out:?}");
+    // The image's StopSignal is what stop sends first.
+    let id = env.detach(&[&image, "trap 'echo usr1; exit 0' USR1; while true; do sleep 0.1; done"]);
+    assert_eq!(env.state(&id)["stop_signal"], "SIGUSR1");
+    env.run(&["stop", &id]).ok();
+    assert_eq!(env.run(&["logs", &id]).stdout, "usr1\n");
+}
+
+#[test]
+fn hostile_layer_entries_cannot_write_outside_the_rootfs() {
+    let Some((f, env)) = Env::new() else { return };
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let layer = hostile_layer(&env.dir.path().join("hostile.tar.gz"), &outside);
+    let image = push_image("hostile", &[f.busybox.clone(), layer], serde_json::json!({"Cmd": ["sh"]}));
+    let inside = outside.to_str().unwrap();
+    let script = format!("cat {inside}/dotdot {inside}/through-absolute {inside}/through-relative /after; stat -c %h /etc/passwd");
+    let out = env.run(&["run", "--rm", &image, "sh", "-c", &script]);
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(names.is_empty(), "the layer wrote outside the rootfs: {names:?}");
+    // Every entry landed inside the rootfs, where the container sees it.
+    assert_eq!(out.ok(), "dotdot\nabsolute\nrelative\nafter the hostile entries\n2\n");
+}
+
+#[test]
+fn killed_supervisor_is_cleaned_up_by_the_next_command() {
+    let Some((f, env)) = Env::new() else { return };
+    let id = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
+    let state = env.state(&id);
+    let supervisor = state["supervisor"]["pid"].as_i64().unwrap() as i32;
+    let init = state["init"]["pid"].as_i64().unwrap() as i32;
+    assert!(!mounts_under(&env.containers_dir().join(&id)).is_empty());
+    assert!(!cgroup_dirs(&id).is_empty());
+    std::process::Command::new("kill").args(["-KILL", &supervisor.to_string()]).status().unwrap();
+    wait_for("the supervisor to die", Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{supervisor}")).exists()
+            || std::fs::read_to_string(format!("/proc/{supervisor}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+    let ps = env.run(&["ps", "-a"]).ok().to_string();
+    assert!(ps.contains("Exited (137)"), "{ps}");
+    assert!(mounts_under(&env.containers_dir().join(&id)).is_empty());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    wait_for("the container's init to die", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    env.run(&["rm", &id]).ok();
+}
+
+/// Runs skiff with a pty of 33 rows and 99 columns as its stdio; its exit code and output.
+fn on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String) {
+    let pty = Pty::open().unwrap();
+    pty::set_window_size(pty.slave.as_fd(), 33, 99).unwrap();
+    let mut child = env
+        .skiff
+        .command()
+        .args(args)
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    drop(pty.slave);
+    let mut output = Vec::new();
+    let mut master = std::fs::File::from(pty.master);
+    let mut buf = [0u8; 4096];
+    // EIO once every slave descriptor (skiff's) is closed.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        output.extend_from_slice(&buf[..n]);
+    }
+    let status = child.wait().unwrap();
+    (status.code(), String::from_utf8_lossy(&output).into_owned())
+}
+
+#[test]
+fn tty_gives_the_container_a_terminal_of_the_callers_size() {
+    let Some((f, env)) = Env::new() else { return };
+    let script =
+        "test -t 0 && echo stdin-tty; /bin/busybox stty size; test -c /dev/console && echo console; exit 5";
+    let (code, text) = on_a_terminal(&env, &["run", "--rm", "-t", &f.busybox_ref, "sh", "-c", script]);
+    assert_eq!(code, Some(5), "{text}");
+    assert!(text.contains("stdin-tty"), "{text}");
+    assert!(text.contains("33 99"), "{text}");
+    assert!(text.contains("console"), "{text}");
+    // exec -t into a running container.
+    let id = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
+    let script = "test -t 0 && echo exec-tty; /bin/busybox stty size; exit 4";
+    let (code, text) = on_a_terminal(&env, &["exec", "-t", &id, "sh", "-c", script]);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("exec-tty") && text.contains("33 99"), "{text}");
+}
+
+#[test]
+fn full_pull_applies_whiteouts_links_and_metadata_of_the_hard_fixture() {
+    let Some((f, env)) = Env::new() else { return };
+    let script = "ls /fixture/opaque; ls /fixture | grep -c deleted; \
+                  stat -c '%a %u:%g %h %F' /fixture/setuid /fixture/xattrs /fixture/big.bin /fixture/null /fixture/fifo; \
+                  readlink /fixture/absolute-link; sha256sum /fixture/big.bin | cut -c1-16";
+    let out = env.run(&["run", "--rm", &f.hard_ref, "sh", "-c", script]);
+    let big = skiff::Digest::of(&fixtures::noise(fixtures::BIG_FILE_SIZE, 7)).hex()[..16].to_string();
+    let expected = format!(
+        "visible\n0\n4755 0:0 1 regular file\n640 1000:1000 1 regular file\n644 0:0 2 regular file\n\
+         666 0:0 1 character special file\n666 0:0 1 fifo\n/etc/passwd\n{big}\n"
+    );
+    assert_eq!(out.ok(), expected);
+    // The layers are in the store now: a second container needs no registry.
+    let store = env.skiff.store();
+    assert!(store.has(&f.busybox.digest) && store.has(&f.hard.digest));
+}
