@@ -1,8 +1,13 @@
 //! `skiff-bench`: measurements of skiff against real registries.
 //!
+//! `coldstart` starts real workloads (python, gcc, jdk, postgres, busybox) from images the bench
+//! builds, with skiff lazily, with a prefetch profile, after a full pull, and with podman, over a
+//! shaped link in a namespace of its own, and reports time to ready, bytes fetched and memory.
+//!
 //! `pull-latency` times HTTP range reads of several sizes from an image's largest layer: the
 //! request latency (p50/p90/p99) and throughput a lazy pull sees on a given link.
 
+mod coldstart;
 mod latency;
 
 use std::process::ExitCode;
@@ -20,12 +25,15 @@ struct Cli {
 enum Command {
     /// Latency and throughput of range reads against a registry.
     PullLatency(latency::Args),
+    /// Cold and warm container starts: skiff lazy, with a profile, full pull, and podman.
+    Coldstart(Box<coldstart::Args>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::PullLatency(args) => latency::run(args),
+        Command::Coldstart(args) => coldstart::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,280 @@
+//! The link between the registry and the clients: a private network namespace of the bench's
+//! own (`ip netns add`), its `lo` shaped with `tbf`, and the registry (`docker-registry serve`)
+//! running inside it with its access log on. Dropping a [`Link`] stops the registry (by pid)
+//! and deletes the namespace, which takes the qdisc with it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::proc::{run_checked, stop_child};
+
+/// The registry's address inside the namespace (nothing else listens there).
+pub const REGISTRY: &str = "127.0.0.1:5000";
+
+/// How the namespace's `lo` is shaped.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Shape {
+    /// Bits per second; `None` leaves the rate alone.
+    pub rate_bits_per_s: Option<u64>,
+    /// Added round-trip time (netem, half on each direction of `lo`).
+    pub delay_ms: Option<u64>,
+}
+
+/// Parses a tc-style rate: `100mbit`, `1gbit`, `512kbit`, `8000000bit` or a bare number of bits
+/// per second. Byte units (`mbps` means megabytes to tc) are refused, as too easy to misread.
+pub fn parse_rate(input: &str) -> anyhow::Result<u64> {
+    let s = input.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("rate {input:?}: expected a number and a unit like 100mbit"))?;
+    let factor = match unit {
+        "" | "bit" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        _ => bail!("rate {input:?}: unit must be bit, kbit, mbit or gbit"),
+    };
+    match n.checked_mul(factor) {
+        Some(r) if r > 0 => Ok(r),
+        _ => bail!("rate {input:?} is out of range"),
+    }
+}
+
+/// The `tc` argument lists that shape `lo` (run inside the namespace, in order). `lo` sends
+/// 64 KiB segments, so the bucket must hold at least one (a smaller burst drops them); 10 ms of
+/// rate above that keeps the shaper smooth at high rates. The queue holds 100 ms.
+pub fn tc_commands(shape: &Shape) -> Vec<Vec<String>> {
+    let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<String>>();
+    let tbf = |parent: &str, rate: u64| {
+        let burst = (rate / 8 / 100).max(128 * 1024);
+        args(&format!("qdisc add dev lo {parent} tbf rate {rate}bit burst {burst} latency 100ms"))
+    };
+    match (shape.rate_bits_per_s, shape.delay_ms) {
+        (None, None) => vec![],
+        (Some(rate), None) => vec![tbf("root", rate)],
+        (None, Some(delay)) => vec![args(&format!("qdisc add dev lo root netem delay {}us", delay * 500))],
+        (Some(rate), Some(delay)) => vec![
+            args(&format!("qdisc add dev lo root handle 1: netem delay {}us", delay * 500)),
+            tbf("parent 1:1 handle 10:", rate),
+        ],
+    }
+}
+
+/// A private network namespace with the registry running in it.
+pub struct Link {
+    name: String,
+    registry: Option<Child>,
+    access_log: PathBuf,
+}
+
+impl Link {
+    /// Creates the namespace `skiff-bench-<pid>` with `lo` up (unshaped) and starts the
+    /// registry, its blobs under `storage`, its logs under `log_dir`.
+    pub fn start(storage: &Path, log_dir: &Path) -> anyhow::Result<Link> {
+        let name = format!("skiff-bench-{}", std::process::id());
+        run_checked(Command::new("ip").args(["netns", "add", &name]))?;
+        let mut link = Link { name, registry: None, access_log: log_dir.join("registry-access.log") };
+        link.exec_checked(&["ip", "link", "set", "lo", "up"])?;
+
+        std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
+        std::fs::create_dir_all(log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        let config = log_dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: false}}}}\n\
+                 storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+                 http: {{addr: {REGISTRY}}}\n",
+                storage.display()
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let stdout = File::create(&link.access_log).context("creating the registry access log")?;
+        let stderr = File::create(log_dir.join("registry.log")).context("creating the registry log")?;
+        // `ip netns exec` execs the registry, so the child's pid is the registry's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &link.name, "docker-registry", "serve"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .context("starting docker-registry (apt-get install docker-registry)")?;
+        link.registry = Some(child);
+        link.wait_for_registry()?;
+        Ok(link)
+    }
+
+    fn wait_for_registry(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // The namespace's port is not reachable from here; ask from inside.
+            let probe = self
+                .exec_command(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/5000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if matches!(probe, Ok(s) if s.success()) {
+                return Ok(());
+            }
+            if let Some(status) = self.registry.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("docker-registry exited ({status}) before it listened on {REGISTRY}");
+            }
+            if Instant::now() > deadline {
+                bail!("docker-registry did not listen on {REGISTRY} within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Shapes `lo` (after the images are pushed, so pushing is fast).
+    pub fn shape(&self, shape: &Shape) -> anyhow::Result<()> {
+        for args in tc_commands(shape) {
+            let mut argv = vec!["tc".to_string()];
+            argv.extend(args);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            self.exec_checked(&argv).with_context(|| {
+                if shape.delay_ms.is_some() {
+                    "shaping lo (--delay needs the netem qdisc, which this kernel may lack)"
+                } else {
+                    "shaping lo with tbf"
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `nsenter --net=… ARGV…`: a command that runs inside the namespace and nothing else of
+    /// it (no new mount namespace), so its pid is the command's own.
+    pub fn exec_command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").args(argv);
+        cmd
+    }
+
+    fn exec_checked(&self, argv: &[&str]) -> anyhow::Result<()> {
+        run_checked(&mut self.exec_command(argv))
+    }
+
+    /// Bytes sent on the namespace's `lo` so far (every packet is counted once).
+    pub fn lo_bytes(&self) -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "-s", "link", "show", "dev", "lo"])
+            .output()
+            .context("ip -s link show lo")?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -j output")?;
+        json[0]["stats64"]["tx"]["bytes"].as_u64().context("ip -j -s link: no stats64.tx.bytes")
+    }
+
+    /// Where the access log ends now; [`Link::registry_traffic_since`] reads on from there.
+    pub fn access_log_mark(&self) -> u64 {
+        std::fs::metadata(&self.access_log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Blob bytes and requests the registry logged after `mark`.
+    pub fn registry_traffic_since(&self, mark: u64) -> anyhow::Result<Traffic> {
+        // The registry logs a request when its response is done; give the last one a moment.
+        std::thread::sleep(Duration::from_millis(150));
+        let mut file = File::open(&self.access_log).context("opening the registry access log")?;
+        file.seek(SeekFrom::Start(mark))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).context("reading the registry access log")?;
+        Ok(Traffic::from_access_log(&text))
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(child) = self.registry.as_mut() {
+            stop_child(child, Duration::from_secs(5));
+        }
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
+}
+
+/// What the registry sent for blob requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Traffic {
+    pub blob_bytes: u64,
+    pub blob_requests: u64,
+}
+
+impl Traffic {
+    /// Sums the combined-log-format lines (`… "GET /v2/NAME/blobs/DIGEST HTTP/1.1" 206 BYTES …`)
+    /// of GET requests for blobs; HEADs and manifests are not counted, nor lines it cannot parse.
+    pub fn from_access_log(text: &str) -> Traffic {
+        let mut t = Traffic::default();
+        for line in text.lines() {
+            let Some(start) = line.find('"') else { continue };
+            let Some(len) = line[start + 1..].find('"') else { continue };
+            let request = &line[start + 1..start + 1 + len];
+            let mut parts = request.split_whitespace();
+            let (Some("GET"), Some(path)) = (parts.next(), parts.next()) else { continue };
+            if !(path.starts_with("/v2/") && path.contains("/blobs/")) {
+                continue;
+            }
+            let mut after = line[start + 1 + len + 1..].split_whitespace();
+            let _status = after.next();
+            let bytes = after.next().and_then(|b| b.parse::<u64>().ok()).unwrap_or(0);
+            t.blob_bytes += bytes;
+            t.blob_requests += 1;
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_in_bits() {
+        assert_eq!(parse_rate("100mbit").unwrap(), 100_000_000);
+        assert_eq!(parse_rate("1Gbit").unwrap(), 1_000_000_000);
+        assert_eq!(parse_rate("512kbit").unwrap(), 512_000);
+        assert_eq!(parse_rate("9600").unwrap(), 9600);
+        assert!(parse_rate("100mbps").is_err(), "bytes per second is refused");
+        assert!(parse_rate("0mbit").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn tbf_commands_for_each_shape() {
+        assert!(tc_commands(&Shape::default()).is_empty());
+        let rate = tc_commands(&Shape { rate_bits_per_s: Some(100_000_000), delay_ms: None });
+        assert_eq!(
+            rate,
+            vec!["qdisc add dev lo root tbf rate 100000000bit burst 131072 latency 100ms"
+                .split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>()]
+        );
+        // At 10 Gbit/s, 10 ms of rate outgrows the 128 KiB floor.
+        let fast = tc_commands(&Shape { rate_bits_per_s: Some(10_000_000_000), delay_ms: None });
+        assert!(fast[0].join(" ").contains("burst 12500000 "));
+        let both = tc_commands(&Shape { rate_bits_per_s: Some(100_000_000), delay_ms: Some(20) });
+        assert_eq!(both[0].join(" "), "qdisc add dev lo root handle 1: netem delay 10000us");
+        assert!(both[1]
+            .join(" ")
+            .starts_with("qdisc add dev lo parent 1:1 handle 10: tbf rate 100000000bit"));
+    }
+
+    #[test]
+    fn access_log_sums_blob_gets_only() {
+        let log = r#"127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "skiff/0.1"
+127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "GET /v2/bench/python/manifests/estargz HTTP/1.1" 200 1234 "" "skiff/0.1"
+127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "HEAD /v2/bench/python/blobs/sha256:aa HTTP/1.1" 200 0 "" "skiff/0.1"
+127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "GET /v2/bench/python/blobs/sha256:aa HTTP/1.1" 206 1048576 "" "skiff/0.1"
+127.0.0.1 - - [27/Nov/2025:05:25:02 +0000] "GET /v2/bench/python/blobs/sha256:bb HTTP/1.1" 200 51 "" "skiff/0.1"
+time="2025-11-27T05:25:02Z" level=info msg="not an access log line"
+garbage"#;
+        assert_eq!(Traffic::from_access_log(log), Traffic { blob_bytes: 1_048_627, blob_requests: 2 });
+    }
+}
