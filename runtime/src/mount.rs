@@ -72,11 +72,7 @@ impl MountPaths {
         let dir = root.join("mounts").join(id);
         let record = root.join("mounts").join(format!("{id}.json"));
         match upper {
-            Some(u) => {
-                let name = u.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let work = u.parent().unwrap_or(Path::new("/")).join(format!(".{name}.skiff-work"));
-                MountPaths { upper: u.to_path_buf(), work, record }
-            }
+            Some(u) => MountPaths { upper: u.to_path_buf(), work: crate::container::work_dir(u), record },
             None => MountPaths { upper: dir.join("upper"), work: dir.join("work"), record },
         }
     }

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub interactive: bool,
     pub auto_remove: bool,
     pub pull_mode: PullMode,
+    /// `--record-profile`: save the files this run reads as the image's prefetch profile.
+    pub record_profile: bool,
     /// `--stop-signal`, over the image's.
     pub stop_signal: Option<String>,
 }
@@ -62,7 +64,8 @@ impl Default for RunOptions {
             tty: false,
             interactive: false,
             auto_remove: false,
-            pull_mode: PullMode::Full,
+            pull_mode: PullMode::Lazy,
+            record_profile: false,
             stop_signal: None,
         }
     }

@@ -26,7 +26,10 @@ use fs2::FileExt;
 pub use config::{check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{kill, remove, stop, wait_exited};
-pub use rootfs::{MountedRootfs, PullMode, RootfsError, RootfsProvider, UnpackedRootfs};
+pub use rootfs::{
+    remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,
+    UnpackedRootfs,
+};
 pub use state::{ProcessId, State, Status};
 pub use supervisor::{exit_code, supervise, Attach, Supervision};
 pub use unpack::{apply_layer, LayerStats, UnpackError};
@@ -220,6 +223,7 @@ impl Containers {
             name,
             image: image.record.clone(),
             pull_mode: options.pull_mode,
+            record_profile: options.record_profile,
             created: Utc::now(),
             status: Status::Created,
             supervisor: None,

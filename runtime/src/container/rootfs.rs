@@ -2,9 +2,12 @@
 //! rootfs appear at a target directory, with the container's changes going to its upper
 //! directory, and hands back a [`MountedRootfs`] that undoes it when dropped.
 //!
-//! [`UnpackedRootfs`] is the full-pull provider (what docker and podman do): every layer is
-//! downloaded, verified and unpacked in order into the upper directory the first time, which
-//! is then bind-mounted on the target. The lazy FUSE provider serves the same seam.
+//! [`LazyRootfs`] (the default) mounts the image with skiff's union filesystem: nothing is
+//! downloaded before the container starts, each file's bytes come from the registry the first
+//! time they are read. [`UnpackedRootfs`] is the full-pull provider (what docker and podman
+//! do): every layer is downloaded, verified and unpacked once per image into a tree shared by
+//! the image's containers, which kernel overlayfs puts under each container's upper directory.
+//! Both keep a container's changes in the same overlayfs-convention upper directory.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -16,12 +19,13 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
-use skiff_fs::Digest;
+use skiff_fs::{ChunkCache, Digest};
 
 use super::unpack::{apply_layer, UnpackError};
 use crate::image::stream::{open_layer, Verifying};
 use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
+use crate::mount::{mount_image, ImageMount, MountPaths, MountRequest, ProfileMode};
 use crate::reference::Reference;
 use crate::registry::Client;
 use crate::store::{Staged, Store, StoreError};
@@ -54,8 +58,12 @@ pub enum RootfsError {
     Unpack(#[from] UnpackError),
     #[error("{step} {path}: {source}")]
     Io { step: &'static str, path: PathBuf, source: io::Error },
-    #[error("bind-mounting {upper} on {target}: {source}")]
-    Mount { upper: PathBuf, target: PathBuf, source: Errno },
+    #[error("mounting overlayfs of {lower} under {upper} on {target}: {source}")]
+    Overlay { lower: PathBuf, upper: PathBuf, target: PathBuf, source: Errno },
+    #[error("overlayfs cannot take the path {0} (it holds ',' or ':'); choose another --root")]
+    OverlayPath(PathBuf),
+    #[error(transparent)]
+    Lazy(#[from] crate::mount::MountError),
     #[error("image {image}: invalid source repository {source_repo:?}")]
     Source { image: String, source_repo: String },
 }
@@ -64,6 +72,8 @@ pub enum RootfsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PullMode {
+    /// Mount at once; fetch each file's bytes when they are first read.
+    Lazy,
     /// Download and unpack every layer before the container starts.
     Full,
 }
@@ -73,8 +83,9 @@ impl std::str::FromStr for PullMode {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "lazy" => Ok(PullMode::Lazy),
             "full" => Ok(PullMode::Full),
-            other => Err(format!("unknown pull mode {other:?} (expected: full)")),
+            other => Err(format!("unknown pull mode {other:?} (expected: lazy or full)")),
         }
     }
 }
@@ -82,14 +93,16 @@ impl std::str::FromStr for PullMode {
 impl std::fmt::Display for PullMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            PullMode::Lazy => "lazy",
             PullMode::Full => "full",
         })
     }
 }
 
-/// The full-pull provider: layers unpacked into the upper directory, bind-mounted on the
-/// target. Layers missing from the store are streamed from the registry, unpacked as they
-/// arrive and kept in the store for the next container.
+/// The full-pull provider: an image's layers unpacked once into `<root>/rootfs/<manifest>`,
+/// mounted read-only under each container's upper directory by kernel overlayfs. Layers
+/// missing from the store are streamed from the registry, unpacked as they arrive and kept in
+/// the store.
 pub struct UnpackedRootfs {
     client: Arc<Client>,
     store: Store,
@@ -187,6 +200,66 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
+impl UnpackedRootfs {
+    /// The image's unpacked tree, made (under a temporary name, renamed into place when whole)
+    /// if this is its first container.
+    fn unpacked(&self, image: &StoredImage) -> Result<PathBuf, RootfsError> {
+        let io = |step, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RootfsError::Io { step, path, source }
+        };
+        let dir = self.store.root().join("rootfs");
+        let tree = dir.join(image.record.manifest.hex());
+        if tree.is_dir() {
+            return Ok(tree);
+        }
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let partial = dir.join(format!(".{}.{}.partial", image.record.manifest.hex(), std::process::id()));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(io("removing the unfinished", &partial))?;
+        }
+        fs::create_dir(&partial).map_err(io("creating", &partial))?;
+        let unpacked = self.unpack(image, &partial);
+        // Another container of the image may have finished first: then its tree is used.
+        let placed = unpacked.and_then(|()| match fs::rename(&partial, &tree) {
+            Err(_) if tree.is_dir() => Ok(()),
+            other => other.map_err(io("renaming into place", &partial)),
+        });
+        if partial.exists() {
+            let _ = fs::remove_dir_all(&partial);
+        }
+        placed.map(|()| tree)
+    }
+}
+
+/// Removes unpacked trees nobody is unpacking any more (their process gone) and trees of
+/// images neither stored nor used by a container. Called by `rmi`.
+pub fn remove_unused_unpacked(
+    store: &Store,
+    containers: &super::Containers,
+) -> Result<(), super::ContainerError> {
+    let dir = store.root().join("rootfs");
+    let Ok(entries) = fs::read_dir(&dir) else { return Ok(()) };
+    let images = store.images().map_err(ImageError::from)?;
+    let kept: std::collections::HashSet<String> = images
+        .into_iter()
+        .chain(containers.list()?.into_iter().map(|state| state.image))
+        .map(|record| record.manifest.hex().to_string())
+        .collect();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = match name.strip_suffix(".partial").and_then(|n| n.rsplit_once('.')) {
+            Some((_, pid)) => pid.parse::<i32>().is_ok_and(|pid| super::ProcessId::of(pid).is_none()),
+            None => !kept.contains(&name),
+        };
+        if stale {
+            let path = entry.path();
+            fs::remove_dir_all(&path).map_err(super::io_err("removing", &path))?;
+        }
+    }
+    Ok(())
+}
+
 impl RootfsProvider for UnpackedRootfs {
     fn mount(
         &self,
@@ -194,42 +267,103 @@ impl RootfsProvider for UnpackedRootfs {
         upper: &Path,
         target: &Path,
     ) -> Result<Box<dyn MountedRootfs>, RootfsError> {
-        if !upper.is_dir() {
-            let partial = upper.with_extension("partial");
-            let io = |step, path: &Path| {
-                let path = path.to_path_buf();
-                move |source| RootfsError::Io { step, path, source }
-            };
-            if partial.exists() {
-                fs::remove_dir_all(&partial).map_err(io("removing the unfinished", &partial))?;
-            }
-            fs::create_dir(&partial).map_err(io("creating", &partial))?;
-            self.unpack(image, &partial)?;
-            fs::rename(&partial, upper).map_err(io("renaming into place", &partial))?;
+        let lower = self.unpacked(image)?;
+        let work = work_dir(upper);
+        for dir in [upper, &work] {
+            fs::create_dir_all(dir).map_err(|source| RootfsError::Io {
+                step: "creating",
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
-        nix::mount::mount(Some(upper), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(
-            |source| RootfsError::Mount { upper: upper.to_path_buf(), target: target.to_path_buf(), source },
-        )?;
-        Ok(Box::new(BindMount { target: target.to_path_buf() }))
+        for path in [&lower, upper, &work, target] {
+            if path.to_string_lossy().contains([',', ':']) {
+                return Err(RootfsError::OverlayPath(path.to_path_buf()));
+            }
+        }
+        let data =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        nix::mount::mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+            .map_err(|source| RootfsError::Overlay {
+                lower,
+                upper: upper.to_path_buf(),
+                target: target.to_path_buf(),
+                source,
+            })?;
+        Ok(Box::new(KernelMount { target: target.to_path_buf() }))
     }
 }
 
-/// The upper directory bound on the target.
-struct BindMount {
+/// The scratch directory overlayfs (kernel or skiff's) needs beside an upper directory.
+pub fn work_dir(upper: &Path) -> PathBuf {
+    let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    upper.parent().unwrap_or(Path::new("/")).join(format!(".{name}.skiff-work"))
+}
+
+/// A kernel mount on the target.
+struct KernelMount {
     target: PathBuf,
 }
 
-impl MountedRootfs for BindMount {
+impl MountedRootfs for KernelMount {
     fn path(&self) -> &Path {
         &self.target
     }
 }
 
-impl Drop for BindMount {
+impl Drop for KernelMount {
     fn drop(&mut self) {
         if let Err(e) = nix::mount::umount2(&self.target, MntFlags::empty()) {
             tracing::warn!(target = %self.target.display(), error = %e, "unmounting the rootfs; detaching it");
             let _ = nix::mount::umount2(&self.target, MntFlags::MNT_DETACH);
         }
+    }
+}
+
+/// The lazy provider: the image mounted by skiff's union filesystem, served by this process
+/// for as long as the container runs.
+pub struct LazyRootfs {
+    client: Arc<Client>,
+    store: Store,
+    cache: ChunkCache,
+    profile: ProfileMode,
+}
+
+impl LazyRootfs {
+    pub fn new(client: Arc<Client>, store: Store, cache: ChunkCache, profile: ProfileMode) -> LazyRootfs {
+        LazyRootfs { client, store, cache, profile }
+    }
+}
+
+impl RootfsProvider for LazyRootfs {
+    fn mount(
+        &self,
+        image: &StoredImage,
+        upper: &Path,
+        target: &Path,
+    ) -> Result<Box<dyn MountedRootfs>, RootfsError> {
+        let paths = MountPaths::new(self.store.root(), target, Some(upper));
+        let mount = mount_image(MountRequest {
+            client: &self.client,
+            store: &self.store,
+            cache: &self.cache,
+            image: &image.record,
+            target,
+            paths,
+            profile: self.profile,
+        })?;
+        Ok(Box::new(FuseRootfs { _mount: mount, target: target.to_path_buf() }))
+    }
+}
+
+/// The union mount, unmounted (and its profile and usage saved) when dropped.
+struct FuseRootfs {
+    _mount: ImageMount,
+    target: PathBuf,
+}
+
+impl MountedRootfs for FuseRootfs {
+    fn path(&self) -> &Path {
+        &self.target
     }
 }

@@ -73,6 +73,9 @@ pub struct State {
     /// The image it was created from (name, manifest, source repository).
     pub image: ImageRecord,
     pub pull_mode: PullMode,
+    /// Save the files a run reads as the image's prefetch profile (lazy mode).
+    #[serde(default)]
+    pub record_profile: bool,
     pub created: DateTime<Utc>,
     pub status: Status,
     /// The `skiff` process that supervises the container while it runs.

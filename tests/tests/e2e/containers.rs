@@ -262,11 +262,20 @@ fn hostile_layer_entries_cannot_write_outside_the_rootfs() {
     let image = push_image("hostile", &[f.busybox.clone(), layer], serde_json::json!({"Cmd": ["sh"]}));
     let inside = outside.to_str().unwrap();
     let script = format!("cat {inside}/dotdot {inside}/through-absolute {inside}/through-relative /after; stat -c %h /etc/passwd");
-    let out = env.run(&["run", "--rm", &image, "sh", "-c", &script]);
+    let out = env.run(&["run", "--rm", "--pull-mode", "full", &image, "sh", "-c", &script]);
     let names: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(names.is_empty(), "the layer wrote outside the rootfs: {names:?}");
-    // Every entry landed inside the rootfs, where the container sees it.
+    // Unpacked, every entry landed inside the rootfs, where the container sees it.
     assert_eq!(out.ok(), "dotdot\nabsolute\nrelative\nafter the hostile entries\n2\n");
+    // Lazily, the layer's index refuses the `..` entry, naming the layer and the entry, and
+    // the container does not start.
+    let out = env.run(&["run", "--rm", &image, "sh", "-c", &script]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("layer sha256:"), "{out:?}");
+    assert!(out.stderr.contains("dotdot") && out.stderr.contains("unsafe path"), "{out:?}");
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(names.is_empty(), "the layer wrote outside the rootfs: {names:?}");
+    assert_eq!(env.run(&["ps", "-aq"]).ok(), "");
 }
 
 #[test]
@@ -340,18 +349,23 @@ fn tty_gives_the_container_a_terminal_of_the_callers_size() {
 }
 
 #[test]
-fn full_pull_applies_whiteouts_links_and_metadata_of_the_hard_fixture() {
+fn both_pull_modes_apply_whiteouts_links_and_metadata_of_the_hard_fixture() {
     let Some((f, env)) = Env::new() else { return };
     let script = "ls /fixture/opaque; ls /fixture | grep -c deleted; \
                   stat -c '%a %u:%g %h %F' /fixture/setuid /fixture/xattrs /fixture/big.bin /fixture/null /fixture/fifo; \
                   readlink /fixture/absolute-link; sha256sum /fixture/big.bin | cut -c1-16";
-    let out = env.run(&["run", "--rm", &f.hard_ref, "sh", "-c", script]);
     let big = skiff::Digest::of(&fixtures::noise(fixtures::BIG_FILE_SIZE, 7)).hex()[..16].to_string();
     let expected = format!(
         "visible\n0\n4755 0:0 1 regular file\n640 1000:1000 1 regular file\n644 0:0 2 regular file\n\
          666 0:0 1 character special file\n666 0:0 1 fifo\n/etc/passwd\n{big}\n"
     );
-    assert_eq!(out.ok(), expected);
+    let lazy = env.run(&["run", "--rm", &f.hard_ref, "sh", "-c", script]);
+    assert_eq!(lazy.ok(), expected);
+    // Lazily, nothing but the indexes' bytes came: the layers are not in the store.
+    let store = env.skiff.store();
+    assert!(!store.has(&f.hard.digest));
+    let full = env.run(&["run", "--rm", "--pull-mode", "full", &f.hard_ref, "sh", "-c", script]);
+    assert_eq!(full.ok(), expected);
     // The layers are in the store now: a second container needs no registry.
     let store = env.skiff.store();
     assert!(store.has(&f.busybox.digest) && store.has(&f.hard.digest));

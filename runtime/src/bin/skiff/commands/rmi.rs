@@ -21,5 +21,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     for digest in deleted {
         println!("Deleted: {digest}");
     }
+    let containers = super::run::containers(ctx)?;
+    skiff::container::remove_unused_unpacked(&store, &containers)?;
     Ok(())
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use skiff::container::{
-    exit_code, supervise, Attach, ContainerError, Containers, PullMode, RootfsProvider, RunOptions, State,
-    Status, Supervision, UnpackedRootfs,
+    exit_code, supervise, Attach, ContainerError, Containers, LazyRootfs, PullMode, RootfsProvider,
+    RunOptions, State, Status, Supervision, UnpackedRootfs,
 };
 use skiff::image::StoredImage;
+use skiff::mount::ProfileMode;
 use skiff::sandbox::{CapabilityOptions, Network, Resources, TmpfsMount, Volume};
 
 use crate::context::Context;
@@ -85,9 +86,14 @@ pub struct Args {
     /// Signal `stop` sends first (default: the image's, else SIGTERM).
     #[arg(long)]
     stop_signal: Option<String>,
-    /// How the image's files are fetched: full (download and unpack every layer first).
-    #[arg(long, default_value = "full")]
+    /// How the image's files are fetched: lazy (mount at once, fetch bytes when first read)
+    /// or full (download and unpack every layer first, as docker does).
+    #[arg(long, default_value = "lazy")]
     pull_mode: PullMode,
+    /// Save the files this run reads as the image's prefetch profile; later lazy runs
+    /// prefetch them in the background from the start.
+    #[arg(long)]
+    record_profile: bool,
     /// The image, pulled first when it is not stored.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -129,6 +135,7 @@ impl Args {
             interactive: self.interactive,
             auto_remove: self.rm,
             pull_mode: self.pull_mode,
+            record_profile: self.record_profile,
             stop_signal: self.stop_signal.clone(),
         }
     }
@@ -164,11 +171,15 @@ pub fn for_each_container(
     Ok(())
 }
 
-/// The rootfs provider of a pull mode.
-pub fn provider(ctx: &Context, mode: PullMode) -> anyhow::Result<Box<dyn RootfsProvider>> {
-    match mode {
-        PullMode::Full => Ok(Box::new(UnpackedRootfs::new(ctx.client()?, ctx.store()?))),
-    }
+/// The rootfs provider of a container's pull mode.
+pub fn provider(ctx: &Context, state: &State) -> anyhow::Result<Box<dyn RootfsProvider>> {
+    Ok(match state.pull_mode {
+        PullMode::Full => Box::new(UnpackedRootfs::new(ctx.client()?, ctx.store()?)),
+        PullMode::Lazy => {
+            let profile = ProfileMode { record: state.record_profile, prefetch: true };
+            Box::new(LazyRootfs::new(ctx.client()?, ctx.store()?, ctx.cache()?, profile))
+        }
+    })
 }
 
 /// A process exit code from a container's (0–255).
@@ -215,7 +226,7 @@ pub fn supervise_with(
 ) -> anyhow::Result<ExitCode> {
     let image = StoredImage::load(&ctx.store()?, &state.image)
         .with_context(|| format!("loading {}", state.image.name))?;
-    let provider = provider(ctx, state.pull_mode)?;
+    let provider = provider(ctx, state)?;
     let supervision = Supervision { containers, id: &state.id, image: &image, provider: &*provider, attach };
     Ok(code(supervise(supervision)?.code()))
 }
