@@ -271,3 +271,33 @@ fn a_converted_image_runs_under_podman() {
     assert!(out.status.success(), "podman failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout, "deleted by the next layer\nconverted-runs\n");
 }
+
+#[test]
+fn a_foreground_mount_ends_cleanly_when_skiff_umount_unmounts_it() {
+    let Some(f) = fixtures::shared() else { return };
+    if !skiff_tests::mount::nix_is_root() || !std::path::Path::new("/dev/fuse").exists() {
+        eprintln!("SKIP: FUSE mounts need root and /dev/fuse");
+        return;
+    }
+    let dir = temp_dir();
+    let skiff = Skiff::new(dir.path());
+    let target = dir.path().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let mut serving = skiff
+        .command()
+        .args(["mount", &f.busybox_ref, target.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !skiff::mount::is_skiff_mount(&target) {
+        assert!(serving.try_wait().unwrap().is_none(), "skiff mount exited before mounting");
+        assert!(std::time::Instant::now() < deadline, "the mount did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(target.join("bin/busybox").exists());
+    skiff.run(&["umount", target.to_str().unwrap()]).ok();
+    let status = serving.wait().unwrap();
+    assert!(status.success(), "the foreground mount ended with {status}");
+    assert!(!skiff::mount::is_skiff_mount(&target));
+}

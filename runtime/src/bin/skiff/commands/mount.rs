@@ -71,8 +71,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     handle.close();
-    mounted.unmount().with_context(|| format!("unmounting {}", target.display()))?;
-    Ok(())
+    match mounted.unmount() {
+        // Unmounted already by `skiff umount`: the session's own unmount finds nothing there.
+        Err(_) if !is_skiff_mount(&target) => Ok(()),
+        result => result.with_context(|| format!("unmounting {}", target.display())),
+    }
 }
 
 /// Starts `skiff mount` again in the background (its own process group, output to a log)
