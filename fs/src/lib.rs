@@ -8,6 +8,7 @@
 mod cache;
 mod digest;
 pub mod estargz;
+mod idmap;
 pub mod index;
 pub mod lazy;
 mod source;
@@ -16,4 +17,5 @@ pub mod union;
 
 pub use cache::{CacheError, CacheStats, ChunkCache, ChunkHandle, Claim};
 pub use digest::{Digest, DigestError, Sha256Writer};
+pub use idmap::{IdMap, IdRange, OVERFLOW_ID};
 pub use source::{BlobSource, FileSource, SourceError};

@@ -142,6 +142,8 @@ pub struct MountRequest<'a> {
     pub target: &'a Path,
     pub paths: MountPaths,
     pub profile: ProfileMode,
+    /// The user namespace of the mount's users (identity for none).
+    pub ids: skiff_fs::IdMap,
 }
 
 /// The union of an image's layers under `upper`, not mounted (for diff and commit).
@@ -178,7 +180,8 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
                 .map_err(io_at(req.store.root()))?;
         }
     }
-    let options = MountOptions { fsname: format!("skiff:{}", req.image.name), ..MountOptions::default() };
+    let options =
+        MountOptions { fsname: format!("skiff:{}", req.image.name), ids: req.ids, ..MountOptions::default() };
     let mounted = union::mount(union.clone(), req.target, &options).map_err(|source| MountError::Mount {
         image: req.image.name.clone(),
         target: req.target.to_path_buf(),

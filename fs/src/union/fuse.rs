@@ -32,11 +32,14 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Shown as the mount's source in /proc/mounts.
     pub fsname: String,
+    /// The user namespace of the mount's users: owners are served mapped to host ids, and
+    /// ids of requests mapped back (identity without one).
+    pub ids: crate::IdMap,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { threads: 8, allow_other: true, fsname: "skiff".into() }
+        MountOptions { threads: 8, allow_other: true, fsname: "skiff".into(), ids: crate::IdMap::default() }
     }
 }
 
@@ -86,11 +89,11 @@ pub fn mount(union: Arc<Union>, target: &Path, options: &MountOptions) -> io::Re
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(FuseUnion(union), target, &config)?;
+    let session = fuser::spawn_mount(FuseUnion(union, options.ids.clone()), target, &config)?;
     Ok(Mounted { session: Some(session), path: target.to_path_buf() })
 }
 
-struct FuseUnion(Arc<Union>);
+struct FuseUnion(Arc<Union>, crate::IdMap);
 
 impl FuseUnion {
     /// `.`, `..` and the merged entries of an open directory.
@@ -116,7 +119,7 @@ fn file_type(kind: Kind) -> FileType {
     }
 }
 
-fn file_attr(a: &Attr) -> FileAttr {
+fn file_attr(a: &Attr, ids: &crate::IdMap) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
@@ -128,8 +131,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: a.perm as u16,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: ids.uid_to_host(a.uid),
+        gid: ids.gid_to_host(a.gid),
         rdev: a.rdev as u32,
         flags: 0,
         blksize: 4096,
@@ -152,9 +155,9 @@ macro_rules! name_or_reply {
     };
 }
 
-fn entry(reply: ReplyEntry, result: Result<Attr, Errno>) {
+fn entry(reply: ReplyEntry, ids: &crate::IdMap, result: Result<Attr, Errno>) {
     match result {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&TTL, &file_attr(&a, ids), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -177,8 +180,8 @@ fn xattr_reply(reply: ReplyXattr, size: u32, bytes: &[u8]) {
     }
 }
 
-fn owner(req: &Request) -> Owner {
-    Owner { uid: req.uid(), gid: req.gid() }
+fn owner(req: &Request, ids: &crate::IdMap) -> Owner {
+    Owner { uid: ids.uid_from_host(req.uid()), gid: ids.gid_from_host(req.gid()) }
 }
 
 impl Filesystem for FuseUnion {
@@ -195,12 +198,12 @@ impl Filesystem for FuseUnion {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        entry(reply, self.0.lookup(parent.0, name));
+        entry(reply, &self.1, self.0.lookup(parent.0, name));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.0.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -225,15 +228,15 @@ impl Filesystem for FuseUnion {
     ) {
         let set = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(|u| self.1.uid_from_host(u)),
+            gid: gid.map(|g| self.1.gid_from_host(g)),
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
             fh: fh.map(|f| f.0),
         };
         match self.0.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -256,12 +259,12 @@ impl Filesystem for FuseUnion {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        entry(reply, self.0.mknod(parent.0, name, mode, rdev as u64, owner(req)));
+        entry(reply, &self.1, self.0.mknod(parent.0, name, mode, rdev as u64, owner(req, &self.1)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        entry(reply, self.0.mkdir(parent.0, name, mode, owner(req)));
+        entry(reply, &self.1, self.0.mkdir(parent.0, name, mode, owner(req, &self.1)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -276,7 +279,7 @@ impl Filesystem for FuseUnion {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
-        entry(reply, self.0.symlink(parent.0, name, target.as_os_str(), owner(req)));
+        entry(reply, &self.1, self.0.symlink(parent.0, name, target.as_os_str(), owner(req, &self.1)));
     }
 
     fn rename(
@@ -304,7 +307,7 @@ impl Filesystem for FuseUnion {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(newname, reply);
-        entry(reply, self.0.link(ino.0, newparent.0, name));
+        entry(reply, &self.1, self.0.link(ino.0, newparent.0, name));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -428,7 +431,14 @@ impl Filesystem for FuseUnion {
                     Err(_) => continue,
                 }
             };
-            if reply.add(INodeNo(attr.ino), k as u64 + 1, name, &TTL, &file_attr(&attr), Generation(0)) {
+            if reply.add(
+                INodeNo(attr.ino),
+                k as u64 + 1,
+                name,
+                &TTL,
+                &file_attr(&attr, &self.1),
+                Generation(0),
+            ) {
                 break;
             }
         }
@@ -524,10 +534,14 @@ impl Filesystem for FuseUnion {
         reply: ReplyCreate,
     ) {
         let name = name_or_reply!(name, reply);
-        match self.0.create(parent.0, name, mode, flags, owner(req)) {
-            Ok((a, fh)) => {
-                reply.created(&TTL, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty())
-            }
+        match self.0.create(parent.0, name, mode, flags, owner(req, &self.1)) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a, &self.1),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -39,6 +39,7 @@ pub struct RunOptions {
     pub pull_mode: PullMode,
     /// `--record-profile`: save the files this run reads as the image's prefetch profile.
     pub record_profile: bool,
+    pub userns: Userns,
     /// `--stop-signal`, over the image's.
     pub stop_signal: Option<String>,
 }
@@ -66,6 +67,7 @@ impl Default for RunOptions {
             auto_remove: false,
             pull_mode: PullMode::Lazy,
             record_profile: false,
+            userns: Userns::Host,
             stop_signal: None,
         }
     }
@@ -83,6 +85,40 @@ pub enum ConfigError {
     BadName { name: String },
     #[error("invalid stop signal {value:?}")]
     StopSignal { value: String },
+    #[error("a user namespace (--userns, --uidmap) needs --pull-mode lazy: a full pull's unpacked files belong to host root")]
+    UsernsNeedsLazy,
+}
+
+/// `--userns`, `--uidmap`, `--gidmap`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Userns {
+    /// The host's user namespace.
+    #[default]
+    Host,
+    /// A namespace of its own whose 65536 ids are host ids no other container of this root
+    /// uses, from 100000 up.
+    Auto,
+    /// A namespace of its own with these maps.
+    Map(skiff_fs::IdMap),
+}
+
+/// Where `--userns auto` ranges start on the host, and how many ids each has.
+pub const AUTO_USERNS_BASE: u32 = 100_000;
+pub const AUTO_USERNS_SIZE: u32 = 65_536;
+
+/// The first auto range not overlapping any of `taken` (host uid ranges of other containers).
+pub fn free_id_range(taken: &[skiff_fs::IdRange]) -> skiff_fs::IdMap {
+    let overlaps = |base: u32| {
+        taken.iter().any(|r| {
+            let (start, end) = (u64::from(r.outside), u64::from(r.outside) + u64::from(r.len));
+            u64::from(base) < end && start < u64::from(base) + u64::from(AUTO_USERNS_SIZE)
+        })
+    };
+    let base = (0u32..)
+        .map(|k| AUTO_USERNS_BASE + k * AUTO_USERNS_SIZE)
+        .find(|&base| !overlaps(base))
+        .expect("a free range below 2^32");
+    skiff_fs::IdMap::shifted(base, AUTO_USERNS_SIZE)
 }
 
 /// The process a container runs, resolved from the image and the flags.

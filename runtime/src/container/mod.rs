@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use fs2::FileExt;
 
-pub use config::{check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions};
+pub use config::{
+    check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions, Userns,
+};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{kill, remove, stop, wait_exited};
 pub use rootfs::{
@@ -207,8 +209,23 @@ impl Containers {
         spec.init = options.init;
         spec.tty = options.tty;
 
+        if options.userns != Userns::Host && options.pull_mode == PullMode::Full {
+            return Err(config_err(ConfigError::UsernsNeedsLazy));
+        }
         let _lock = self.lock()?;
         let taken = self.list()?;
+        spec.user_namespace = match &options.userns {
+            Userns::Host => None,
+            Userns::Map(map) => Some(map.clone()),
+            Userns::Auto => {
+                let used: Vec<skiff_fs::IdRange> = taken
+                    .iter()
+                    .filter_map(|st| st.spec.user_namespace.as_ref())
+                    .flat_map(|map| map.uids.iter().chain(&map.gids).copied())
+                    .collect();
+                Some(config::free_id_range(&used))
+            }
+        };
         let name = match &options.name {
             Some(name) => {
                 if let Some(other) = taken.iter().find(|s| &s.name == name) {

@@ -327,11 +327,19 @@ pub struct LazyRootfs {
     store: Store,
     cache: ChunkCache,
     profile: ProfileMode,
+    /// The container's user namespace, whose root must own the image's files.
+    ids: skiff_fs::IdMap,
 }
 
 impl LazyRootfs {
-    pub fn new(client: Arc<Client>, store: Store, cache: ChunkCache, profile: ProfileMode) -> LazyRootfs {
-        LazyRootfs { client, store, cache, profile }
+    pub fn new(
+        client: Arc<Client>,
+        store: Store,
+        cache: ChunkCache,
+        profile: ProfileMode,
+        ids: skiff_fs::IdMap,
+    ) -> LazyRootfs {
+        LazyRootfs { client, store, cache, profile, ids }
     }
 }
 
@@ -351,6 +359,7 @@ impl RootfsProvider for LazyRootfs {
             target,
             paths,
             profile: self.profile,
+            ids: self.ids.clone(),
         })?;
         Ok(Box::new(FuseRootfs { _mount: mount, target: target.to_path_buf() }))
     }

@@ -35,7 +35,9 @@ const SYMLINKS: [(&str, &str); 6] = [
     ("ptmx", "pts/ptmx"),
 ];
 
-pub fn setup(root: BorrowedFd<'_>) -> Result<(), DeviceError> {
+/// Makes `/dev`. In a user namespace, where mknod is not allowed, the host's device nodes
+/// are bind-mounted instead (as rootless runtimes do).
+pub fn setup(root: BorrowedFd<'_>, user_namespace: bool) -> Result<(), DeviceError> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let dev = mount_in_root(
         root,
@@ -49,7 +51,20 @@ pub fn setup(root: BorrowedFd<'_>) -> Result<(), DeviceError> {
         },
     )?;
     for (name, major, minor) in DEVICES {
-        make_node(&dev, name, major, minor)?;
+        if user_namespace {
+            let host = Path::new("/dev").join(name);
+            let spec = MountSpec {
+                source: &host,
+                target: &host,
+                kind: Kind::File,
+                fstype: "bind",
+                flags: MsFlags::empty(),
+                data: None,
+            };
+            mount_in_root(root, &spec)?;
+        } else {
+            make_node(&dev, name, major, minor)?;
+        }
     }
     for (name, target) in SYMLINKS {
         nix::unistd::symlinkat(target, &dev, name).map_err(|source| DeviceError::Symlink { name, source })?;

@@ -130,6 +130,8 @@ fn setup(plan: &InitPlan, etc: &EtcFiles, console: Option<&std::path::Path>) -> 
         privileged: spec.capabilities.privileged,
         read_only: spec.read_only_rootfs,
         cwd: &spec.cwd,
+        user_namespace: spec.user_namespace.is_some(),
+        host_network: spec.network == Network::Host,
     })?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("chdir to the working directory"))?;
     restrict(plan)

@@ -118,6 +118,8 @@ pub enum Error {
     Syscall { step: &'static str, source: Errno },
     #[error("talking to the container's processes: {source}")]
     Pipe { source: std::io::Error },
+    #[error("writing the user namespace's {path}: {source}")]
+    IdMap { path: String, source: std::io::Error },
     #[error("installing the {signal} handler: {source}")]
     SignalHandler { signal: Signal, source: std::io::Error },
     /// The container's init failed before exec; `message` is its own error, formatted inside

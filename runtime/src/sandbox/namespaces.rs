@@ -20,6 +20,8 @@ pub enum NamespaceError {
     Open { path: String, source: Errno },
     #[error("setns({flags:?}): {source}")]
     Setns { flags: CloneFlags, source: Errno },
+    #[error("becoming root of the user namespace: {call}: {source}")]
+    Root { call: &'static str, source: Errno },
     #[error("bringing up lo: {call}: {source}")]
     Loopback { call: &'static str, source: Errno },
 }
@@ -47,16 +49,19 @@ pub fn enter(list: &[CloneFlags]) -> Result<(), NamespaceError> {
 /// The namespaces of a running container's process `pid`, in the order `exec` joins them:
 /// the mount namespace last, as it changes the root the others' paths would resolve from.
 pub fn open(pid: nix::unistd::Pid) -> Result<Vec<(CloneFlags, OwnedFd)>, NamespaceError> {
-    let order = [
+    // The user namespace first, when the container has its own: the others belong to it.
+    let own_user = |path: &str| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let separate_user = own_user(&format!("/proc/{pid}/ns/user")).ok() != own_user("/proc/self/ns/user").ok();
+    let user = separate_user.then_some(("user", CloneFlags::CLONE_NEWUSER));
+    let order = user.into_iter().chain([
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
-    ];
+    ]);
     order
-        .into_iter()
         .map(|(name, flags)| {
             let path = format!("/proc/{pid}/ns/{name}");
             nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
@@ -66,11 +71,27 @@ pub fn open(pid: nix::unistd::Pid) -> Result<Vec<(CloneFlags, OwnedFd)>, Namespa
         .collect()
 }
 
-/// Joins every namespace of `list` (a process's, from [`open`]).
+/// Joins every namespace of `list` (a process's, from [`open`]); in a user namespace, as its
+/// root.
 pub fn join(list: &[(CloneFlags, OwnedFd)]) -> Result<(), NamespaceError> {
     for (flags, fd) in list {
         nix::sched::setns(fd, *flags).map_err(|source| NamespaceError::Setns { flags: *flags, source })?;
+        if *flags == CloneFlags::CLONE_NEWUSER {
+            become_root()?;
+        }
     }
+    Ok(())
+}
+
+/// Takes uid and gid 0 of the user namespace just entered (mapped by then), with no
+/// supplementary groups: the host's would show as the overflow group inside.
+pub fn become_root() -> Result<(), NamespaceError> {
+    let root = |call| move |source| NamespaceError::Root { call, source };
+    nix::unistd::setgroups(&[]).map_err(root("setgroups"))?;
+    let gid = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setresgid(gid, gid, gid).map_err(root("setresgid"))?;
+    let uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresuid(uid, uid, uid).map_err(root("setresuid"))?;
     Ok(())
 }
 

@@ -45,18 +45,20 @@ pub fn start(plan: &InitPlan, cgroup: Cgroup, stdio: Stdio) -> Result<Container,
     let (sync_r, sync_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     let (error_r, error_w) = pipe()?;
+    let (userns_r, userns_w) = pipe()?;
     // SAFETY: glibc's fork resets the allocator's locks in the child; the child touches no
     // other lock (no stdio, no env) and ends in execve or _exit.
     #[allow(unsafe_code)]
     let forked = unsafe { fork() }.map_err(sys("fork"))?;
     let intermediate = match forked {
         ForkResult::Child => {
-            drop((sync_w, report_r, error_r));
-            intermediate_main(plan, Pipes { sync: sync_r, report: report_w, error: error_w }, stdio)
+            drop((sync_w, report_r, error_r, userns_r));
+            let pipes = Pipes { sync: sync_r, report: report_w, error: error_w, userns: userns_w };
+            intermediate_main(plan, pipes, stdio)
         }
         ForkResult::Parent { child } => child,
     };
-    drop((sync_r, report_w, error_w, stdio));
+    drop((sync_r, report_w, error_w, userns_w, stdio));
     let mut sync_w = std::fs::File::from(sync_w);
     let mut report = std::fs::File::from(report_r);
     let abort = |e: Error| {
@@ -68,6 +70,16 @@ pub fn start(plan: &InitPlan, cgroup: Cgroup, stdio: Stdio) -> Result<Container,
         return Err(abort(e.into()));
     }
     sync_w.write_all(b"g").map_err(|source| abort(Error::Pipe { source }))?;
+    if let (Some(ids), init::InitMode::Create { .. }) = (&plan.spec.user_namespace, &plan.mode) {
+        // The intermediate says when it has its user namespace (EOF: it failed before, and
+        // says why on the error pipe); its maps are written from out here, as only a process
+        // outside the namespace may.
+        let mut unshared = [0u8; 1];
+        if std::fs::File::from(userns_r).read_exact(&mut unshared).is_ok() {
+            write_id_maps(intermediate, ids).map_err(abort)?;
+            sync_w.write_all(b"m").map_err(|source| abort(Error::Pipe { source }))?;
+        }
+    }
     let mut pid = [0u8; 4];
     let init_pid = report.read_exact(&mut pid).ok().map(|()| Pid::from_raw(i32::from_ne_bytes(pid)));
     if init_pid.is_some() {
@@ -99,6 +111,19 @@ struct Pipes {
     sync: OwnedFd,
     report: OwnedFd,
     error: OwnedFd,
+    /// Written once the intermediate has its user namespace.
+    userns: OwnedFd,
+}
+
+/// Writes `/proc/PID/uid_map` and `gid_map` of `pid`'s new user namespace.
+fn write_id_maps(pid: Pid, ids: &skiff_fs::IdMap) -> Result<(), Error> {
+    for (file, ranges) in [("uid_map", &ids.uids), ("gid_map", &ids.gids)] {
+        let text: String = ranges.iter().map(skiff_fs::IdRange::proc_line).collect();
+        let path = format!("/proc/{pid}/{file}");
+        // The kernel takes a map in one write only.
+        std::fs::write(&path, text.as_bytes()).map_err(|source| Error::IdMap { path, source })?;
+    }
+    Ok(())
 }
 
 /// The intermediate: waits until the supervisor moved it into the cgroup, enters the
@@ -118,8 +143,15 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
             Some((target, dup))
         })
         .collect();
-    let mut keep: Vec<RawFd> =
-        vec![0, 1, 2, pipes.sync.as_raw_fd(), pipes.report.as_raw_fd(), pipes.error.as_raw_fd()];
+    let mut keep: Vec<RawFd> = vec![
+        0,
+        1,
+        2,
+        pipes.sync.as_raw_fd(),
+        pipes.report.as_raw_fd(),
+        pipes.error.as_raw_fd(),
+        pipes.userns.as_raw_fd(),
+    ];
     keep.extend(stdio.iter().map(|(_, fd)| fd.as_raw_fd()));
     if let init::InitMode::Join { namespaces } = &plan.mode {
         keep.extend(namespaces.iter().map(|(_, fd)| fd.as_raw_fd()));
@@ -130,13 +162,33 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
         init::report(&pipes.error, &e);
         exit_now(1)
     };
+    let mut sync = std::fs::File::from(pipes.sync);
     let mut go = [0u8; 1];
-    if std::fs::File::from(pipes.sync).read_exact(&mut go).is_err() {
+    if sync.read_exact(&mut go).is_err() {
         exit_now(1);
     }
     let entered = match &plan.mode {
-        init::InitMode::Create { .. } => namespaces::enter(&namespaces::namespaces(plan.spec.network)),
-        init::InitMode::Join { namespaces: list } => namespaces::join(list),
+        init::InitMode::Create { .. } => {
+            if plan.spec.user_namespace.is_some() {
+                if let Err(e) = namespaces::enter(&[nix::sched::CloneFlags::CLONE_NEWUSER]) {
+                    fail(e.into());
+                }
+                let told = std::fs::File::from(pipes.userns).write_all(b"u");
+                if told.is_err() || sync.read_exact(&mut go).is_err() {
+                    exit_now(1);
+                }
+                if let Err(e) = namespaces::become_root() {
+                    fail(e.into());
+                }
+            } else {
+                drop(pipes.userns);
+            }
+            namespaces::enter(&namespaces::namespaces(plan.spec.network))
+        }
+        init::InitMode::Join { namespaces: list } => {
+            drop(pipes.userns);
+            namespaces::join(list)
+        }
     };
     if let Err(e) = entered {
         fail(e.into());

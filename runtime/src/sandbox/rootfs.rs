@@ -47,6 +47,10 @@ pub struct RootfsPlan<'a> {
     pub read_only: bool,
     /// Created when missing, as docker creates `-w`.
     pub cwd: &'a Path,
+    /// The container has a user namespace of its own: no mknod, no cgroup v1 mounts.
+    pub user_namespace: bool,
+    /// It shares the host's network namespace.
+    pub host_network: bool,
 }
 
 /// Builds the container's filesystem view and pivots into it; on return `/` is the rootfs.
@@ -81,7 +85,7 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
         data: None,
     };
     mount_in_root(r, &proc_mount)?;
-    devices::setup(r)?;
+    devices::setup(r, plan.user_namespace)?;
     if let Some(console) = plan.console {
         let spec = MountSpec {
             source: console,
@@ -101,7 +105,16 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
         flags: no_exec | MsFlags::MS_RDONLY,
         data: None,
     };
-    mount_in_root(r, &sys_mount)?;
+    if plan.user_namespace && plan.host_network {
+        // sysfs may only be mounted by the owner of the network namespace: the host's is
+        // bound instead, read-only.
+        let host_sys =
+            MountSpec { source: Path::new("/sys"), fstype: "bind", flags: MsFlags::MS_REC, ..sys_mount };
+        let mounted = mount_in_root(r, &host_sys)?;
+        mounts::remount_read_only(&mounted, Path::new("/sys"))?;
+    } else {
+        mount_in_root(r, &sys_mount)?;
+    }
     mount_cgroups(&root, plan.cgroups)?;
 
     for (target, source) in plan.etc.mounts() {

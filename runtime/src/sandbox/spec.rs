@@ -43,6 +43,10 @@ pub struct ContainerSpec {
     pub tty: bool,
     /// Run a minimal reaper as PID 1 that forwards signals to the command and reaps zombies.
     pub init: bool,
+    /// A user namespace of its own with these id maps (`--userns`, `--uidmap`, `--gidmap`);
+    /// `None` shares the host's.
+    #[serde(default)]
+    pub user_namespace: Option<skiff_fs::IdMap>,
 }
 
 impl ContainerSpec {
@@ -74,6 +78,7 @@ impl ContainerSpec {
             no_new_privileges: true,
             tty: false,
             init: false,
+            user_namespace: None,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Containers through the `skiff` binary: `run` of the registry's busybox fixture (full pull),
+//! Containers through the `skiff` binary: `run` of the registry's busybox fixture (lazy, and full pull),
 //! exit codes and signals, `-d` with `logs`, `stop`, `kill`, `start`, `rm`, `exec`, `--rm`,
 //! isolation between containers, docker's config merging, hostile layers, a killed
 //! supervisor, and `-t`. Needs root (namespaces, mounts, cgroups) and the registry fixtures.
@@ -369,4 +369,57 @@ fn both_pull_modes_apply_whiteouts_links_and_metadata_of_the_hard_fixture() {
     // The layers are in the store now: a second container needs no registry.
     let store = env.skiff.store();
     assert!(store.has(&f.busybox.digest) && store.has(&f.hard.digest));
+}
+
+#[test]
+fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_uid() {
+    let Some((f, env)) = Env::new() else { return };
+    let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /etc/passwd; \
+                  echo changed > /etc/motd && stat -c %u /etc/motd; \
+                  mkdir /tmp/new && stat -c %u:%g /tmp/new";
+    let out = env.run(&["run", "--name", "mapped", "--userns", "auto", &f.busybox_ref, "sh", "-c", script]);
+    let lines: Vec<&str> = out.ok().lines().collect();
+    let map: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(map, ["0", "100000", "65536"], "{lines:?}");
+    // Root inside owns the image's files and what it makes, though it is uid 100000 outside.
+    assert_eq!(&lines[1..], ["0", "0:0", "0", "0:0"]);
+    // The upper layer keeps the image's own ids: a commit would not carry the shift.
+    let id = env.run(&["ps", "-aq", "--no-trunc"]).ok().trim().to_string();
+    let motd = env.containers_dir().join(&id).join("upper/etc/motd");
+    let meta = std::fs::metadata(&motd).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&meta), std::fs::read_to_string(&motd).unwrap()),
+        (0, "changed\n".into())
+    );
+    // A second auto container gets a range of its own.
+    let out = env.run(&["run", "--rm", "--userns", "auto", &f.busybox_ref, "cat", "/proc/self/uid_map"]);
+    assert_eq!(out.ok().split_whitespace().collect::<Vec<_>>(), ["0", "165536", "65536"]);
+    // An explicit map, and exec joins the namespace.
+    let id = env.detach(&["--uidmap", "0:200000:1000", &f.busybox_ref, "sleep", "1000"]);
+    let out = env.run(&["exec", &id, "sh", "-c", "id -u; cat /proc/self/uid_map; touch /root/x && echo ok"]);
+    assert_eq!(out.ok().split_whitespace().collect::<Vec<_>>(), ["0", "0", "200000", "1000", "ok"]);
+    // With the host's network (sysfs cannot be mounted anew) and limits (cgroups).
+    let script = "id -u; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; test -c /dev/null && echo dev";
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--userns",
+        "auto",
+        "--network",
+        "host",
+        "-m",
+        "64m",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.ok(), "0\n67108864\ndev\n");
+    // Refused where it cannot work, and bad maps named.
+    let out = env.run(&["run", "--rm", "--userns", "auto", "--pull-mode", "full", &f.busybox_ref, "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("--pull-mode lazy"), "{out:?}");
+    let out = env.run(&["run", "--rm", "--uidmap", "0:1", &f.busybox_ref, "true"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("\"0:1\""), "{out:?}");
 }

@@ -59,6 +59,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         target: &target,
         paths,
         profile,
+        ids: skiff_fs::IdMap::default(),
     })?;
     println!("Mounted {} at {} (changes in {})", record.name, target.display(), upper.display());
     // Serve until asked to stop, or until `skiff umount` unmounts us.

@@ -14,6 +14,9 @@ pub struct Args {
     /// Only the ids.
     #[arg(short, long)]
     quiet: bool,
+    /// Full 64-digit ids.
+    #[arg(long)]
+    no_trunc: bool,
     /// `json`: one JSON object per container and line.
     #[arg(long)]
     format: Option<String>,
@@ -24,15 +27,16 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let mut list = containers.list().context("listing containers")?;
     list.retain(|s| args.all || s.is_running());
     list.reverse();
+    let id = |s: &State| if args.no_trunc { s.id.clone() } else { s.short_id().to_string() };
     if args.quiet {
-        list.iter().for_each(|s| println!("{}", s.short_id()));
+        list.iter().for_each(|s| println!("{}", id(s)));
         return Ok(());
     }
     let now = Utc::now();
     if args.format.as_deref() == Some("json") {
         for s in &list {
             let row = serde_json::json!({
-                "ID": s.short_id(), "Image": s.image.name, "Command": command(s), "CreatedAt": s.created.to_rfc3339(),
+                "ID": id(s), "Image": s.image.name, "Command": command(s), "CreatedAt": s.created.to_rfc3339(),
                 "State": s.status.to_string(), "Status": status(s, now), "Names": s.name, "ExitCode": s.exit_code,
             });
             println!("{row}");
@@ -46,7 +50,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     for s in &list {
         println!(
             "{:<14} {:<30} {:<24} {:<16} {:<28} {}",
-            s.short_id(),
+            id(s),
             s.image.name,
             format!("\"{}\"", truncate(&command(s), 20)),
             format!("{} ago", ago(s.created, now)),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use skiff::container::{
     exit_code, supervise, Attach, ContainerError, Containers, LazyRootfs, PullMode, RootfsProvider,
-    RunOptions, State, Status, Supervision, UnpackedRootfs,
+    RunOptions, State, Status, Supervision, UnpackedRootfs, Userns,
 };
 use skiff::image::StoredImage;
 use skiff::mount::ProfileMode;
@@ -90,6 +90,16 @@ pub struct Args {
     /// or full (download and unpack every layer first, as docker does).
     #[arg(long, default_value = "lazy")]
     pull_mode: PullMode,
+    /// User namespace: host (none of its own) or auto (65536 ids of its own, from a host
+    /// range no other container uses). Needs --pull-mode lazy.
+    #[arg(long, value_parser = ["host", "auto"])]
+    userns: Option<String>,
+    /// A user namespace with this uid mapping (CONTAINER:HOST:SIZE, repeatable).
+    #[arg(long, value_parser = skiff_fs::IdRange::parse)]
+    uidmap: Vec<skiff_fs::IdRange>,
+    /// Its gid mapping (CONTAINER:HOST:SIZE, repeatable; default: the uid mapping).
+    #[arg(long, value_parser = skiff_fs::IdRange::parse)]
+    gidmap: Vec<skiff_fs::IdRange>,
     /// Save the files this run reads as the image's prefetch profile; later lazy runs
     /// prefetch them in the background from the start.
     #[arg(long)]
@@ -110,8 +120,23 @@ fn parse_network(s: &str) -> Result<Network, String> {
 }
 
 impl Args {
-    fn options(&self) -> RunOptions {
-        RunOptions {
+    fn userns(&self) -> anyhow::Result<Userns> {
+        let mapped = !self.uidmap.is_empty() || !self.gidmap.is_empty();
+        Ok(match self.userns.as_deref() {
+            Some("auto") if mapped => bail!("--userns auto and --uidmap/--gidmap exclude each other"),
+            Some("host") if mapped => bail!("--userns host and --uidmap/--gidmap exclude each other"),
+            Some("auto") => Userns::Auto,
+            _ if mapped => {
+                let uids = if self.uidmap.is_empty() { self.gidmap.clone() } else { self.uidmap.clone() };
+                let gids = if self.gidmap.is_empty() { self.uidmap.clone() } else { self.gidmap.clone() };
+                Userns::Map(skiff_fs::IdMap { uids, gids })
+            }
+            _ => Userns::Host,
+        })
+    }
+
+    fn options(&self) -> anyhow::Result<RunOptions> {
+        Ok(RunOptions {
             name: self.name.clone(),
             command: self.command.clone(),
             entrypoint: self.entrypoint.clone(),
@@ -136,8 +161,9 @@ impl Args {
             auto_remove: self.rm,
             pull_mode: self.pull_mode,
             record_profile: self.record_profile,
+            userns: self.userns()?,
             stop_signal: self.stop_signal.clone(),
-        }
+        })
     }
 }
 
@@ -177,7 +203,8 @@ pub fn provider(ctx: &Context, state: &State) -> anyhow::Result<Box<dyn RootfsPr
         PullMode::Full => Box::new(UnpackedRootfs::new(ctx.client()?, ctx.store()?)),
         PullMode::Lazy => {
             let profile = ProfileMode { record: state.record_profile, prefetch: true };
-            Box::new(LazyRootfs::new(ctx.client()?, ctx.store()?, ctx.cache()?, profile))
+            let ids = state.spec.user_namespace.clone().unwrap_or_default();
+            Box::new(LazyRootfs::new(ctx.client()?, ctx.store()?, ctx.cache()?, profile, ids))
         }
     })
 }
@@ -210,7 +237,7 @@ fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
     let record = super::stored_or_pulled(&store, &ctx.client()?, &args.image)?;
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
-    let state = containers.create(&image, &args.options()).context("creating the container")?;
+    let state = containers.create(&image, &args.options()?).context("creating the container")?;
     if args.detach {
         return start_detached(ctx, &containers, &state);
     }
