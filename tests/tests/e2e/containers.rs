@@ -423,3 +423,28 @@ fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_uid() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("\"0:1\""), "{out:?}");
 }
+
+#[test]
+fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
+    let Some((f, env)) = Env::new() else { return };
+    for mode in ["lazy", "full"] {
+        let name = format!("changer-{mode}");
+        let script = "echo new > /added; echo more >> /etc/passwd; rm /bin/ls; mkdir -p /srv/app";
+        env.run(&["run", "--name", &name, "--pull-mode", mode, &f.busybox_ref, "sh", "-c", script]).ok();
+        let diff = env.run(&["diff", &name]).ok().to_string();
+        for line in ["A /added", "C /etc/passwd", "D /bin/ls", "A /srv/app", "C /bin"] {
+            assert!(diff.lines().any(|l| l == line), "{line} missing from:\n{diff}");
+        }
+        let image = format!("{}/committed/{mode}:v1", f.registry.addr);
+        env.run(&["commit", &name, &image]).ok();
+        let out = env.run(&[
+            "run",
+            "--rm",
+            &image,
+            "sh",
+            "-c",
+            "cat /added; tail -n1 /etc/passwd; ls /bin/ls || echo gone",
+        ]);
+        assert_eq!(out.ok(), "new\nmore\ngone\n");
+    }
+}

@@ -1,5 +1,5 @@
-//! `skiff diff` and `skiff commit`: what a mount's (or an upper directory's) changes are, and
-//! turning them into a new image.
+//! `skiff diff` and `skiff commit`: what a container's (or a mount's, or an upper
+//! directory's) changes are, and turning them into a new image.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,7 @@ pub struct DiffArgs {
     /// The image the upper directory belongs to (needed when SOURCE is not a skiff mount).
     #[arg(long)]
     image: Option<String>,
-    /// A skiff mount point, or an upper directory.
+    /// A container (name or id), a skiff mount point, or an upper directory.
     source: PathBuf,
 }
 
@@ -32,7 +32,7 @@ pub struct CommitArgs {
     message: Option<String>,
     #[arg(short, long)]
     author: Option<String>,
-    /// A skiff mount point, or an upper directory.
+    /// A container (name or id), a skiff mount point, or an upper directory.
     source: PathBuf,
     /// The new image's name.
     new_image: String,
@@ -41,6 +41,15 @@ pub struct CommitArgs {
 /// The base image and the upper/work directories behind `source`.
 fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<(ImageRecord, MountPaths)> {
     let store = ctx.store()?;
+    let name = source.to_string_lossy();
+    if !name.contains('/') {
+        let containers = super::run::containers(ctx)?;
+        if let Ok(state) = containers.find(&name) {
+            let upper = containers.paths(&state.id).upper;
+            let work = skiff::container::work_dir(&upper);
+            return Ok((state.image, MountPaths { upper, work, record: PathBuf::new() }));
+        }
+    }
     let path = source.canonicalize().with_context(|| format!("{}", source.display()))?;
     if let Some((_, m)) = mounts(ctx.root()).into_iter().find(|(_, m)| m.target == path) {
         let record = store.find_image(&m.image)?;
