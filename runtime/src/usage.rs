@@ -26,6 +26,10 @@ pub struct Totals {
     pub registry_requests: u64,
     /// Bytes of plain layers streamed whole to build their index.
     pub streamed_bytes: u64,
+    /// Distinct file bytes read from lower layers, at each layer's compression ratio: what
+    /// the workloads needed, to compare with `registry_bytes`.
+    #[serde(default)]
+    pub read_compressed_bytes: u64,
 }
 
 impl Totals {
@@ -43,6 +47,7 @@ impl Totals {
             registry_bytes: fetched.clone().map(|f| f.bytes.load(Relaxed)).sum(),
             registry_requests: fetched.map(|f| f.requests.load(Relaxed)).sum(),
             streamed_bytes: layers.iter().map(|l| l.streamed).sum(),
+            read_compressed_bytes: layers.iter().map(|l| l.layer.bytes_read_compressed()).sum(),
         }
     }
 
@@ -56,6 +61,7 @@ impl Totals {
         self.registry_bytes += o.registry_bytes;
         self.registry_requests += o.registry_requests;
         self.streamed_bytes += o.streamed_bytes;
+        self.read_compressed_bytes += o.read_compressed_bytes;
     }
 
     /// Hits over all lookups, 0 when there were none.

@@ -242,6 +242,7 @@ impl Runner<'_> {
         iteration: usize,
     ) -> anyhow::Result<Sample> {
         let mark = self.link.access_log_mark();
+        let read_before = mode.is_skiff().then(|| skiff_read_bytes(root));
         let lo_before = self.link.lo_bytes()?;
         let (started, pull) = if mode.is_skiff() {
             (time_until_ready(&mut self.skiff_run(root, mode, w, false), &w.ready, self.timeout)?, None)
@@ -271,8 +272,14 @@ impl Runner<'_> {
             link_bytes: lo_after.saturating_sub(lo_before),
             peak_rss_kib: started.peak_rss_kib,
             disk_bytes: disk_usage(root),
+            read_bytes: read_before.map(|before| skiff_read_bytes(root).saturating_sub(before)),
         })
     }
+}
+
+/// The compressed bytes read so far by skiff's mounts under `root` (its usage totals).
+fn skiff_read_bytes(root: &Path) -> u64 {
+    skiff::usage::read(root).read_compressed_bytes
 }
 
 /// A pull followed by a run, as one start: times add up, the peak RSS is the higher one.

@@ -4,6 +4,7 @@
 
 mod estargz_index;
 mod prefetch;
+pub(crate) mod readlog;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -69,11 +70,12 @@ pub struct LazyLayer {
     restream: Option<Arc<Restream>>,
     /// Shared by the layers of one mount: foreground reads hold back prefetching.
     priority: Option<Arc<Priority>>,
+    reads: readlog::ReadLog,
 }
 
 impl LazyLayer {
     pub fn new(index: Arc<LayerIndex>, cache: ChunkCache, source: Arc<dyn BlobSource>) -> LazyLayer {
-        LazyLayer { index, cache, source, restream: None, priority: None }
+        LazyLayer { index, cache, source, restream: None, priority: None, reads: Default::default() }
     }
 
     /// For layers whose chunks are reachable only by streaming the layer again.
@@ -86,6 +88,18 @@ impl LazyLayer {
     pub fn with_priority(mut self, priority: Arc<Priority>) -> LazyLayer {
         self.priority = Some(priority);
         self
+    }
+
+    /// The distinct file bytes read so far, scaled by the layer's compression ratio (blob
+    /// bytes over file bytes): about what the reads needed from the registry, were it
+    /// possible to fetch exactly them.
+    pub fn bytes_read_compressed(&self) -> u64 {
+        let files: u64 = (0..self.index.len() as NodeId).map(|n| self.index.node(n).size).sum();
+        if files == 0 {
+            return 0;
+        }
+        let ratio = self.source.size() as f64 / files as f64;
+        (self.reads.bytes() as f64 * ratio.min(1.0)) as u64
     }
 
     pub fn index(&self) -> &Arc<LayerIndex> {
@@ -104,6 +118,7 @@ impl LazyLayer {
         }
         let end = size.min(offset + buf.len() as u64);
         let _foreground = self.priority().map(|p| p.foreground());
+        self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
         let handles = self.chunk_handles(node, chunks)?;
         for (chunk, handle) in chunks.iter().zip(&handles) {

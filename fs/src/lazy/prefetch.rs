@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{LazyError, LazyLayer};
 use crate::index::{ChunkRef, NodeId};
+use crate::union::PrefetchFile;
 
 /// Counts foreground reads in progress; background work waits while there are any.
 #[derive(Debug, Default)]
@@ -42,11 +43,19 @@ impl Drop for Foreground<'_> {
 const STEP: u64 = 4 << 20;
 
 impl LazyLayer {
-    /// Fetches every chunk of `nodes` not cached yet, in blob order, `STEP` bytes at a time,
-    /// yielding to foreground reads between steps. Returns the bytes fetched.
-    pub fn prefetch_files(&self, nodes: &[NodeId], priority: &Priority) -> Result<u64, LazyError> {
-        let mut chunks: Vec<(ChunkRef, NodeId)> =
-            nodes.iter().flat_map(|n| self.index.file_chunks(*n).iter().map(move |c| (*c, *n))).collect();
+    /// Fetches every chunk of `files` (of the ranges given, else of the whole file) not cached
+    /// yet, in blob order, `STEP` bytes at a time, yielding to foreground reads between steps.
+    /// Returns the bytes fetched.
+    pub fn prefetch_files(&self, files: &[PrefetchFile<'_>], priority: &Priority) -> Result<u64, LazyError> {
+        let mut chunks: Vec<(ChunkRef, NodeId)> = Vec::new();
+        for &(node, ranges) in files {
+            if ranges.is_empty() {
+                chunks.extend(self.index.file_chunks(node).iter().map(|c| (*c, node)));
+            }
+            for &(start, end) in ranges {
+                chunks.extend(self.index.chunks(node, start..end).iter().map(|c| (*c, node)));
+            }
+        }
         chunks.sort_by_key(|(c, _)| (c.offset, c.inner_offset));
         chunks.dedup_by_key(|(c, _)| c.digest);
         let mut fetched = 0;

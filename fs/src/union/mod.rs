@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use export::Change;
 pub use fuse::{mount, MountOptions, Mounted};
 pub use inodes::{Ino, ROOT_INO};
-pub use view::LayerView;
+pub use view::{LayerView, PrefetchFile};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
@@ -89,8 +89,18 @@ pub struct Union {
 
 #[derive(Default)]
 struct Recorder {
-    seen: std::collections::HashSet<(usize, NodeId)>,
-    order: Vec<String>,
+    /// Where each file read is in `files`.
+    seen: HashMap<(usize, NodeId), usize>,
+    files: Vec<ProfiledFile>,
+}
+
+/// A lower file a workload read, and which of its bytes: one entry of a prefetch profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfiledFile {
+    /// The path in the merged tree.
+    pub path: String,
+    /// Sorted, disjoint `start..end` byte ranges read; empty means the whole file.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 impl Union {
@@ -122,28 +132,34 @@ impl Union {
         *self.recorder.lock().unwrap() = Some(Recorder::default());
     }
 
-    /// The lower files read since `record_reads`, in the order of their first read.
-    pub fn recorded(&self) -> Vec<String> {
-        self.recorder.lock().unwrap().as_ref().map(|r| r.order.clone()).unwrap_or_default()
+    /// The lower files read since `record_reads`, in the order of their first read, each with
+    /// the ranges read.
+    pub fn recorded(&self) -> Vec<ProfiledFile> {
+        self.recorder.lock().unwrap().as_ref().map(|r| r.files.clone()).unwrap_or_default()
     }
 
-    fn record(&self, layer: usize, node: NodeId) {
+    fn record(&self, layer: usize, node: NodeId, start: u64, end: u64) {
         let mut guard = self.recorder.lock().unwrap();
         if let Some(r) = guard.as_mut() {
-            if r.seen.insert((layer, node)) {
-                r.order.push(self.layers[layer].index().path_of(node));
+            let next = r.files.len();
+            let at = *r.seen.entry((layer, node)).or_insert(next);
+            if at == next {
+                let path = self.layers[layer].index().path_of(node);
+                r.files.push(ProfiledFile { path, ranges: Vec::new() });
             }
+            crate::lazy::readlog::merge(&mut r.files[at].ranges, start, end);
         }
     }
 
-    /// Fetches the files of a profile (merged paths) that live in lower layers, in the
-    /// background of foreground reads; returns the bytes fetched.
-    pub fn prefetch(&self, paths: &[String]) -> u64 {
-        let mut per_layer: Vec<Vec<NodeId>> = vec![Vec::new(); self.layers.len()];
-        for path in paths {
-            if let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(path) {
+    /// Fetches the bytes a profile names (files by merged path, with the ranges read) that
+    /// live in lower layers, in the background of foreground reads; returns the bytes
+    /// fetched.
+    pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
+        let mut per_layer: Vec<Vec<PrefetchFile<'_>>> = vec![Vec::new(); self.layers.len()];
+        for file in files {
+            if let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(&file.path) {
                 if self.layers[layer].index().node(node).kind == Kind::File {
-                    per_layer[layer].push(node);
+                    per_layer[layer].push((node, &file.ranges));
                 }
             }
         }
@@ -300,8 +316,9 @@ impl Union {
                 done
             }
             Handle::Lower { layer, node } => {
-                self.record(*layer, *node);
-                self.layers[*layer].read(*node, offset, &mut buf)?
+                let n = self.layers[*layer].read(*node, offset, &mut buf)?;
+                self.record(*layer, *node, offset, offset + n as u64);
+                n
             }
             Handle::Dir(_) => return Err(Errno(libc::EISDIR)),
         };

@@ -12,12 +12,15 @@ pub trait LayerView: Send + Sync {
     /// Reads file `node` at `offset`; returns the bytes read, 0 at the end.
     fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Fetches the bytes of `nodes` ahead of their reads; returns the bytes fetched. Layers
+    /// Fetches the bytes of `files` ahead of their reads; returns the bytes fetched. Layers
     /// whose bytes are all local need not do anything.
-    fn prefetch(&self, _nodes: &[NodeId]) -> io::Result<u64> {
+    fn prefetch(&self, _files: &[PrefetchFile<'_>]) -> io::Result<u64> {
         Ok(0)
     }
 }
+
+/// A file to prefetch and the byte ranges of it wanted (none: all of it).
+pub type PrefetchFile<'a> = (NodeId, &'a [(u64, u64)]);
 
 impl LayerView for LazyLayer {
     fn index(&self) -> &LayerIndex {
@@ -32,10 +35,10 @@ impl LayerView for LazyLayer {
         })
     }
 
-    fn prefetch(&self, nodes: &[NodeId]) -> io::Result<u64> {
+    fn prefetch(&self, files: &[PrefetchFile<'_>]) -> io::Result<u64> {
         let fallback = crate::lazy::Priority::default();
         let priority = self.priority().map_or(&fallback, |p| p.as_ref());
-        self.prefetch_files(nodes, priority).map_err(|e| {
+        self.prefetch_files(files, priority).map_err(|e| {
             tracing::warn!(error = %error_chain(&e), "prefetch failed");
             io::Error::other(e)
         })

@@ -14,6 +14,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+use skiff_fs::union::ProfiledFile;
 use skiff_fs::{Digest, Sha256Writer};
 
 pub use refs::ImageRecord;
@@ -180,17 +182,22 @@ impl Store {
     }
 
     /// The prefetch profile recorded for image manifest `digest`: files read at start-up,
-    /// in order.
-    pub fn read_profile(&self, digest: &Digest) -> Option<Vec<String>> {
+    /// in order, with the byte ranges read.
+    pub fn read_profile(&self, digest: &Digest) -> Option<Vec<ProfiledFile>> {
         let bytes = fs::read(self.profile_path(digest)).ok()?;
-        serde_json::from_slice::<Profile>(&bytes).ok().map(|p| p.files)
+        let profile = serde_json::from_slice::<Profile>(&bytes).ok()?;
+        Some(profile.files.into_iter().map(ProfileEntry::into_file).collect())
     }
 
-    pub fn write_profile(&self, digest: &Digest, files: &[String]) -> Result<(), StoreError> {
+    pub fn write_profile(&self, digest: &Digest, files: &[ProfiledFile]) -> Result<(), StoreError> {
         let path = self.profile_path(digest);
         let dir = path.parent().expect("profiles dir");
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let bytes = serde_json::to_vec_pretty(&Profile { files: files.to_vec() }).expect("serializes");
+        let files = files
+            .iter()
+            .map(|f| ProfileEntry::Ranges { path: f.path.clone(), ranges: f.ranges.clone() })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&Profile { files }).expect("serializes");
         write_atomic(&path, &bytes, 0o644).map_err(io_at(&path))
     }
 
@@ -214,7 +221,24 @@ impl Store {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Profile {
-    files: Vec<String>,
+    files: Vec<ProfileEntry>,
+}
+
+/// A profile's file: a bare path (the whole file) or a path with the ranges read.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ProfileEntry {
+    Whole(String),
+    Ranges { path: String, ranges: Vec<(u64, u64)> },
+}
+
+impl ProfileEntry {
+    fn into_file(self) -> ProfiledFile {
+        match self {
+            ProfileEntry::Whole(path) => ProfiledFile { path, ranges: Vec::new() },
+            ProfileEntry::Ranges { path, ranges } => ProfiledFile { path, ranges },
+        }
+    }
 }
 
 /// An object being written to a temp file, hashed as it goes. Dropped unfinished, the temp

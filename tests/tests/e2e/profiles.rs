@@ -58,7 +58,9 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     assert!(stats["totals"]["fills"].as_u64().unwrap() > 0);
     let manifest = skiff.store().find_image(&lazy).unwrap().manifest;
     let profile = skiff.store().read_profile(&manifest).expect("profile saved at unmount");
-    assert_eq!(profile, ["etc/app.conf", "data/blob-4.bin"]);
+    let paths: Vec<&str> = profile.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["etc/app.conf", "data/blob-4.bin"]);
+    assert_eq!(profile[1].ranges, [(0, 2 << 20)], "the whole file was read");
 
     // Prefetch: with a cold cache, the next mount fetches the profile's files unasked.
     skiff.run(&["cache", "prune"]).ok();
@@ -75,7 +77,7 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
 
     // The same list reorders a conversion: those files first, then the landmark.
     let list = dir.path().join("profile.txt");
-    fs::write(&list, profile.join("\n")).unwrap();
+    fs::write(&list, paths.join("\n")).unwrap();
     let ordered = format!("{}/profiles/app:ordered", f.registry.addr);
     let converter = Skiff::new(&dir.path().join("converter"));
     converter.run(&["convert", "--prioritize", list.to_str().unwrap(), &plain, &ordered]).ok();
@@ -90,4 +92,54 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
         .filter(|l| !l.ends_with('/'))
         .collect();
     assert_eq!(&files[..3], ["etc/app.conf", "data/blob-4.bin", ".prefetch.landmark"], "{files:?}");
+}
+
+#[test]
+fn a_profile_of_part_of_a_large_file_prefetches_only_the_chunks_read() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let big = fixtures::noise(16 << 20, 300);
+    let layer = {
+        let mut l = LayerBuilder::new(&dir.path().join("layer.tar.gz"));
+        l.file("data/big.bin", 0o644, &big);
+        l.finish()
+    };
+    let store = skiff::store::Store::open(&dir.path().join("build")).unwrap();
+    let plain = format!("{}/profiles/big:plain", f.registry.addr);
+    let record =
+        fixtures::store_image(&store, &plain, std::slice::from_ref(&layer), fixtures::Format::Oci, "amd64");
+    fixtures::push(&store, &record, &plain);
+    let lazy = format!("{}/profiles/big:estargz", f.registry.addr);
+    Skiff::new(&dir.path().join("converter"))
+        .run(&["convert", "--chunk-size", "1048576", &plain, &lazy])
+        .ok();
+
+    // Record: 100 bytes from the middle of the 16 MiB file.
+    let base = dir.path().join("node");
+    {
+        let Some(m) = Mount::with_flags(&base, &lazy, &["--record-profile"]) else { return };
+        let file = fs::File::open(m.p("data/big.bin")).unwrap();
+        let mut buf = [0u8; 100];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 8 << 20).unwrap();
+        assert_eq!(&buf[..], &big[8 << 20..(8 << 20) + 100]);
+    }
+    let skiff = Skiff::new(&base);
+    let manifest = skiff.store().find_image(&lazy).unwrap().manifest;
+    let profile = skiff.store().read_profile(&manifest).expect("profile saved at unmount");
+    assert_eq!(profile.len(), 1);
+    let read: u64 = profile[0].ranges.iter().map(|(s, e)| e - s).sum();
+    assert!(profile[0].ranges[0].0 <= 8 << 20 && read < 4 << 20, "{profile:?}");
+
+    // The next mount prefetches the chunks those ranges touch, not the file.
+    skiff.run(&["cache", "prune"]).ok();
+    let Some(m) = Mount::new(&base, &lazy) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache_bytes(&skiff.root) < 1 << 20 {
+        assert!(Instant::now() < deadline, "the profile was not prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let cached = cache_bytes(&skiff.root);
+    assert!(cached <= read + (2 << 20), "prefetched {cached} bytes for {read} read");
+    drop(m);
 }

@@ -37,6 +37,7 @@ pub fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     "bytes fetched", totals.registry_bytes, totals.registry_requests
                 );
                 println!("{:<18} {}", "bytes streamed", totals.streamed_bytes);
+                println!("{:<18} {} (compressed)", "bytes read", totals.read_compressed_bytes);
                 println!("{:<18} {} ({} bytes)", "chunks filled", totals.fills, totals.bytes_filled);
                 println!("{:<18} {}", "evictions", totals.evictions);
                 println!("{:<18} {}", "corrupt chunks", totals.corrupt);

@@ -1,0 +1,70 @@
+//! What a workload read of a layer: the distinct byte ranges of each file, so a benchmark can
+//! compare what was fetched with what was needed (each byte counted once, however often read).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::index::NodeId;
+
+/// Distinct ranges read per file.
+#[derive(Debug, Default)]
+pub struct ReadLog {
+    files: Mutex<HashMap<NodeId, Vec<(u64, u64)>>>,
+}
+
+impl ReadLog {
+    /// Notes that `start..end` of `node` was read.
+    pub fn note(&self, node: NodeId, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        merge(files.entry(node).or_default(), start, end);
+    }
+
+    /// Distinct bytes read, over all files.
+    pub fn bytes(&self) -> u64 {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.values().flatten().map(|(s, e)| e - s).sum()
+    }
+}
+
+/// Adds `start..end` to sorted, disjoint `ranges`, joining those it touches.
+pub(crate) fn merge(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    // Reads are mostly sequential: the common case is extending the last range.
+    if let Some(last) = ranges.last_mut() {
+        if last.0 <= start && start <= last.1 {
+            last.1 = last.1.max(end);
+            return;
+        }
+    }
+    let first = ranges.partition_point(|r| r.1 < start);
+    let past = ranges.partition_point(|r| r.0 <= end);
+    if first == past {
+        ranges.insert(first, (start, end));
+        return;
+    }
+    let joined = (ranges[first].0.min(start), ranges[past - 1].1.max(end));
+    ranges.splice(first..past, [joined]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_and_repeated_reads_count_once() {
+        let log = ReadLog::default();
+        log.note(1, 0, 100);
+        log.note(1, 50, 150);
+        log.note(1, 0, 10);
+        log.note(1, 300, 400);
+        log.note(1, 200, 250);
+        log.note(1, 150, 200);
+        log.note(2, 0, 7);
+        assert_eq!(log.bytes(), 250 + 100 + 7);
+        let mut ranges = vec![(0, 10), (20, 30), (40, 50)];
+        merge(&mut ranges, 5, 45);
+        assert_eq!(ranges, [(0, 50)]);
+    }
+}
