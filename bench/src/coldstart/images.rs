@@ -124,9 +124,17 @@ pub struct Workload {
     pub estargz_ref: String,
     pub command: Vec<String>,
     pub ready: Ready,
+    /// `skiff convert --chunk-size`, when not its default.
+    pub chunk_size: Option<u64>,
 }
 
 impl Workload {
+    /// Converts with `size`-byte chunks, into an image of its own.
+    pub fn set_chunk_size(&mut self, size: u64) {
+        self.chunk_size = Some(size);
+        self.estargz_ref = format!("{REGISTRY}/skiff-bench/{}:estargz-{size}", self.name);
+    }
+
     fn new(name: &str, command: Vec<String>, ready: Ready) -> Workload {
         Workload {
             name: name.to_string(),
@@ -134,6 +142,7 @@ impl Workload {
             estargz_ref: format!("{REGISTRY}/skiff-bench/{name}:estargz"),
             command,
             ready,
+            chunk_size: None,
         }
     }
 
@@ -413,19 +422,14 @@ impl Builder {
         if !exists_in_registry(link, &w.estargz_ref) {
             eprintln!("converting to {}", w.estargz_ref);
             let root = convert_root.to_string_lossy();
-            run_logged(
-                &mut link.exec_command(&[
-                    &skiff.to_string_lossy(),
-                    "--root",
-                    &root,
-                    "--insecure-registry",
-                    REGISTRY,
-                    "convert",
-                    &w.gzip_ref,
-                    &w.estargz_ref,
-                ]),
-                &self.log,
-            )?;
+            let skiff = skiff.to_string_lossy();
+            let chunk = w.chunk_size.map(|size| size.to_string());
+            let mut argv = vec![&*skiff, "--root", &root, "--insecure-registry", REGISTRY, "convert"];
+            if let Some(size) = &chunk {
+                argv.extend(["--chunk-size", size]);
+            }
+            argv.extend([w.gzip_ref.as_str(), w.estargz_ref.as_str()]);
+            run_logged(&mut link.exec_command(&argv), &self.log)?;
         }
         Ok(())
     }

@@ -75,6 +75,10 @@ pub struct Args {
     /// Debian mirror for debootstrap (default: apt's bookworm source).
     #[arg(long)]
     mirror: Option<String>,
+    /// Convert the eStargz images with chunks of this many bytes (default: skiff convert's);
+    /// each size is its own image in the bench's registry.
+    #[arg(long, value_parser = skiff::size::parse_size)]
+    chunk_size: Option<u64>,
     /// Write the report as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -207,6 +211,11 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     remove_tree(&work.0)?;
     std::fs::create_dir_all(&work.0)?;
     let link = Link::start(&args.cache_dir.join("registry"), &work.0)?;
+    if let Some(size) = args.chunk_size {
+        for (_, w) in &mut workloads {
+            w.set_chunk_size(size);
+        }
+    }
     for (tag, w) in &workloads {
         builder.publish(&link, &skiff, &args.cache_dir.join("convert-root"), tag, w)?;
     }

@@ -28,14 +28,16 @@ use super::{
 };
 use crate::Digest;
 
-/// stargz-snapshotter's default: a 4 MiB chunk is four of the kernel's largest FUSE reads,
-/// keeps the TOC of a multi-GB layer small, and is what existing eStargz tooling expects.
-pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// Half a kernel FUSE read: a read of part of a large file fetches little beyond it. Measured
+/// on debootstrap images at 100 Mbit/s (bench coldstart): against stargz-snapshotter's 4 MiB,
+/// 512 KiB chunks fetch a quarter less for gcc and jdk and start them 25-30% sooner; 256 KiB
+/// gains little more for twice the TOC entries.
+pub const DEFAULT_CHUNK_SIZE: u64 = 512 << 10;
 /// Files below this share gzip members with their neighbours.
 pub const DEFAULT_SMALL_FILE_THRESHOLD: u64 = 64 << 10;
 /// A shared member stops taking files at this many uncompressed bytes, so that reading one
 /// small file fetches at most about this much (compressed) beyond it.
-pub const DEFAULT_PACK_LIMIT: u64 = 1 << 20;
+pub const DEFAULT_PACK_LIMIT: u64 = 128 << 10;
 /// zlib's default: within a few percent of level 9's size at a fraction of its time.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
 

@@ -87,6 +87,9 @@ pub struct Union {
     recorder: Mutex<Option<Recorder>>,
 }
 
+/// About how many compressed bytes of a profile are fetched together, in blob order.
+const PREFETCH_BATCH: u64 = 1 << 20;
+
 #[derive(Default)]
 struct Recorder {
     /// Where each file read is in `files`.
@@ -154,19 +157,41 @@ impl Union {
     /// Fetches the bytes a profile names (files by merged path, with the ranges read) that
     /// live in lower layers, in the background of foreground reads; returns the bytes
     /// fetched.
+    ///
+    /// The files go in the profile's order (the order the workload first read them), in
+    /// batches of about `PREFETCH_BATCH` compressed bytes, each batch fetched in blob order
+    /// (coalesced) across the layers it touches: what is needed first arrives first.
     pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
-        let mut per_layer: Vec<Vec<PrefetchFile<'_>>> = vec![Vec::new(); self.layers.len()];
+        let mut fetched = 0;
+        let mut batch: Vec<Vec<PrefetchFile<'_>>> = vec![Vec::new(); self.layers.len()];
+        let mut batch_bytes = 0;
+        let mut flush = |batch: &mut Vec<Vec<PrefetchFile<'_>>>| {
+            for (layer, files) in batch.iter_mut().enumerate().filter(|(_, f)| !f.is_empty()) {
+                fetched += self.layers[layer].prefetch(files).unwrap_or(0);
+                files.clear();
+            }
+        };
         for file in files {
-            if let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(&file.path) {
-                if self.layers[layer].index().node(node).kind == Kind::File {
-                    per_layer[layer].push((node, &file.ranges));
-                }
+            let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(&file.path) else {
+                continue;
+            };
+            let index = self.layers[layer].index();
+            if index.node(node).kind != Kind::File {
+                continue;
+            }
+            let chunks: Vec<_> = if file.ranges.is_empty() {
+                index.file_chunks(node).to_vec()
+            } else {
+                file.ranges.iter().flat_map(|&(s, e)| index.chunks(node, s..e).to_vec()).collect()
+            };
+            batch_bytes += chunks.iter().map(|c| c.compressed_len).sum::<u64>();
+            batch[layer].push((node, &file.ranges));
+            if batch_bytes >= PREFETCH_BATCH {
+                flush(&mut batch);
+                batch_bytes = 0;
             }
         }
-        let mut fetched = 0;
-        for (layer, nodes) in per_layer.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
-            fetched += self.layers[layer].prefetch(nodes).unwrap_or(0);
-        }
+        flush(&mut batch);
         fetched
     }
 

@@ -8,7 +8,7 @@ use crate::context::Context;
 #[derive(clap::Args)]
 pub struct Args {
     /// Largest chunk of a file in the converted layers (K, M suffixes).
-    #[arg(long, default_value = "4M", value_parser = skiff::size::parse_size)]
+    #[arg(long, default_value = "512K", value_parser = skiff::size::parse_size)]
     chunk_size: u64,
     /// A file listing paths (one per line) to place first in each layer, ended by a
     /// `.prefetch.landmark`: the files a workload reads when it starts.
