@@ -61,7 +61,7 @@ pub enum ContainerError {
     Config { id: String, source: ConfigError },
     #[error("container {id}: {source}")]
     Rootfs { id: String, source: Box<RootfsError> },
-    #[error("container {id}: {source}")]
+    #[error("{}", named(id, source))]
     Sandbox { id: String, source: Box<sandbox::Error> },
     #[error("container {id}: unmounting {path}: {source}")]
     Unmount { id: String, path: PathBuf, source: nix::errno::Errno },
@@ -69,6 +69,16 @@ pub enum ContainerError {
     Signal { id: String, pid: i32, source: nix::errno::Errno },
     #[error(transparent)]
     Image(Box<ImageError>),
+}
+
+/// `error`'s message, led by the container's id unless it names the container already.
+fn named(id: &str, error: &sandbox::Error) -> String {
+    let message = error.to_string();
+    if message.starts_with(&format!("container {id}")) {
+        message
+    } else {
+        format!("container {id}: {message}")
+    }
 }
 
 impl From<ImageError> for ContainerError {
