@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod containers;
+pub mod debian;
 pub mod fixtures;
 pub mod hostile;
 pub mod mount;

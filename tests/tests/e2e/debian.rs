@@ -1,0 +1,185 @@
+//! A real-world image through the `skiff` binary: Debian bookworm with python3 (built by
+//! debootstrap once per machine, see `skiff_tests::debian`), run lazily from its eStargz
+//! conversion and with a full pull of its gzip original; python's writes land in the upper
+//! directory only; exec into a running python container. Needs root, FUSE, the registry
+//! fixtures and debootstrap with a reachable Debian mirror.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use skiff_tests::cli::{Run, Skiff};
+use skiff_tests::debian::{self, DebianImage};
+use skiff_tests::{sandbox, temp_dir};
+
+const HELLO: &str = "print(\"hello\")";
+
+/// A test's skiff root; every container still there at the end is force-removed.
+struct Env {
+    skiff: Skiff,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Option<(&'static DebianImage, Env)> {
+        if !sandbox::available() {
+            return None;
+        }
+        if !Path::new("/dev/fuse").exists() {
+            return debian::skip("lazy containers need /dev/fuse");
+        }
+        let image = debian::image()?;
+        let dir = temp_dir();
+        Some((image, Env { skiff: Skiff::new(dir.path()), _dir: dir }))
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.skiff.run(args)
+    }
+
+    fn containers_dir(&self) -> PathBuf {
+        self.skiff.root.join("containers")
+    }
+
+    /// `run -d`: the id it printed.
+    fn detach(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let id = self.run(&all).ok().trim().to_string();
+        assert_eq!(id.len(), 64, "not an id: {id}");
+        id
+    }
+
+    /// The full id of the container named `name`.
+    fn id_of(&self, name: &str) -> String {
+        std::fs::read_dir(self.containers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|id| {
+                let state = std::fs::read_to_string(self.containers_dir().join(id).join("state.json"));
+                state
+                    .ok()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                    .is_some_and(|s| s["name"] == name)
+            })
+            .unwrap_or_else(|| panic!("no container named {name}"))
+    }
+
+    /// The usage totals of every mount under this root (`skiff cache stats`).
+    fn totals(&self) -> serde_json::Value {
+        let stats: serde_json::Value =
+            serde_json::from_str(self.run(&["cache", "stats", "--format", "json"]).ok()).unwrap();
+        stats["totals"].clone()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.containers_dir()) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 {
+                self.skiff.run(&["rm", "-f", &name]);
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn python_prints_hello_lazily_from_the_estargz_image_fetching_a_fraction_of_it() {
+    let Some((image, env)) = Env::new() else { return };
+    let started = Instant::now();
+    let out = env.run(&["run", "--rm", &image.estargz_ref, "python3", "-c", HELLO]);
+    assert_eq!(out.ok(), "hello\n");
+    let elapsed = started.elapsed();
+    let totals = env.totals();
+    let fetched = totals["registry_bytes"].as_u64().unwrap();
+    eprintln!(
+        "lazy python3 run: {elapsed:.2?}, {fetched} bytes fetched in {} range requests, \
+         of a {} byte eStargz image",
+        totals["registry_requests"], image.estargz_size
+    );
+    assert_eq!(totals["streamed_bytes"], 0, "no layer is streamed whole: {totals}");
+    assert!(fetched > 0, "python3's files came from somewhere: {totals}");
+    assert!(
+        fetched * 4 < image.estargz_size,
+        "a lazy run fetched {fetched} bytes of a {} byte image: {totals}",
+        image.estargz_size
+    );
+    // Only the manifest and config were stored: the layers stay in the registry.
+    let store = env.skiff.store();
+    for layer in &image.estargz_layers {
+        assert!(!store.has(layer), "layer {layer} was downloaded whole");
+    }
+}
+
+#[test]
+fn python_prints_hello_after_a_full_pull_of_the_gzip_image() {
+    let Some((image, env)) = Env::new() else { return };
+    let started = Instant::now();
+    let out = env.run(&["run", "--rm", "--pull-mode", "full", &image.gzip_ref, "python3", "-c", HELLO]);
+    assert_eq!(out.ok(), "hello\n");
+    eprintln!("full-pull python3 run: {:.2?} for a {} byte image", started.elapsed(), image.layer.size);
+    let store = env.skiff.store();
+    assert!(store.has(&image.layer.digest), "the layer is in the store after a full pull");
+    let manifest = store.find_image(&image.gzip_ref).unwrap().manifest;
+    let tree = env.skiff.root.join("rootfs").join(manifest.hex());
+    assert!(tree.join("usr/bin/python3").symlink_metadata().is_ok(), "{} lacks python3", tree.display());
+}
+
+#[test]
+fn a_file_python_writes_lands_in_the_upper_dir_and_the_lower_stays_unchanged() {
+    let Some((image, env)) = Env::new() else { return };
+    let script = "open('/root/from-python.txt', 'w').write('written by python\\n')\n\
+                  open('/etc/issue', 'a').write('appended by python\\n')";
+    for (mode, reference) in [("lazy", &image.estargz_ref), ("full", &image.gzip_ref)] {
+        let original = env.run(&["run", "--rm", "--pull-mode", mode, reference, "cat", "/etc/issue"]);
+        let original = original.ok().to_string();
+        assert!(original.starts_with("Debian GNU/Linux 12"), "{original}");
+        let name = format!("writer-{mode}");
+        env.run(&["run", "--name", &name, "--pull-mode", mode, reference, "python3", "-c", script]).ok();
+        let id = env.id_of(&name);
+        let upper = env.containers_dir().join(&id).join("upper");
+        let read =
+            |path: &Path| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(read(&upper.join("root/from-python.txt")), "written by python\n", "{mode}");
+        assert_eq!(read(&upper.join("etc/issue")), format!("{original}appended by python\n"), "{mode}");
+        // A new container of the image sees the image's files as they were.
+        let check = "cat /etc/issue; test -e /root/from-python.txt || echo absent";
+        let out = env.run(&["run", "--rm", "--pull-mode", mode, reference, "sh", "-c", check]);
+        assert_eq!(out.ok(), format!("{original}absent\n"), "{mode}");
+        if mode == "full" {
+            // The unpacked lower tree itself is untouched.
+            let manifest = env.skiff.store().find_image(reference).unwrap().manifest;
+            let tree = env.skiff.root.join("rootfs").join(manifest.hex());
+            assert_eq!(read(&tree.join("etc/issue")), original);
+            assert!(!tree.join("root/from-python.txt").exists());
+        }
+        env.run(&["rm", &name]).ok();
+    }
+}
+
+#[test]
+fn exec_runs_python_in_a_running_python_container() {
+    let Some((image, env)) = Env::new() else { return };
+    let main = "import time\nopen('/tmp/ready', 'w').write('up')\ntime.sleep(1000)";
+    let id = env.detach(&[&image.estargz_ref, "python3", "-c", main]);
+    wait_for("python's marker", Duration::from_secs(30), || {
+        env.run(&["exec", &id, "cat", "/tmp/ready"]).code == 0
+    });
+    let probe = "import os\n\
+                 cmdline = open('/proc/1/cmdline').read().split('\\0')\n\
+                 print(open('/tmp/ready').read(), os.getpid() != 1, cmdline[0], cmdline[1])";
+    let out = env.run(&["exec", &id, "python3", "-c", probe]);
+    assert_eq!(out.ok(), "up True python3 -c\n");
+    assert_eq!(env.run(&["exec", &id, "python3", "-c", "raise SystemExit(7)"]).code, 7);
+    env.run(&["rm", "-f", &id]).ok();
+}
