@@ -25,6 +25,8 @@ pub enum Kind {
     CharDevice,
     BlockDevice,
     Fifo,
+    /// Only ever in a union's upper: layers cannot hold sockets.
+    Socket,
 }
 
 /// One name in the layer.

@@ -109,6 +109,10 @@ impl Union {
                 tar.append_data(&mut h, join(dir, &format!("{WHITEOUT_PREFIX}{name}")), io::empty())?;
                 continue;
             }
+            if meta.file_type().is_socket() {
+                // A tar cannot hold a socket; like docker commit, leave it out.
+                continue;
+            }
             let xattrs: Vec<(String, Vec<u8>)> = upper::visible_xattrs(&p)?
                 .into_iter()
                 .filter_map(|k| xattr::get(&p, &k).ok().flatten().map(|v| (format!("SCHILY.xattr.{k}"), v)))

@@ -55,6 +55,8 @@ pub(crate) fn kind_of(m: &Metadata) -> Kind {
         Kind::BlockDevice
     } else if t.is_fifo() {
         Kind::Fifo
+    } else if t.is_socket() {
+        Kind::Socket
     } else {
         Kind::File
     }

@@ -113,6 +113,11 @@ fn writes_copy_up_and_deletions_leave_overlayfs_whiteouts() {
     let mkfifo = Command::new(m.p("bin/busybox")).args(["mkfifo"]).arg(m.p("new/fifo")).status().unwrap();
     assert!(mkfifo.success());
     assert!(fs::symlink_metadata(m.upper.join("new/fifo")).unwrap().file_type().is_fifo());
+    // A unix socket bound in the mount (postgres does this) is a socket, and connects.
+    let listener = std::os::unix::net::UnixListener::bind(m.p("new/socket")).unwrap();
+    assert!(fs::symlink_metadata(m.p("new/socket")).unwrap().file_type().is_socket());
+    std::os::unix::net::UnixStream::connect(m.p("new/socket")).unwrap();
+    listener.accept().unwrap();
     // Hardlink to a lower file.
     fs::hard_link(m.p("etc/group"), m.p("new/group-link")).unwrap();
     assert_eq!(fs::read(m.p("new/group-link")).unwrap(), fs::read(m.p("etc/group")).unwrap());
