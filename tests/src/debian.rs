@@ -69,22 +69,9 @@ static IMAGE: OnceLock<Result<DebianImage, Unavailable>> = OnceLock::new();
 pub fn image() -> Option<&'static DebianImage> {
     match IMAGE.get_or_init(publish) {
         Ok(image) => Some(image),
-        Err(Unavailable::Skip(why)) => skip(why),
+        Err(Unavailable::Skip(why)) => crate::skip(why),
         Err(Unavailable::Failed(why)) => panic!("{why}"),
     }
-}
-
-/// Prints why a test is skipped, or panics with it under `SKIFF_TEST_REQUIRE=1`.
-pub fn skip<T>(why: impl std::fmt::Display) -> Option<T> {
-    if required() {
-        panic!("{why} (SKIFF_TEST_REQUIRE=1)");
-    }
-    eprintln!("SKIP: {why}");
-    None
-}
-
-fn required() -> bool {
-    std::env::var("SKIFF_TEST_REQUIRE").as_deref() == Ok("1")
 }
 
 fn publish() -> Result<DebianImage, Unavailable> {

@@ -20,12 +20,19 @@ pub fn have(tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(tool))));
     if !found {
-        if std::env::var("SKIFF_TEST_REQUIRE").as_deref() == Ok("1") {
-            panic!("{tool} is required (SKIFF_TEST_REQUIRE=1) but not installed; run .ci/run to install it");
-        }
-        eprintln!("SKIP: {tool} is not installed (apt-get install it, or run .ci/run)");
+        skip::<()>(format!("{tool} is not installed (apt-get install it, or run .ci/run)"));
     }
     found
+}
+
+/// Prints why a test is skipped and returns `None`; under `SKIFF_TEST_REQUIRE=1` (CI sets it)
+/// a missing prerequisite fails the test instead.
+pub fn skip<T>(why: impl std::fmt::Display) -> Option<T> {
+    if std::env::var("SKIFF_TEST_REQUIRE").as_deref() == Ok("1") {
+        panic!("{why} (SKIFF_TEST_REQUIRE=1)");
+    }
+    eprintln!("SKIP: {why}");
+    None
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -36,4 +43,17 @@ fn is_executable(path: &Path) -> bool {
 /// A fresh temp directory for one test.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("skiff-test-").tempdir().expect("creating a temp dir")
+}
+
+/// How long a test waits for something another process does (a container to exit, a log line
+/// to appear) before it fails: generous, because CI runs every test at once on two cores.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `done` until it holds; fails the test, naming `what`, after [`PATIENCE`].
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -16,8 +16,7 @@ impl Mount {
     /// Mounts `image` under `base` with `extra` flags; `None` (skip) without FUSE or root.
     pub fn with_flags(base: &Path, image: &str, extra: &[&str]) -> Option<Mount> {
         if !Path::new("/dev/fuse").exists() || !nix_is_root() {
-            eprintln!("SKIP: FUSE mounts need root and /dev/fuse");
-            return None;
+            return crate::skip("FUSE mounts need root and /dev/fuse");
         }
         let skiff = Skiff::new(base);
         let dir = base.join("mnt");

@@ -45,10 +45,7 @@ pub fn available() -> bool {
         (false, _) => "sandbox tests need root",
         (_, false) => "sandbox tests need /bin/busybox (apt-get install busybox-static)",
     };
-    if std::env::var("SKIFF_TEST_REQUIRE").as_deref() == Ok("1") {
-        panic!("{why} (SKIFF_TEST_REQUIRE=1)");
-    }
-    eprintln!("SKIP: {why}");
+    crate::skip::<()>(why);
     false
 }
 

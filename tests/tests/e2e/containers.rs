@@ -12,7 +12,7 @@ use skiff::sandbox::pty::{self, Pty};
 use skiff_tests::cli::{Run, Skiff};
 use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_image};
 use skiff_tests::fixtures::{self, Fixtures};
-use skiff_tests::{sandbox, temp_dir};
+use skiff_tests::{sandbox, temp_dir, wait_for};
 
 /// A test's skiff root; every container still there at the end is force-removed.
 struct Env {
@@ -65,14 +65,6 @@ impl Drop for Env {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn run_prints_output_and_exits_with_the_commands_code() {
     let Some((f, env)) = Env::new() else { return };
@@ -99,9 +91,7 @@ fn detached_container_logs_stops_and_is_removed() {
     let Some((f, env)) = Env::new() else { return };
     let script = "echo hello; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
     let id = env.detach(&["--name", "web", &f.busybox_ref, "sh", "-c", script]);
-    wait_for("the first log line", Duration::from_secs(10), || {
-        env.run(&["logs", "web"]).stdout.contains("hello")
-    });
+    wait_for("the first log line", || env.run(&["logs", "web"]).stdout.contains("hello"));
     let logs = env.run(&["logs", "web"]);
     assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("hello\n", "oops\n"));
     let ps = env.run(&["ps"]).ok().to_string();
@@ -129,7 +119,7 @@ fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     assert_eq!(env.state(&a)["exit_code"], 137);
     let b = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
     env.run(&["kill", "-s", "KILL", &b]).ok();
-    wait_for("the exit", Duration::from_secs(10), || env.state(&b)["status"] == "exited");
+    wait_for("the exit", || env.state(&b)["status"] == "exited");
     assert_eq!(env.state(&b)["exit_code"], 137);
     assert!(env.run(&["kill", &b]).failed().contains("not running"));
     env.run(&["rm", &a, &b]).ok();
@@ -140,7 +130,7 @@ fn exec_joins_the_running_container() {
     let Some((f, env)) = Env::new() else { return };
     let id =
         env.detach(&["-e", "FROM_RUN=yes", &f.busybox_ref, "sh", "-c", "echo made > /marker; sleep 1000"]);
-    wait_for("the marker", Duration::from_secs(10), || env.run(&["exec", &id, "cat", "/marker"]).code == 0);
+    wait_for("the marker", || env.run(&["exec", &id, "cat", "/marker"]).code == 0);
     let script = "cat /marker; cat /etc/hostname; echo $FROM_RUN $EXTRA; echo pid=$$; id -u; \
                   grep -c . /proc/1/cmdline; grep Seccomp: /proc/self/status";
     let out = env.run(&["exec", "-e", "EXTRA=1", "-u", "nobody", &id, "sh", "-c", script]);
@@ -162,7 +152,7 @@ fn exec_joins_the_running_container() {
 fn rm_flag_leaves_no_trace() {
     let Some((f, env)) = Env::new() else { return };
     let id = env.detach(&["--rm", &f.busybox_ref, "sh", "-c", "sleep 0.3"]);
-    wait_for("the container to go", Duration::from_secs(10), || !env.containers_dir().join(&id).exists());
+    wait_for("the container to go", || !env.containers_dir().join(&id).exists());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
     let out = env.run(&["run", "--rm", &f.busybox_ref, "true"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -193,9 +183,7 @@ fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     assert_eq!(out.stdout, format!("{}\n", &id[..12]), "{out:?}");
     // Detached start, then its log holds every run.
     env.run(&["start", "a"]).ok();
-    wait_for("a to exit", Duration::from_secs(10), || {
-        env.state(&id)["status"] == "exited" && env.state(&id)["supervisor"].is_null()
-    });
+    wait_for("a to exit", || env.state(&id)["status"] == "exited" && env.state(&id)["supervisor"].is_null());
     let logs = env.run(&["logs", "a"]);
     assert_eq!(logs.stdout.lines().count(), 3, "{logs:?}");
 }
@@ -288,7 +276,7 @@ fn killed_supervisor_is_cleaned_up_by_the_next_command() {
     assert!(!mounts_under(&env.containers_dir().join(&id)).is_empty());
     assert!(!cgroup_dirs(&id).is_empty());
     std::process::Command::new("kill").args(["-KILL", &supervisor.to_string()]).status().unwrap();
-    wait_for("the supervisor to die", Duration::from_secs(10), || {
+    wait_for("the supervisor to die", || {
         !Path::new(&format!("/proc/{supervisor}")).exists()
             || std::fs::read_to_string(format!("/proc/{supervisor}/stat")).is_ok_and(|s| s.contains(") Z "))
     });
@@ -296,7 +284,7 @@ fn killed_supervisor_is_cleaned_up_by_the_next_command() {
     assert!(ps.contains("Exited (137)"), "{ps}");
     assert!(mounts_under(&env.containers_dir().join(&id)).is_empty());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
-    wait_for("the container's init to die", Duration::from_secs(5), || {
+    wait_for("the container's init to die", || {
         std::fs::read_to_string(format!("/proc/{init}/stat")).map_or(true, |s| s.contains(") Z "))
     });
     env.run(&["rm", &id]).ok();

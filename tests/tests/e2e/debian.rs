@@ -5,11 +5,11 @@
 //! fixtures and debootstrap with a reachable Debian mirror.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use skiff_tests::cli::{Run, Skiff};
 use skiff_tests::debian::{self, DebianImage};
-use skiff_tests::{sandbox, temp_dir};
+use skiff_tests::{sandbox, temp_dir, wait_for};
 
 const HELLO: &str = "print(\"hello\")";
 
@@ -25,7 +25,7 @@ impl Env {
             return None;
         }
         if !Path::new("/dev/fuse").exists() {
-            return debian::skip("lazy containers need /dev/fuse");
+            return skiff_tests::skip("lazy containers need /dev/fuse");
         }
         let image = debian::image()?;
         let dir = temp_dir();
@@ -82,14 +82,6 @@ impl Drop for Env {
                 self.skiff.run(&["rm", "-f", &name]);
             }
         }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -172,9 +164,7 @@ fn exec_runs_python_in_a_running_python_container() {
     let Some((image, env)) = Env::new() else { return };
     let main = "import time\nopen('/tmp/ready', 'w').write('up')\ntime.sleep(1000)";
     let id = env.detach(&[&image.estargz_ref, "python3", "-c", main]);
-    wait_for("python's marker", Duration::from_secs(30), || {
-        env.run(&["exec", &id, "cat", "/tmp/ready"]).code == 0
-    });
+    wait_for("python's marker", || env.run(&["exec", &id, "cat", "/tmp/ready"]).code == 0);
     let probe = "import os\n\
                  cmdline = open('/proc/1/cmdline').read().split('\\0')\n\
                  print(open('/tmp/ready').read(), os.getpid() != 1, cmdline[0], cmdline[1])";
