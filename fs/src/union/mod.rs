@@ -83,6 +83,7 @@ pub struct Union {
     next_fh: AtomicU64,
     /// Serializes changes to the tree (copy-up, create, remove, rename).
     changes: Mutex<()>,
+    dirs: Mutex<resolve::DirCache>,
     /// When recording a profile: the lower files read, in the order of their first read.
     recorder: Mutex<Option<Recorder>>,
 }
@@ -122,6 +123,7 @@ impl Union {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             changes: Mutex::new(()),
+            dirs: Mutex::default(),
             recorder: Mutex::new(None),
         })
     }

@@ -36,6 +36,16 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
+/// Empties the union's cache of directories when dropped: at the end of a change that may
+/// move or remove directories, however it ends.
+struct ForgetDirs<'a>(&'a Union);
+
+impl Drop for ForgetDirs<'_> {
+    fn drop(&mut self) {
+        self.0.forget_dirs();
+    }
+}
+
 /// Who creates an entry: its owner.
 #[derive(Clone, Copy, Debug)]
 pub struct Owner {
@@ -90,6 +100,7 @@ impl Union {
         if n.kind == Kind::Dir {
             fs::create_dir(&target)?;
             apply_lower_meta(&target, &n)?;
+            self.forget_dirs();
         } else {
             // Built beside the upper, then renamed in: never half-copied under its name.
             let tmp = tempfile::Builder::new().prefix("copyup-").make_in(&self.work, |p| match n.kind {
@@ -144,6 +155,7 @@ impl Union {
             self.deep_copy_up(&join(path, &name))?;
         }
         upper::set_opaque(&self.upper, path)?;
+        self.forget_dirs();
         Ok(())
     }
 
@@ -259,6 +271,7 @@ impl Union {
 
     fn remove(&self, parent: Ino, name: &str, dir: bool) -> FsResult<()> {
         let _guard = self.changes.lock().unwrap();
+        let _forget = dir.then(|| ForgetDirs(self));
         let (parent_path, pr) = self.resolve_ino(parent)?;
         let r = self.resolve_child(&pr, &parent_path, name).ok_or(Errno(libc::ENOENT))?;
         let path = join(&parent_path, name);
@@ -295,6 +308,7 @@ impl Union {
         flags: RenameFlags,
     ) -> FsResult<()> {
         let _guard = self.changes.lock().unwrap();
+        let _forget = ForgetDirs(self);
         let (src_parent_path, spr) = self.resolve_ino(parent)?;
         let (dst_parent_path, dpr) = self.resolve_ino(new_parent)?;
         let src = self.resolve_child(&spr, &src_parent_path, name).ok_or(Errno(libc::ENOENT))?;

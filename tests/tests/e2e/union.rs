@@ -144,8 +144,22 @@ fn renames_of_lower_files_and_directories() {
     assert_eq!(fs::read(m.p("etc/passwd")).unwrap(), b"a");
     // And back: a directory renamed onto a name a lower layer had.
     fs::rename(m.p("usr/bin2"), m.p("bin")).unwrap();
-    assert_eq!(names(&m.p("bin")), names(&m.p("bin")));
+    assert!(names(&m.p("bin")).contains(&"busybox".to_string()));
     assert!(m.p("bin/busybox").exists() && !m.p("usr/bin2").exists());
+    // Deep trees stay right when the directories above them move, go, or come back (the union
+    // keeps where directories resolve to).
+    fs::create_dir_all(m.p("usr/deep/a/b")).unwrap();
+    fs::write(m.p("usr/deep/a/b/f"), b"1").unwrap();
+    fs::rename(m.p("usr/deep/a"), m.p("usr/deep/moved")).unwrap();
+    assert!(!m.p("usr/deep/a/b/f").exists());
+    fs::write(m.p("usr/deep/moved/b/g"), b"2").unwrap();
+    assert_eq!(names(&m.p("usr/deep/moved/b")), ["f", "g"]);
+    fs::create_dir_all(m.p("usr/deep/a/b")).unwrap();
+    assert!(names(&m.p("usr/deep/a/b")).is_empty());
+    assert_eq!(fs::read(m.p("usr/deep/moved/b/f")).unwrap(), b"1");
+    fs::remove_dir_all(m.p("usr/deep")).unwrap();
+    fs::create_dir_all(m.p("usr/deep/moved/b")).unwrap();
+    assert!(names(&m.p("usr/deep/moved/b")).is_empty());
     // A non-empty directory cannot replace another.
     assert!(fs::rename(m.p("fixture"), m.p("bin")).is_err());
 }
