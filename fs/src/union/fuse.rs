@@ -202,8 +202,8 @@ impl Filesystem for FuseUnion {
         entry(reply, &self.1, self.0.lookup(parent.0, name));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.0.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
             Err(e) => reply.error(errno(e)),
         }
@@ -419,7 +419,7 @@ impl Filesystem for FuseUnion {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        let dir = match self.0.getattr(ino.0) {
+        let dir = match self.0.getattr(ino.0, None) {
             Ok(a) => a,
             Err(e) => return reply.error(errno(e)),
         };
@@ -521,7 +521,7 @@ impl Filesystem for FuseUnion {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel has checked the mode bits already.
-        empty(reply, self.0.getattr(ino.0).map(drop));
+        empty(reply, self.0.getattr(ino.0, None).map(drop));
     }
 
     fn create(

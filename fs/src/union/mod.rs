@@ -29,6 +29,9 @@ use crate::index::{Kind, NodeId};
 use inodes::{Identity, Inodes};
 use resolve::{join, Found, Resolved};
 
+/// The longest name a layer can hold.
+const NAME_MAX: usize = 255;
+
 /// An errno for the kernel. Details are logged where the error is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Errno(pub i32);
@@ -67,7 +70,7 @@ pub struct Attr {
 
 /// An open file: upper files are host files; lower files are read through their layer.
 enum Handle {
-    Upper(File),
+    Upper { file: File, ino: Ino },
     Lower { layer: usize, node: NodeId },
     Dir(Vec<(String, Kind, Ino)>),
 }
@@ -256,6 +259,10 @@ impl Union {
     }
 
     pub fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        if name.len() > NAME_MAX {
+            // No layer can hold it; the kernel passes FUSE names up to 1024 bytes.
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
         let (parent_path, parent_r) = self.resolve_ino(parent)?;
         if parent_r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
@@ -266,9 +273,21 @@ impl Union {
         Ok(self.attr_of(ino, &r))
     }
 
-    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        let (_, r) = self.resolve_ino(ino)?;
-        Ok(self.attr_of(ino, &r))
+    /// The attributes of `ino`; of the file open as `fh` if that is an upper file. An open
+    /// upper file is there even after its last name is gone (fstat of an unlinked file).
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> FsResult<Attr> {
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+            if let Handle::Upper { file, .. } = &*h {
+                return Ok(self.attr_of(ino, &Resolved::upper(file.metadata()?)));
+            }
+        }
+        match self.resolve_ino(ino) {
+            Err(Errno(libc::ENOENT)) => {
+                let meta = self.open_upper_meta(ino).ok_or(Errno(libc::ENOENT))??;
+                Ok(self.attr_of(ino, &Resolved::upper(meta)))
+            }
+            resolved => Ok(self.attr_of(ino, &resolved?.1)),
+        }
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -295,6 +314,15 @@ impl Union {
         self.handles.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
     }
 
+    /// The metadata of an open upper file of `ino`, if there is one.
+    fn open_upper_meta(&self, ino: Ino) -> Option<io::Result<std::fs::Metadata>> {
+        let handles = self.handles.lock().unwrap();
+        handles.values().find_map(|h| match &**h {
+            Handle::Upper { file, ino: i } if *i == ino => Some(file.metadata()),
+            _ => None,
+        })
+    }
+
     pub fn release(&self, fh: u64) {
         self.handles.lock().unwrap().remove(&fh);
     }
@@ -319,7 +347,7 @@ impl Union {
             options.custom_flags(
                 flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) | libc::O_NOFOLLOW,
             );
-            Handle::Upper(options.open(upper::host(&self.upper, &path))?)
+            Handle::Upper { file: options.open(upper::host(&self.upper, &path))?, ino }
         } else {
             let Found::Lower { layer, node } = r.found else { unreachable!("checked in_upper") };
             Handle::Lower { layer, node }
@@ -330,7 +358,7 @@ impl Union {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
         let n = match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 let mut done = 0;
                 while done < buf.len() {
                     match f.read_at(&mut buf[done..], offset + done as u64)? {
@@ -353,7 +381,7 @@ impl Union {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 f.write_all_at(data, offset)?;
                 Ok(data.len() as u32)
             }
@@ -362,7 +390,7 @@ impl Union {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        if let Handle::Upper(f) = &*self.handle(fh)? {
+        if let Handle::Upper { file: f, .. } = &*self.handle(fh)? {
             if datasync {
                 f.sync_data()?
             } else {
@@ -374,7 +402,7 @@ impl Union {
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
                 nix::fcntl::fallocate(f, flags, offset as i64, len as i64)?;
                 Ok(())

@@ -212,3 +212,65 @@ fn diff_commit_push_pull_mount_round_trip_shows_exactly_the_changes() {
     assert_eq!(inspect[0]["Layers"][2]["Format"], "eStargz");
     assert_eq!(inspect[0]["Config"]["history"].as_array().unwrap().last().unwrap()["comment"], "round trip");
 }
+
+/// `/proc/self/fd/N/name`: `name` inside the open directory `dir`, whatever its full path's
+/// length (the tests' own paths stay short).
+fn at(dir: &fs::File, name: &str) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+#[test]
+fn paths_near_path_max_work_although_the_upper_dir_adds_its_prefix() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.busybox_ref) else { return };
+    // 16 levels of 250-byte names and a file: a merged path of 4087 bytes (PATH_MAX is
+    // 4096), which with the upper dir's path in front is far past PATH_MAX on the host.
+    let names: Vec<String> = (0..16).map(|i| format!("{i:02}{}", "d".repeat(248))).collect();
+    let mut cur = fs::File::open(m.p("")).unwrap();
+    for name in &names {
+        fs::create_dir(at(&cur, name)).unwrap();
+        cur = fs::File::open(at(&cur, name)).unwrap();
+    }
+    let file = "f".repeat(70);
+    fs::write(at(&cur, &file), b"deep").unwrap();
+    assert_eq!(fs::read(at(&cur, &file)).unwrap(), b"deep");
+    fs::set_permissions(at(&cur, &file), fs::Permissions::from_mode(0o600)).unwrap();
+    xattr::set(at(&cur, &file), "user.deep", b"yes").unwrap();
+    assert_eq!(xattr::get(at(&cur, &file), "user.deep").unwrap().as_deref(), Some(&b"yes"[..]));
+    std::os::unix::fs::symlink("target", at(&cur, "link")).unwrap();
+    assert_eq!(fs::read_link(at(&cur, "link")).unwrap(), Path::new("target"));
+    fs::rename(at(&cur, &file), at(&cur, "g")).unwrap();
+    fs::hard_link(at(&cur, "g"), at(&cur, &file)).unwrap();
+    assert_eq!(fs::metadata(at(&cur, &file)).unwrap().mode() & 0o777, 0o600);
+    let mut listed = names_at(&cur);
+    listed.sort();
+    assert_eq!(listed, [file.clone(), "g".into(), "link".into()]);
+
+    // The upper holds the same tree.
+    let mut up = fs::File::open(&m.upper).unwrap();
+    for name in &names {
+        up = fs::File::open(at(&up, name)).unwrap();
+    }
+    assert_eq!(fs::read(at(&up, &file)).unwrap(), b"deep");
+
+    // And it all goes away again.
+    for name in [file.as_str(), "g", "link"] {
+        fs::remove_file(at(&cur, name)).unwrap();
+    }
+    drop(cur);
+    let mut dirs = vec![fs::File::open(m.p("")).unwrap()];
+    for name in &names[..names.len() - 1] {
+        let next = fs::File::open(at(dirs.last().unwrap(), name)).unwrap();
+        dirs.push(next);
+    }
+    for (parent, name) in dirs.iter().zip(&names).rev() {
+        fs::remove_dir(at(parent, name)).unwrap();
+    }
+    assert!(!m.p(&names[0]).exists());
+}
+
+fn names_at(dir: &fs::File) -> Vec<String> {
+    fs::read_dir(at(dir, ".")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+}
