@@ -22,6 +22,9 @@ use crate::index::Kind;
 /// Everything in the tree changes only through this mount, so the kernel may cache entries
 /// and attributes for long.
 const TTL: Duration = Duration::from_secs(60);
+/// Entries only in lower layers are immutable (a change copies them up through this mount,
+/// which updates the kernel's view): the kernel may keep them as long as it likes.
+const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_REQUEST: u32 = 1 << 20;
 
 #[derive(Clone, Debug)]
@@ -95,12 +98,11 @@ pub fn mount(union: Arc<Union>, target: &Path, options: &MountOptions) -> io::Re
 
 struct FuseUnion(Arc<Union>, crate::IdMap);
 
-impl FuseUnion {
-    /// `.`, `..` and the merged entries of an open directory.
-    fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Vec<(String, Kind, u64)>, Errno> {
-        let mut entries = vec![(".".to_string(), Kind::Dir, ino.0), ("..".to_string(), Kind::Dir, ino.0)];
-        entries.extend(self.0.readdir(fh.0, 0)?);
-        Ok(entries)
+fn ttl(a: &Attr) -> &'static Duration {
+    if a.upper {
+        &TTL
+    } else {
+        &LOWER_TTL
     }
 }
 
@@ -140,6 +142,27 @@ fn file_attr(a: &Attr, ids: &crate::IdMap) -> FileAttr {
     }
 }
 
+/// Attributes for the `.` and `..` entries of readdirplus, which the kernel ignores.
+fn dot_attr(ino: INodeNo) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 4096,
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -158,7 +181,7 @@ macro_rules! name_or_reply {
 
 fn entry(reply: ReplyEntry, ids: &crate::IdMap, result: Result<Attr, Errno>) {
     match result {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a, ids), Generation(0)),
+        Ok(a) => reply.entry(ttl(&a), &file_attr(&a, ids), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -204,7 +227,7 @@ impl Filesystem for FuseUnion {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.0.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.1)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -237,7 +260,7 @@ impl Filesystem for FuseUnion {
             fh: fh.map(|f| f.0),
         };
         match self.0.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.1)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -386,21 +409,34 @@ impl Filesystem for FuseUnion {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel keeps the listing it read: a directory changes only through this mount,
+        // and every such change makes the kernel drop what it kept.
         match self.0.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    // Readdir and readdirplus share offsets: entry k (0 is `.`, 1 is `..`, then the listing)
+    // has offset k + 1, and a call resumes at entry `offset`.
+
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        // Readdir and readdirplus share offsets: entry k (0 is `.`, 1 is `..`, then the
-        // listing) has offset k + 1, and a call resumes at entry `offset`.
-        let entries = match self.listing(ino, fh) {
+        let entries = match self.0.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for (k, (name, kind, child)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*child), k as u64 + 1, file_type(*kind), name) {
+        for k in offset..entries.len() as u64 + 2 {
+            let full = match k {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(ino, 2, FileType::Directory, ".."),
+                _ => {
+                    let e = &entries[k as usize - 2];
+                    reply.add(INodeNo(e.attr.ino), k + 1, file_type(e.attr.kind), &e.name)
+                }
+            };
+            if full {
                 break;
             }
         }
@@ -415,31 +451,24 @@ impl Filesystem for FuseUnion {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.listing(ino, fh) {
+        let entries = match self.0.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        let dir = match self.0.getattr(ino.0, None) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (k, (name, _, _)) in entries.iter().enumerate().skip(offset as usize) {
-            let attr = if k < 2 {
-                dir
-            } else {
-                match self.0.lookup(ino.0, name) {
-                    Ok(a) => a,
-                    Err(_) => continue,
+        for k in offset..entries.len() as u64 + 2 {
+            let full = match k {
+                // The kernel takes no attributes from `.` and `..`: it already has them.
+                0 | 1 => {
+                    let name = if k == 0 { "." } else { ".." };
+                    reply.add(ino, k + 1, name, &TTL, &dot_attr(ino), Generation(0))
+                }
+                _ => {
+                    let e = &entries[k as usize - 2];
+                    let attr = file_attr(&e.attr, &self.1);
+                    reply.add(INodeNo(e.attr.ino), k + 1, &e.name, ttl(&e.attr), &attr, Generation(0))
                 }
             };
-            if reply.add(
-                INodeNo(attr.ino),
-                k as u64 + 1,
-                name,
-                &TTL,
-                &file_attr(&attr, &self.1),
-                Generation(0),
-            ) {
+            if full {
                 break;
             }
         }

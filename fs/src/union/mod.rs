@@ -66,13 +66,23 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub ctime: SystemTime,
     pub rdev: u64,
+    /// Whether the entry lives in the upper dir; else it is in a lower layer, immutable.
+    pub upper: bool,
 }
 
 /// An open file: upper files are host files; lower files are read through their layer.
+/// An open directory is listed at its first read, once, so offsets stay stable.
 enum Handle {
     Upper { file: File, ino: Ino },
     Lower { layer: usize, node: NodeId },
-    Dir(Vec<(String, Kind, Ino)>),
+    Dir { ino: Ino, listing: Mutex<Option<Arc<[DirEntry]>>> },
+}
+
+/// One entry of a merged directory listing, with its attributes (for readdirplus).
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
 }
 
 pub struct Union {
@@ -236,6 +246,7 @@ impl Union {
                 mtime: time(m.mtime(), m.mtime_nsec()),
                 ctime: time(m.ctime(), m.ctime_nsec()),
                 rdev: m.rdev(),
+                upper: true,
             },
             Found::Lower { layer, node } => {
                 let n = self.layers[*layer].index().node(*node);
@@ -253,6 +264,7 @@ impl Union {
                     mtime: t,
                     ctime: t,
                     rdev: libc::makedev(n.rdev.0, n.rdev.1),
+                    upper: false,
                 }
             }
         }
@@ -373,7 +385,7 @@ impl Union {
                 self.record(*layer, *node, offset, offset + n as u64);
                 n
             }
-            Handle::Dir(_) => return Err(Errno(libc::EISDIR)),
+            Handle::Dir { .. } => return Err(Errno(libc::EISDIR)),
         };
         buf.truncate(n);
         Ok(buf)
@@ -411,30 +423,35 @@ impl Union {
         }
     }
 
-    /// Opens a directory: its merged entries are listed once, so offsets stay stable.
+    /// Opens a directory. Listing waits for the first read: a kernel that caches listings
+    /// opens directories far more often than it reads them.
     pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        let (path, r) = self.resolve_ino(ino)?;
+        self.path_of(ino)?;
+        Ok(self.add_handle(Handle::Dir { ino, listing: Mutex::new(None) }))
+    }
+
+    /// The merged entries of an open directory (without `.` and `..`), listed at the first
+    /// call and the same for the life of the handle.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<[DirEntry]>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir { ino, listing } = &*handle else { return Err(Errno(libc::ENOTDIR)) };
+        let mut listing = listing.lock().unwrap();
+        if let Some(entries) = &*listing {
+            return Ok(entries.clone());
+        }
+        let (path, r) = self.resolve_ino(*ino)?;
         if r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
         let mut entries = Vec::new();
-        for (name, kind) in self.list(&r, &path)? {
-            let child_path = join(&path, &name);
-            let ino = match self.resolve_child(&r, &path, &name) {
-                Some(cr) => self.ino_of(&child_path, &cr),
-                None => continue,
-            };
-            entries.push((name, kind, ino));
+        for name in self.list(&r, &path)?.into_keys() {
+            let Some(cr) = self.resolve_child(&r, &path, &name) else { continue };
+            let ino = self.ino_of(&join(&path, &name), &cr);
+            entries.push(DirEntry { attr: self.attr_of(ino, &cr), name });
         }
-        Ok(self.add_handle(Handle::Dir(entries)))
-    }
-
-    /// Entries of an open directory from `offset` on (0 is the first after `.` and `..`).
-    pub fn readdir(&self, fh: u64, offset: usize) -> FsResult<Vec<(String, Kind, Ino)>> {
-        match &*self.handle(fh)? {
-            Handle::Dir(entries) => Ok(entries.iter().skip(offset).cloned().collect()),
-            _ => Err(Errno(libc::ENOTDIR)),
-        }
+        let entries: Arc<[DirEntry]> = entries.into();
+        *listing = Some(entries.clone());
+        Ok(entries)
     }
 
     pub fn statfs(&self) -> FsResult<nix::sys::statvfs::Statvfs> {

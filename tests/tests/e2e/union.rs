@@ -274,3 +274,26 @@ fn paths_near_path_max_work_although_the_upper_dir_adds_its_prefix() {
 fn names_at(dir: &fs::File) -> Vec<String> {
     fs::read_dir(at(dir, ".")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
 }
+
+#[test]
+fn listings_the_kernel_keeps_follow_every_change_made_through_the_mount() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+    let before = names(&m.p("etc"));
+    assert_eq!(names(&m.p("etc")), before, "a second listing (from the kernel's cache) is the same");
+    fs::write(m.p("etc/added"), b"x").unwrap();
+    fs::remove_file(m.p("etc/group")).unwrap();
+    let mut want: Vec<String> = before.iter().filter(|n| *n != "group").cloned().collect();
+    want.push("added".into());
+    want.sort();
+    assert_eq!(names(&m.p("etc")), want);
+    fs::rename(m.p("etc/added"), m.p("added")).unwrap();
+    assert!(!names(&m.p("etc")).contains(&"added".to_string()));
+    assert!(names(&m.p("")).contains(&"added".to_string()));
+    // A directory is opened and read many times while it is changed.
+    for i in 0..50 {
+        fs::write(m.p(&format!("fixture/n{i}")), b"").unwrap();
+        assert!(names(&m.p("fixture")).contains(&format!("n{i}")));
+    }
+}
