@@ -2,6 +2,7 @@
 //! copy-on-write into the upper directory. Plain Rust, path-based, testable without a mount;
 //! `fuse.rs` is the only file that speaks FUSE.
 
+mod backing;
 mod export;
 mod fuse;
 mod inodes;
@@ -365,6 +366,19 @@ impl Union {
             Handle::Lower { layer, node }
         };
         Ok((self.add_handle(handle), immutable))
+    }
+
+    /// The upper file of `ino`, open for reading and writing: the one host file the kernel
+    /// reads and writes for every open of `ino` it serves by itself (FUSE passthrough).
+    pub fn backing_file(&self, ino: Ino) -> FsResult<File> {
+        let (path, r) = self.resolve_ino(ino)?;
+        if !r.in_upper() || r.kind(self) != Kind::File {
+            return Err(Errno(libc::EINVAL));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).custom_flags(libc::O_NOFOLLOW);
+        Ok(options.open(upper::host(&self.upper, &path))?)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
