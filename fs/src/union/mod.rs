@@ -259,7 +259,12 @@ impl Union {
                     nlink: n.nlink,
                     uid: n.uid,
                     gid: n.gid,
-                    size: if n.kind == Kind::Dir { 4096 } else { n.size },
+                    size: match n.kind {
+                        Kind::Dir => 4096,
+                        // As lstat has it: the target's length.
+                        Kind::Symlink => n.target.as_ref().map_or(0, |t| t.len() as u64),
+                        _ => n.size,
+                    },
                     blocks: n.size.div_ceil(512),
                     atime: t,
                     mtime: t,

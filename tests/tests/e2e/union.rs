@@ -35,6 +35,7 @@ fn lower_layers_merge_with_whiteouts_opaque_dirs_links_and_metadata() {
     assert_eq!((x.uid(), x.gid(), x.mode() & 0o777), (1000, 1000, 0o640));
     assert_eq!(xattr::get(m.p("fixture/xattrs"), "user.skiff").unwrap().as_deref(), Some(&b"hello"[..]));
     assert_eq!(fs::read_link(m.p("fixture/absolute-link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(fs::symlink_metadata(m.p("fixture/absolute-link")).unwrap().len(), 11, "a symlink's size");
     let null = fs::symlink_metadata(m.p("fixture/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), libc_makedev(1, 3));
