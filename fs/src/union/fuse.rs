@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Config, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Config, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
+use super::backing::Backings;
 use super::upper::name_ok;
 use super::write::Owner;
 use super::{Attr, Errno, RenameFlags, SetAttr, Union};
@@ -22,6 +23,9 @@ use crate::index::Kind;
 /// Everything in the tree changes only through this mount, so the kernel may cache entries
 /// and attributes for long.
 const TTL: Duration = Duration::from_secs(60);
+/// Entries only in lower layers are immutable (a change copies them up through this mount,
+/// which updates the kernel's view): the kernel may keep them as long as it likes.
+const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_REQUEST: u32 = 1 << 20;
 
 #[derive(Clone, Debug)]
@@ -89,18 +93,23 @@ pub fn mount(union: Arc<Union>, target: &Path, options: &MountOptions) -> io::Re
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(FuseUnion(union, options.ids.clone()), target, &config)?;
+    let fs = FuseUnion { union, ids: options.ids.clone(), backings: Backings::new() };
+    let session = fuser::spawn_mount(fs, target, &config)?;
     Ok(Mounted { session: Some(session), path: target.to_path_buf() })
 }
 
-struct FuseUnion(Arc<Union>, crate::IdMap);
+struct FuseUnion {
+    union: Arc<Union>,
+    ids: crate::IdMap,
+    /// Upper files the kernel reads and writes by itself.
+    backings: Backings<BackingId>,
+}
 
-impl FuseUnion {
-    /// `.`, `..` and the merged entries of an open directory.
-    fn listing(&self, ino: INodeNo, fh: FileHandle) -> Result<Vec<(String, Kind, u64)>, Errno> {
-        let mut entries = vec![(".".to_string(), Kind::Dir, ino.0), ("..".to_string(), Kind::Dir, ino.0)];
-        entries.extend(self.0.readdir(fh.0, 0)?);
-        Ok(entries)
+fn ttl(a: &Attr) -> &'static Duration {
+    if a.upper {
+        &TTL
+    } else {
+        &LOWER_TTL
     }
 }
 
@@ -140,6 +149,27 @@ fn file_attr(a: &Attr, ids: &crate::IdMap) -> FileAttr {
     }
 }
 
+/// Attributes for the `.` and `..` entries of readdirplus, which the kernel ignores.
+fn dot_attr(ino: INodeNo) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 4096,
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -158,7 +188,7 @@ macro_rules! name_or_reply {
 
 fn entry(reply: ReplyEntry, ids: &crate::IdMap, result: Result<Attr, Errno>) {
     match result {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a, ids), Generation(0)),
+        Ok(a) => reply.entry(ttl(&a), &file_attr(&a, ids), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -194,17 +224,23 @@ impl Filesystem for FuseUnion {
                 | InitFlags::FUSE_READDIRPLUS_AUTO
                 | InitFlags::FUSE_PARALLEL_DIROPS,
         );
+        // Backing files are upper files on a plain filesystem (depth 0), so this mount is one
+        // level deep and can itself sit under an overlayfs. An upper on a stacked filesystem
+        // makes the kernel refuse the first backing file, and passthrough goes off.
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.backings.enable(passthrough);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        entry(reply, &self.1, self.0.lookup(parent.0, name));
+        entry(reply, &self.ids, self.union.lookup(parent.0, name));
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.0.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.ids)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -229,21 +265,21 @@ impl Filesystem for FuseUnion {
     ) {
         let set = SetAttr {
             mode,
-            uid: uid.map(|u| self.1.uid_from_host(u)),
-            gid: gid.map(|g| self.1.gid_from_host(g)),
+            uid: uid.map(|u| self.ids.uid_from_host(u)),
+            gid: gid.map(|g| self.ids.gid_from_host(g)),
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
             fh: fh.map(|f| f.0),
         };
-        match self.0.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a, &self.1)),
+        match self.union.setattr(ino.0, set) {
+            Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.ids)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.0.readlink(ino.0) {
+        match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -260,27 +296,31 @@ impl Filesystem for FuseUnion {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        entry(reply, &self.1, self.0.mknod(parent.0, name, mode, rdev as u64, owner(req, &self.1)));
+        entry(reply, &self.ids, self.union.mknod(parent.0, name, mode, rdev as u64, owner(req, &self.ids)));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        entry(reply, &self.1, self.0.mkdir(parent.0, name, mode, owner(req, &self.1)));
+        entry(reply, &self.ids, self.union.mkdir(parent.0, name, mode, owner(req, &self.ids)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        empty(reply, self.0.unlink(parent.0, name));
+        empty(reply, self.union.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        empty(reply, self.0.rmdir(parent.0, name));
+        empty(reply, self.union.rmdir(parent.0, name));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
-        entry(reply, &self.1, self.0.symlink(parent.0, name, target.as_os_str(), owner(req, &self.1)));
+        entry(
+            reply,
+            &self.ids,
+            self.union.symlink(parent.0, name, target.as_os_str(), owner(req, &self.ids)),
+        );
     }
 
     fn rename(
@@ -303,19 +343,32 @@ impl Filesystem for FuseUnion {
             noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
         };
-        empty(reply, self.0.rename(parent.0, name, newparent.0, newname, flags));
+        empty(reply, self.union.rename(parent.0, name, newparent.0, newname, flags));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(newname, reply);
-        entry(reply, &self.1, self.0.link(ino.0, newparent.0, name));
+        entry(reply, &self.ids, self.union.link(ino.0, newparent.0, name));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.open(ino.0, flags.0) {
-            Ok((fh, immutable)) => {
-                let f = if immutable { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(fh), f)
+        match self.union.open(ino.0, flags.0) {
+            Ok((fh, true)) => {
+                // A lower file's bytes never change: the kernel may keep them across opens.
+                self.backings.open_cached(ino.0, fh);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok((fh, false)) => {
+                // Never FOPEN_KEEP_CACHE with passthrough: the kernel fails reads with EIO.
+                let backing = self.backings.open_upper(ino.0, fh, || {
+                    let file =
+                        self.union.backing_file(ino.0).map_err(|e| io::Error::from_raw_os_error(e.0))?;
+                    reply.open_backing(&file)
+                });
+                match backing {
+                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                }
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -332,7 +385,7 @@ impl Filesystem for FuseUnion {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.0.read(fh.0, offset, size.min(MAX_REQUEST)) {
+        match self.union.read(fh.0, offset, size.min(MAX_REQUEST)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
         }
@@ -350,7 +403,7 @@ impl Filesystem for FuseUnion {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.0.write(fh.0, offset, data) {
+        match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }
@@ -377,30 +430,44 @@ impl Filesystem for FuseUnion {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.release(fh.0);
+        self.union.release(fh.0);
+        self.backings.release(fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.0.fsync(fh.0, datasync));
+        empty(reply, self.union.fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        // The kernel keeps the listing it read: a directory changes only through this mount,
+        // and every such change makes the kernel drop what it kept.
+        match self.union.opendir(ino.0) {
+            Ok(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
+    // Readdir and readdirplus share offsets: entry k (0 is `.`, 1 is `..`, then the listing)
+    // has offset k + 1, and a call resumes at entry `offset`.
+
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        // Readdir and readdirplus share offsets: entry k (0 is `.`, 1 is `..`, then the
-        // listing) has offset k + 1, and a call resumes at entry `offset`.
-        let entries = match self.listing(ino, fh) {
+        let entries = match self.union.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for (k, (name, kind, child)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*child), k as u64 + 1, file_type(*kind), name) {
+        for k in offset..entries.len() as u64 + 2 {
+            let full = match k {
+                0 => reply.add(ino, 1, FileType::Directory, "."),
+                1 => reply.add(ino, 2, FileType::Directory, ".."),
+                _ => {
+                    let e = &entries[k as usize - 2];
+                    reply.add(INodeNo(e.attr.ino), k + 1, file_type(e.attr.kind), &e.name)
+                }
+            };
+            if full {
                 break;
             }
         }
@@ -415,31 +482,24 @@ impl Filesystem for FuseUnion {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.listing(ino, fh) {
+        let entries = match self.union.readdir(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        let dir = match self.0.getattr(ino.0) {
-            Ok(a) => a,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (k, (name, _, _)) in entries.iter().enumerate().skip(offset as usize) {
-            let attr = if k < 2 {
-                dir
-            } else {
-                match self.0.lookup(ino.0, name) {
-                    Ok(a) => a,
-                    Err(_) => continue,
+        for k in offset..entries.len() as u64 + 2 {
+            let full = match k {
+                // The kernel takes no attributes from `.` and `..`: it already has them.
+                0 | 1 => {
+                    let name = if k == 0 { "." } else { ".." };
+                    reply.add(ino, k + 1, name, &TTL, &dot_attr(ino), Generation(0))
+                }
+                _ => {
+                    let e = &entries[k as usize - 2];
+                    let attr = file_attr(&e.attr, &self.ids);
+                    reply.add(INodeNo(e.attr.ino), k + 1, &e.name, ttl(&e.attr), &attr, Generation(0))
                 }
             };
-            if reply.add(
-                INodeNo(attr.ino),
-                k as u64 + 1,
-                name,
-                &TTL,
-                &file_attr(&attr, &self.1),
-                Generation(0),
-            ) {
+            if full {
                 break;
             }
         }
@@ -454,7 +514,7 @@ impl Filesystem for FuseUnion {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.0.release(fh.0);
+        self.union.release(fh.0);
         reply.ok();
     }
 
@@ -463,7 +523,7 @@ impl Filesystem for FuseUnion {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.0.statfs() {
+        match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
@@ -489,19 +549,19 @@ impl Filesystem for FuseUnion {
         reply: ReplyEmpty,
     ) {
         let Some(name) = name.to_str() else { return reply.error(FuseErrno::EINVAL) };
-        empty(reply, self.0.setxattr(ino.0, name, value, flags));
+        empty(reply, self.union.setxattr(ino.0, name, value, flags));
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
-        match self.0.getxattr(ino.0, name) {
+        match self.union.getxattr(ino.0, name) {
             Ok(v) => xattr_reply(reply, size, &v),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.0.listxattr(ino.0) {
+        match self.union.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -516,12 +576,12 @@ impl Filesystem for FuseUnion {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
-        empty(reply, self.0.removexattr(ino.0, name));
+        empty(reply, self.union.removexattr(ino.0, name));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // default_permissions: the kernel has checked the mode bits already.
-        empty(reply, self.0.getattr(ino.0).map(drop));
+        empty(reply, self.union.getattr(ino.0, None).map(drop));
     }
 
     fn create(
@@ -535,15 +595,18 @@ impl Filesystem for FuseUnion {
         reply: ReplyCreate,
     ) {
         let name = name_or_reply!(name, reply);
-        match self.0.create(parent.0, name, mode, flags, owner(req, &self.1)) {
-            Ok((a, fh)) => reply.created(
-                &TTL,
-                &file_attr(&a, &self.1),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
+        let (a, fh) = match self.union.create(parent.0, name, mode, flags, owner(req, &self.ids)) {
+            Ok(created) => created,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let backing = self.backings.open_upper(a.ino, fh, || {
+            let file = self.union.backing_file(a.ino).map_err(|e| io::Error::from_raw_os_error(e.0))?;
+            reply.open_backing(&file)
+        });
+        let (attr, fh, flags) = (file_attr(&a, &self.ids), FileHandle(fh), FopenFlags::empty());
+        match backing {
+            Some(b) => reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b),
+            None => reply.created(&TTL, &attr, Generation(0), fh, flags),
         }
     }
 
@@ -557,6 +620,6 @@ impl Filesystem for FuseUnion {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.fallocate(fh.0, offset, length, mode));
+        empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
 }

@@ -2,6 +2,7 @@
 //! copy-on-write into the upper directory. Plain Rust, path-based, testable without a mount;
 //! `fuse.rs` is the only file that speaks FUSE.
 
+mod backing;
 mod export;
 mod fuse;
 mod inodes;
@@ -28,6 +29,9 @@ pub use write::{Owner, RenameFlags, SetAttr};
 use crate::index::{Kind, NodeId};
 use inodes::{Identity, Inodes};
 use resolve::{join, Found, Resolved};
+
+/// The longest name a layer can hold.
+const NAME_MAX: usize = 255;
 
 /// An errno for the kernel. Details are logged where the error is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +67,23 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub ctime: SystemTime,
     pub rdev: u64,
+    /// Whether the entry lives in the upper dir; else it is in a lower layer, immutable.
+    pub upper: bool,
 }
 
 /// An open file: upper files are host files; lower files are read through their layer.
+/// An open directory is listed at its first read, once, so offsets stay stable.
 enum Handle {
-    Upper(File),
+    Upper { file: File, ino: Ino },
     Lower { layer: usize, node: NodeId },
-    Dir(Vec<(String, Kind, Ino)>),
+    Dir { ino: Ino, listing: Mutex<Option<Arc<[DirEntry]>>> },
+}
+
+/// One entry of a merged directory listing, with its attributes (for readdirplus).
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
 }
 
 pub struct Union {
@@ -235,6 +249,7 @@ impl Union {
                 mtime: time(m.mtime(), m.mtime_nsec()),
                 ctime: time(m.ctime(), m.ctime_nsec()),
                 rdev: m.rdev(),
+                upper: true,
             },
             Found::Lower { layer, node } => {
                 let n = self.layers[*layer].index().node(*node);
@@ -246,18 +261,28 @@ impl Union {
                     nlink: n.nlink,
                     uid: n.uid,
                     gid: n.gid,
-                    size: if n.kind == Kind::Dir { 4096 } else { n.size },
+                    size: match n.kind {
+                        Kind::Dir => 4096,
+                        // As lstat has it: the target's length.
+                        Kind::Symlink => n.target.as_ref().map_or(0, |t| t.len() as u64),
+                        _ => n.size,
+                    },
                     blocks: n.size.div_ceil(512),
                     atime: t,
                     mtime: t,
                     ctime: t,
                     rdev: libc::makedev(n.rdev.0, n.rdev.1),
+                    upper: false,
                 }
             }
         }
     }
 
     pub fn lookup(&self, parent: Ino, name: &str) -> FsResult<Attr> {
+        if name.len() > NAME_MAX {
+            // No layer can hold it; the kernel passes FUSE names up to 1024 bytes.
+            return Err(Errno(libc::ENAMETOOLONG));
+        }
         let (parent_path, parent_r) = self.resolve_ino(parent)?;
         if parent_r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
@@ -268,9 +293,21 @@ impl Union {
         Ok(self.attr_of(ino, &r))
     }
 
-    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        let (_, r) = self.resolve_ino(ino)?;
-        Ok(self.attr_of(ino, &r))
+    /// The attributes of `ino`; of the file open as `fh` if that is an upper file. An open
+    /// upper file is there even after its last name is gone (fstat of an unlinked file).
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> FsResult<Attr> {
+        if let Some(h) = fh.and_then(|fh| self.handle(fh).ok()) {
+            if let Handle::Upper { file, .. } = &*h {
+                return Ok(self.attr_of(ino, &Resolved::upper(file.metadata()?)));
+            }
+        }
+        match self.resolve_ino(ino) {
+            Err(Errno(libc::ENOENT)) => {
+                let meta = self.open_upper_meta(ino).ok_or(Errno(libc::ENOENT))??;
+                Ok(self.attr_of(ino, &Resolved::upper(meta)))
+            }
+            resolved => Ok(self.attr_of(ino, &resolved?.1)),
+        }
     }
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -297,6 +334,15 @@ impl Union {
         self.handles.lock().unwrap().get(&fh).cloned().ok_or(Errno(libc::EBADF))
     }
 
+    /// The metadata of an open upper file of `ino`, if there is one.
+    fn open_upper_meta(&self, ino: Ino) -> Option<io::Result<std::fs::Metadata>> {
+        let handles = self.handles.lock().unwrap();
+        handles.values().find_map(|h| match &**h {
+            Handle::Upper { file, ino: i } if *i == ino => Some(file.metadata()),
+            _ => None,
+        })
+    }
+
     pub fn release(&self, fh: u64) {
         self.handles.lock().unwrap().remove(&fh);
     }
@@ -321,7 +367,7 @@ impl Union {
             options.custom_flags(
                 flags & (libc::O_TRUNC | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) | libc::O_NOFOLLOW,
             );
-            Handle::Upper(options.open(upper::host(&self.upper, &path))?)
+            Handle::Upper { file: options.open(upper::host(&self.upper, &path))?, ino }
         } else {
             let Found::Lower { layer, node } = r.found else { unreachable!("checked in_upper") };
             Handle::Lower { layer, node }
@@ -329,10 +375,23 @@ impl Union {
         Ok((self.add_handle(handle), immutable))
     }
 
+    /// The upper file of `ino`, open for reading and writing: the one host file the kernel
+    /// reads and writes for every open of `ino` it serves by itself (FUSE passthrough).
+    pub fn backing_file(&self, ino: Ino) -> FsResult<File> {
+        let (path, r) = self.resolve_ino(ino)?;
+        if !r.in_upper() || r.kind(self) != Kind::File {
+            return Err(Errno(libc::EINVAL));
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).custom_flags(libc::O_NOFOLLOW);
+        Ok(options.open(upper::host(&self.upper, &path))?)
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; size as usize];
         let n = match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 let mut done = 0;
                 while done < buf.len() {
                     match f.read_at(&mut buf[done..], offset + done as u64)? {
@@ -347,7 +406,7 @@ impl Union {
                 self.record(*layer, *node, offset, offset + n as u64);
                 n
             }
-            Handle::Dir(_) => return Err(Errno(libc::EISDIR)),
+            Handle::Dir { .. } => return Err(Errno(libc::EISDIR)),
         };
         buf.truncate(n);
         Ok(buf)
@@ -355,7 +414,7 @@ impl Union {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 f.write_all_at(data, offset)?;
                 Ok(data.len() as u32)
             }
@@ -364,7 +423,7 @@ impl Union {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        if let Handle::Upper(f) = &*self.handle(fh)? {
+        if let Handle::Upper { file: f, .. } = &*self.handle(fh)? {
             if datasync {
                 f.sync_data()?
             } else {
@@ -376,7 +435,7 @@ impl Union {
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         match &*self.handle(fh)? {
-            Handle::Upper(f) => {
+            Handle::Upper { file: f, .. } => {
                 let flags = nix::fcntl::FallocateFlags::from_bits_truncate(mode);
                 nix::fcntl::fallocate(f, flags, offset as i64, len as i64)?;
                 Ok(())
@@ -385,30 +444,35 @@ impl Union {
         }
     }
 
-    /// Opens a directory: its merged entries are listed once, so offsets stay stable.
+    /// Opens a directory. Listing waits for the first read: a kernel that caches listings
+    /// opens directories far more often than it reads them.
     pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        let (path, r) = self.resolve_ino(ino)?;
+        self.path_of(ino)?;
+        Ok(self.add_handle(Handle::Dir { ino, listing: Mutex::new(None) }))
+    }
+
+    /// The merged entries of an open directory (without `.` and `..`), listed at the first
+    /// call and the same for the life of the handle.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<[DirEntry]>> {
+        let handle = self.handle(fh)?;
+        let Handle::Dir { ino, listing } = &*handle else { return Err(Errno(libc::ENOTDIR)) };
+        let mut listing = listing.lock().unwrap();
+        if let Some(entries) = &*listing {
+            return Ok(entries.clone());
+        }
+        let (path, r) = self.resolve_ino(*ino)?;
         if r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
         let mut entries = Vec::new();
-        for (name, kind) in self.list(&r, &path)? {
-            let child_path = join(&path, &name);
-            let ino = match self.resolve_child(&r, &path, &name) {
-                Some(cr) => self.ino_of(&child_path, &cr),
-                None => continue,
-            };
-            entries.push((name, kind, ino));
+        for name in self.list(&r, &path)?.into_keys() {
+            let Some(cr) = self.resolve_child(&r, &path, &name) else { continue };
+            let ino = self.ino_of(&join(&path, &name), &cr);
+            entries.push(DirEntry { attr: self.attr_of(ino, &cr), name });
         }
-        Ok(self.add_handle(Handle::Dir(entries)))
-    }
-
-    /// Entries of an open directory from `offset` on (0 is the first after `.` and `..`).
-    pub fn readdir(&self, fh: u64, offset: usize) -> FsResult<Vec<(String, Kind, Ino)>> {
-        match &*self.handle(fh)? {
-            Handle::Dir(entries) => Ok(entries.iter().skip(offset).cloned().collect()),
-            _ => Err(Errno(libc::ENOTDIR)),
-        }
+        let entries: Arc<[DirEntry]> = entries.into();
+        *listing = Some(entries.clone());
+        Ok(entries)
     }
 
     pub fn statfs(&self) -> FsResult<nix::sys::statvfs::Statvfs> {

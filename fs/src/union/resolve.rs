@@ -40,6 +40,10 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    pub fn upper(meta: Metadata) -> Resolved {
+        Resolved { found: Found::Upper(meta), lowers: Vec::new() }
+    }
+
     pub fn kind(&self, union: &Union) -> Kind {
         match &self.found {
             Found::Upper(m) => kind_of(m),

@@ -206,7 +206,7 @@ impl Union {
             .custom_flags(flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
             .open(host(&self.upper, &path))?;
         let attr = self.finish_new(&path, owner, Some(mode))?;
-        Ok((attr, self.add_handle(super::Handle::Upper(file))))
+        Ok((attr, self.add_handle(super::Handle::Upper { file, ino: attr.ino })))
     }
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, owner: Owner) -> FsResult<Attr> {
@@ -224,7 +224,7 @@ impl Union {
         let _guard = self.changes.lock().unwrap();
         let (path, _) = self.prepare_new(parent, name)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
-        mknod(&host(&self.upper, &path), kind, Mode::from_bits_truncate(mode & 0o7777), rdev)?;
+        mknod(&*host(&self.upper, &path), kind, Mode::from_bits_truncate(mode & 0o7777), rdev)?;
         self.finish_new(&path, owner, Some(mode))
     }
 
@@ -325,9 +325,9 @@ impl Union {
             self.deep_copy_up(&dst_path)?;
             nix::fcntl::renameat2(
                 nix::fcntl::AT_FDCWD,
-                &host(&self.upper, &src_path),
+                &*host(&self.upper, &src_path),
                 nix::fcntl::AT_FDCWD,
-                &host(&self.upper, &dst_path),
+                &*host(&self.upper, &dst_path),
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )?;
             for (p, r) in [(&src_path, &dst), (&dst_path, &src)] {
@@ -386,8 +386,8 @@ impl Union {
         let p = host(&self.upper, &path);
         if let Some(size) = set.size {
             match set.fh.map(|fh| self.handle(fh)) {
-                Some(Ok(h)) if matches!(&*h, super::Handle::Upper(_)) => {
-                    let super::Handle::Upper(f) = &*h else { unreachable!() };
+                Some(Ok(h)) if matches!(&*h, super::Handle::Upper { .. }) => {
+                    let super::Handle::Upper { file: f, .. } = &*h else { unreachable!() };
                     f.set_len(size)?;
                 }
                 _ => OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&p)?.set_len(size)?,

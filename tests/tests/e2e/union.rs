@@ -35,6 +35,7 @@ fn lower_layers_merge_with_whiteouts_opaque_dirs_links_and_metadata() {
     assert_eq!((x.uid(), x.gid(), x.mode() & 0o777), (1000, 1000, 0o640));
     assert_eq!(xattr::get(m.p("fixture/xattrs"), "user.skiff").unwrap().as_deref(), Some(&b"hello"[..]));
     assert_eq!(fs::read_link(m.p("fixture/absolute-link")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(fs::symlink_metadata(m.p("fixture/absolute-link")).unwrap().len(), 11, "a symlink's size");
     let null = fs::symlink_metadata(m.p("fixture/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), libc_makedev(1, 3));
@@ -225,4 +226,128 @@ fn diff_commit_push_pull_mount_round_trip_shows_exactly_the_changes() {
     assert_eq!(inspect[0]["Layers"].as_array().unwrap().len(), 3);
     assert_eq!(inspect[0]["Layers"][2]["Format"], "eStargz");
     assert_eq!(inspect[0]["Config"]["history"].as_array().unwrap().last().unwrap()["comment"], "round trip");
+}
+
+/// `/proc/self/fd/N/name`: `name` inside the open directory `dir`, whatever its full path's
+/// length (the tests' own paths stay short).
+fn at(dir: &fs::File, name: &str) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name)
+}
+
+#[test]
+fn paths_near_path_max_work_although_the_upper_dir_adds_its_prefix() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.busybox_ref) else { return };
+    // 16 levels of 250-byte names and a file: a merged path of 4087 bytes (PATH_MAX is
+    // 4096), which with the upper dir's path in front is far past PATH_MAX on the host.
+    let names: Vec<String> = (0..16).map(|i| format!("{i:02}{}", "d".repeat(248))).collect();
+    let mut cur = fs::File::open(m.p("")).unwrap();
+    for name in &names {
+        fs::create_dir(at(&cur, name)).unwrap();
+        cur = fs::File::open(at(&cur, name)).unwrap();
+    }
+    let file = "f".repeat(70);
+    fs::write(at(&cur, &file), b"deep").unwrap();
+    assert_eq!(fs::read(at(&cur, &file)).unwrap(), b"deep");
+    fs::set_permissions(at(&cur, &file), fs::Permissions::from_mode(0o600)).unwrap();
+    xattr::set(at(&cur, &file), "user.deep", b"yes").unwrap();
+    assert_eq!(xattr::get(at(&cur, &file), "user.deep").unwrap().as_deref(), Some(&b"yes"[..]));
+    std::os::unix::fs::symlink("target", at(&cur, "link")).unwrap();
+    assert_eq!(fs::read_link(at(&cur, "link")).unwrap(), Path::new("target"));
+    fs::rename(at(&cur, &file), at(&cur, "g")).unwrap();
+    fs::hard_link(at(&cur, "g"), at(&cur, &file)).unwrap();
+    assert_eq!(fs::metadata(at(&cur, &file)).unwrap().mode() & 0o777, 0o600);
+    let mut listed = names_at(&cur);
+    listed.sort();
+    assert_eq!(listed, [file.clone(), "g".into(), "link".into()]);
+
+    // The upper holds the same tree.
+    let mut up = fs::File::open(&m.upper).unwrap();
+    for name in &names {
+        up = fs::File::open(at(&up, name)).unwrap();
+    }
+    assert_eq!(fs::read(at(&up, &file)).unwrap(), b"deep");
+
+    // And it all goes away again.
+    for name in [file.as_str(), "g", "link"] {
+        fs::remove_file(at(&cur, name)).unwrap();
+    }
+    drop(cur);
+    let mut dirs = vec![fs::File::open(m.p("")).unwrap()];
+    for name in &names[..names.len() - 1] {
+        let next = fs::File::open(at(dirs.last().unwrap(), name)).unwrap();
+        dirs.push(next);
+    }
+    for (parent, name) in dirs.iter().zip(&names).rev() {
+        fs::remove_dir(at(parent, name)).unwrap();
+    }
+    assert!(!m.p(&names[0]).exists());
+}
+
+fn names_at(dir: &fs::File) -> Vec<String> {
+    fs::read_dir(at(dir, ".")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+}
+
+#[test]
+fn listings_the_kernel_keeps_follow_every_change_made_through_the_mount() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+    let before = names(&m.p("etc"));
+    assert_eq!(names(&m.p("etc")), before, "a second listing (from the kernel's cache) is the same");
+    fs::write(m.p("etc/added"), b"x").unwrap();
+    fs::remove_file(m.p("etc/group")).unwrap();
+    let mut want: Vec<String> = before.iter().filter(|n| *n != "group").cloned().collect();
+    want.push("added".into());
+    want.sort();
+    assert_eq!(names(&m.p("etc")), want);
+    fs::rename(m.p("etc/added"), m.p("added")).unwrap();
+    assert!(!names(&m.p("etc")).contains(&"added".to_string()));
+    assert!(names(&m.p("")).contains(&"added".to_string()));
+    // A directory is opened and read many times while it is changed.
+    for i in 0..50 {
+        fs::write(m.p(&format!("fixture/n{i}")), b"").unwrap();
+        assert!(names(&m.p("fixture")).contains(&format!("n{i}")));
+    }
+}
+
+#[test]
+fn upper_files_read_and_write_alike_through_every_open() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.hard_ref) else { return };
+    // A lower file held open for reading while another open copies it up and writes.
+    let mut lower = fs::File::open(m.p("etc/passwd")).unwrap();
+    let mut writer = fs::OpenOptions::new().read(true).write(true).open(m.p("etc/passwd")).unwrap();
+    writer.write_all(b"ROOT").unwrap();
+    // Whether it still sees the lower bytes is unspecified (overlayfs differs by version);
+    // that it reads is not.
+    lower.read_to_string(&mut String::new()).unwrap();
+    drop(lower);
+    let mut again = String::new();
+    fs::File::open(m.p("etc/passwd")).unwrap().read_to_string(&mut again).unwrap();
+    assert!(again.starts_with("ROOT:x:0:0"), "{again}");
+    // A created file, written through one open and read through others, and truncated.
+    let mut created =
+        fs::OpenOptions::new().create_new(true).read(true).write(true).open(m.p("new")).unwrap();
+    created.write_all(&[7u8; 3 << 20]).unwrap();
+    let reader = fs::read(m.p("new")).unwrap();
+    assert_eq!(reader.len(), 3 << 20);
+    assert!(reader.iter().all(|&b| b == 7));
+    let mut appender = fs::OpenOptions::new().append(true).open(m.p("new")).unwrap();
+    appender.write_all(b"tail").unwrap();
+    assert_eq!(fs::metadata(m.p("new")).unwrap().len(), (3 << 20) + 4);
+    created.set_len(2).unwrap();
+    created.seek(SeekFrom::Start(0)).unwrap();
+    let mut small = Vec::new();
+    created.read_to_end(&mut small).unwrap();
+    assert_eq!(small, [7, 7]);
+    assert_eq!(fs::read(m.upper.join("new")).unwrap(), [7, 7]);
+    // An executable written into the mount runs from it.
+    fs::copy(m.p("bin/busybox"), m.p("busybox-copy")).unwrap();
+    let out = Command::new(m.p("busybox-copy")).arg("echo").arg("copied").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "copied\n");
 }
