@@ -90,16 +90,11 @@ impl LazyLayer {
         self
     }
 
-    /// The distinct file bytes read so far, scaled by the layer's compression ratio (blob
-    /// bytes over file bytes): about what the reads needed from the registry, were it
-    /// possible to fetch exactly them.
+    /// The distinct file bytes read so far, each counted at the compression ratio of the
+    /// compressed span (gzip member) holding it: about what the reads needed from the
+    /// registry, were it possible to fetch exactly them.
     pub fn bytes_read_compressed(&self) -> u64 {
-        let files: u64 = (0..self.index.len() as NodeId).map(|n| self.index.node(n).size).sum();
-        if files == 0 {
-            return 0;
-        }
-        let ratio = self.source.size() as f64 / files as f64;
-        (self.reads.bytes() as f64 * ratio.min(1.0)) as u64
+        compressed_share(&self.index, &self.reads)
     }
 
     pub fn index(&self) -> &Arc<LayerIndex> {
@@ -279,4 +274,75 @@ fn verify(chunk: &ChunkRef, bytes: Vec<u8>) -> Result<Vec<u8>, FetchError> {
         }));
     }
     Ok(bytes)
+}
+
+/// The compressed bytes of `reads`: every byte read weighs what its span (the gzip member,
+/// or the whole blob for a streamed layer) weighs compressed, per uncompressed byte in it.
+fn compressed_share(index: &LayerIndex, reads: &readlog::ReadLog) -> u64 {
+    let mut span_len: HashMap<u64, u64> = HashMap::new();
+    for c in index.all_chunks() {
+        *span_len.entry(c.offset).or_default() += c.len;
+    }
+    let mut total = 0.0;
+    reads.for_each(|node, start, end| {
+        for c in index.chunks(node, start..end) {
+            let overlap = (c.file_offset + c.len).min(end).saturating_sub(c.file_offset.max(start));
+            let ratio = c.compressed_len as f64 / span_len[&c.offset].max(1) as f64;
+            total += overlap as f64 * ratio;
+        }
+    });
+    total as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Kind;
+    use crate::index::{EntryMeta, IndexBuilder};
+
+    fn file(b: &mut IndexBuilder, path: &str, size: u64) -> NodeId {
+        let meta = EntryMeta {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime: 0,
+            target: None,
+            rdev: (0, 0),
+            xattrs: Default::default(),
+        };
+        b.add(path, meta).unwrap()
+    }
+
+    fn chunk(file_offset: u64, len: u64, offset: u64, compressed_len: u64, inner_offset: u64) -> ChunkRef {
+        ChunkRef {
+            digest: Digest::of(&[offset as u8, file_offset as u8]),
+            file_offset,
+            len,
+            codec: Codec::Gzip,
+            offset,
+            compressed_len,
+            inner_offset,
+        }
+    }
+
+    #[test]
+    fn a_byte_read_weighs_what_its_gzip_member_weighs_per_byte() {
+        let mut b = IndexBuilder::new();
+        // text.txt compresses 10:1 in its own member; two binaries share a member at 1:2.
+        let text = file(&mut b, "text.txt", 1000);
+        let bin = file(&mut b, "bin", 600);
+        let other = file(&mut b, "other", 400);
+        b.push_chunk(text, chunk(0, 1000, 0, 100, 0)).unwrap();
+        b.push_chunk(bin, chunk(0, 600, 100, 500, 0)).unwrap();
+        b.push_chunk(other, chunk(0, 400, 100, 500, 600)).unwrap();
+        let index = b.finish();
+        let reads = readlog::ReadLog::default();
+        reads.note(text, 0, 1000);
+        reads.note(bin, 100, 300);
+        reads.note(bin, 200, 400);
+        // 1000 bytes at 0.1 and 300 at 0.5.
+        assert_eq!(compressed_share(&index, &reads), 100 + 150);
+    }
 }

@@ -22,10 +22,14 @@ impl ReadLog {
         merge(files.entry(node).or_default(), start, end);
     }
 
-    /// Distinct bytes read, over all files.
-    pub fn bytes(&self) -> u64 {
+    /// Calls `f(node, start, end)` for every distinct range read.
+    pub fn for_each(&self, mut f: impl FnMut(NodeId, u64, u64)) {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        files.values().flatten().map(|(s, e)| e - s).sum()
+        for (node, ranges) in files.iter() {
+            for &(start, end) in ranges {
+                f(*node, start, end);
+            }
+        }
     }
 }
 
@@ -62,7 +66,9 @@ mod tests {
         log.note(1, 200, 250);
         log.note(1, 150, 200);
         log.note(2, 0, 7);
-        assert_eq!(log.bytes(), 250 + 100 + 7);
+        let mut total = 0;
+        log.for_each(|_, start, end| total += end - start);
+        assert_eq!(total, 250 + 100 + 7);
         let mut ranges = vec![(0, 10), (20, 30), (40, 50)];
         merge(&mut ranges, 5, 45);
         assert_eq!(ranges, [(0, 50)]);
