@@ -238,7 +238,14 @@ impl Filesystem for FuseUnion {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        entry(reply, &self.ids, self.union.lookup(parent.0, name));
+        match self.union.lookup(parent.0, name) {
+            // A negative entry (inode 0): the kernel remembers that the name is absent instead
+            // of asking again at every path search (the dynamic linker's, gcc's include path,
+            // python's sys.path). Every change to this tree comes through the kernel, which
+            // drops the entry when something takes the name.
+            Err(Errno(libc::ENOENT)) => reply.entry(&TTL, &dot_attr(INodeNo(0)), Generation(0)),
+            result => entry(reply, &self.ids, result),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
