@@ -9,7 +9,82 @@ use skiff::store::Store;
 use skiff::Digest;
 use tar::{EntryType, Header};
 
+use crate::cli::{Run, Skiff};
 use crate::fixtures::{self, Layer};
+
+/// A test's own skiff root for containers; every container still there at the end is
+/// force-removed.
+pub struct Root {
+    pub skiff: Skiff,
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        let dir = crate::temp_dir();
+        Root { skiff: Skiff::new(dir.path()), dir }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.skiff.run(args)
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.skiff.root.join("containers")
+    }
+
+    /// The container's `state.json`.
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.containers_dir().join(id).join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `run -d`: the id it printed.
+    pub fn detach(&self, args: &[&str]) -> String {
+        let mut all = vec!["run", "-d"];
+        all.extend_from_slice(args);
+        let id = self.run(&all).ok().trim().to_string();
+        assert_eq!(id.len(), 64, "not an id: {id}");
+        id
+    }
+
+    /// The full id of the container named `name`.
+    pub fn id_of(&self, name: &str) -> String {
+        std::fs::read_dir(self.containers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|id| {
+                self.containers_dir().join(id).join("state.json").exists() && self.state(id)["name"] == name
+            })
+            .unwrap_or_else(|| panic!("no container named {name}"))
+    }
+
+    /// The usage totals of every mount under this root (`skiff cache stats`).
+    pub fn totals(&self) -> serde_json::Value {
+        let stats: serde_json::Value =
+            serde_json::from_str(self.run(&["cache", "stats", "--format", "json"]).ok()).unwrap();
+        stats["totals"].clone()
+    }
+}
+
+impl Default for Root {
+    fn default() -> Root {
+        Root::new()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.containers_dir()) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 {
+                self.skiff.run(&["rm", "-f", &name]);
+            }
+        }
+    }
+}
 
 /// Pushes an image of `layers` with `config` (the image config's `config` object) to the
 /// shared registry as `REG/containers/NAME:latest`; returns the reference.

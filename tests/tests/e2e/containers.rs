@@ -5,69 +5,25 @@
 
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use skiff::sandbox::pty::{self, Pty};
-use skiff_tests::cli::{Run, Skiff};
-use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_image};
+use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_image, Root};
 use skiff_tests::fixtures::{self, Fixtures};
-use skiff_tests::{sandbox, temp_dir, wait_for};
+use skiff_tests::{sandbox, wait_for};
 
-/// A test's skiff root; every container still there at the end is force-removed.
-struct Env {
-    skiff: Skiff,
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Option<(&'static Fixtures, Env)> {
-        if !sandbox::available() {
-            return None;
-        }
-        let f = fixtures::shared()?;
-        let dir = temp_dir();
-        Some((f, Env { skiff: Skiff::new(dir.path()), dir }))
+/// The shared fixtures and a skiff root of the test's own; `None` (skip) without root.
+fn env() -> Option<(&'static Fixtures, Root)> {
+    if !sandbox::available() {
+        return None;
     }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.skiff.run(args)
-    }
-
-    fn containers_dir(&self) -> PathBuf {
-        self.skiff.root.join("containers")
-    }
-
-    fn state(&self, id: &str) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.containers_dir().join(id).join("state.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    /// `run -d`: the id it printed.
-    fn detach(&self, args: &[&str]) -> String {
-        let mut all = vec!["run", "-d"];
-        all.extend_from_slice(args);
-        let id = self.run(&all).ok().trim().to_string();
-        assert_eq!(id.len(), 64, "not an id: {id}");
-        id
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.containers_dir()) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.len() == 64 {
-                self.skiff.run(&["rm", "-f", &name]);
-            }
-        }
-    }
+    Some((fixtures::shared()?, Root::new()))
 }
 
 #[test]
 fn run_prints_output_and_exits_with_the_commands_code() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let out = env.run(&["run", "--rm", &f.busybox_ref, "sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "out\n", "err\n"), "{out:?}");
     // Exec failures: docker's 127 for a missing command, 126 for one that cannot run.
@@ -88,7 +44,7 @@ fn run_prints_output_and_exits_with_the_commands_code() {
 
 #[test]
 fn detached_container_logs_stops_and_is_removed() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let script = "echo hello; echo oops >&2; trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done";
     let id = env.detach(&["--name", "web", &f.busybox_ref, "sh", "-c", script]);
     wait_for("the first log line", || env.run(&["logs", "web"]).stdout.contains("hello"));
@@ -111,7 +67,7 @@ fn detached_container_logs_stops_and_is_removed() {
 
 #[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
     let started = Instant::now();
     env.run(&["stop", "-t", "1", &a]).ok();
@@ -127,7 +83,7 @@ fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
 
 #[test]
 fn exec_joins_the_running_container() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let id =
         env.detach(&["-e", "FROM_RUN=yes", &f.busybox_ref, "sh", "-c", "echo made > /marker; sleep 1000"]);
     wait_for("the marker", || env.run(&["exec", &id, "cat", "/marker"]).code == 0);
@@ -150,7 +106,7 @@ fn exec_joins_the_running_container() {
 
 #[test]
 fn rm_flag_leaves_no_trace() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let id = env.detach(&["--rm", &f.busybox_ref, "sh", "-c", "sleep 0.3"]);
     wait_for("the container to go", || !env.containers_dir().join(&id).exists());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
@@ -169,7 +125,7 @@ fn rm_flag_leaves_no_trace() {
 
 #[test]
 fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let script =
         "cat /etc/mine 2>/dev/null; echo \"$HOSTNAME\" >> /etc/mine; rm /bin/cat.gone 2>/dev/null; true";
     env.run(&["run", "--name", "a", &f.busybox_ref, "sh", "-c", script]).ok();
@@ -177,7 +133,7 @@ fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     // b deleted ls in its own rootfs only.
     assert_eq!(env.run(&["run", "--rm", &f.busybox_ref, "ls", "/"]).code, 0);
     // a starts again on its own upper: its earlier line is there.
-    let id = env.state_id("a");
+    let id = env.id_of("a");
     let out = env.run(&["start", "-a", "a"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, format!("{}\n", &id[..12]), "{out:?}");
@@ -188,20 +144,9 @@ fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     assert_eq!(logs.stdout.lines().count(), 3, "{logs:?}");
 }
 
-impl Env {
-    fn state_id(&self, name: &str) -> String {
-        std::fs::read_dir(self.containers_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|id| id.len() == 64 && self.state(id)["name"] == name)
-            .unwrap()
-    }
-}
-
 #[test]
 fn image_config_merges_with_flags_as_docker_does() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let config = serde_json::json!({
         "Entrypoint": ["/bin/sh", "-c"],
         "Cmd": ["echo default"],
@@ -243,7 +188,7 @@ fn image_config_merges_with_flags_as_docker_does() {
 
 #[test]
 fn hostile_layer_entries_cannot_write_outside_the_rootfs() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let outside = env.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let layer = hostile_layer(&env.dir.path().join("hostile.tar.gz"), &outside);
@@ -268,7 +213,7 @@ fn hostile_layer_entries_cannot_write_outside_the_rootfs() {
 
 #[test]
 fn killed_supervisor_is_cleaned_up_by_the_next_command() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let id = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
     let state = env.state(&id);
     let supervisor = state["supervisor"]["pid"].as_i64().unwrap() as i32;
@@ -291,7 +236,7 @@ fn killed_supervisor_is_cleaned_up_by_the_next_command() {
 }
 
 /// Runs skiff with a pty of 33 rows and 99 columns as its stdio; its exit code and output.
-fn on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String) {
+fn on_a_terminal(env: &Root, args: &[&str]) -> (Option<i32>, String) {
     let pty = Pty::open().unwrap();
     pty::set_window_size(pty.slave.as_fd(), 33, 99).unwrap();
     let mut child = env
@@ -320,7 +265,7 @@ fn on_a_terminal(env: &Env, args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn tty_gives_the_container_a_terminal_of_the_callers_size() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let script =
         "test -t 0 && echo stdin-tty; /bin/busybox stty size; test -c /dev/console && echo console; exit 5";
     let (code, text) = on_a_terminal(&env, &["run", "--rm", "-t", &f.busybox_ref, "sh", "-c", script]);
@@ -338,7 +283,7 @@ fn tty_gives_the_container_a_terminal_of_the_callers_size() {
 
 #[test]
 fn both_pull_modes_apply_whiteouts_links_and_metadata_of_the_hard_fixture() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let script = "ls /fixture/opaque; ls /fixture | grep -c deleted; \
                   stat -c '%a %u:%g %h %F' /fixture/setuid /fixture/xattrs /fixture/big.bin /fixture/null /fixture/fifo; \
                   readlink /fixture/absolute-link; sha256sum /fixture/big.bin | cut -c1-16";
@@ -361,7 +306,7 @@ fn both_pull_modes_apply_whiteouts_links_and_metadata_of_the_hard_fixture() {
 
 #[test]
 fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_uid() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /etc/passwd; \
                   echo changed > /etc/motd && stat -c %u /etc/motd; \
                   mkdir /tmp/new && stat -c %u:%g /tmp/new";
@@ -414,7 +359,7 @@ fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_uid() {
 
 #[test]
 fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
-    let Some((f, env)) = Env::new() else { return };
+    let Some((f, env)) = env() else { return };
     for mode in ["lazy", "full"] {
         let name = format!("changer-{mode}");
         let script = "echo new > /added; echo more >> /etc/passwd; rm /bin/ls; mkdir -p /srv/app";

@@ -4,90 +4,29 @@
 //! directory only; exec into a running python container. Needs root, FUSE, the registry
 //! fixtures and debootstrap with a reachable Debian mirror.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use skiff_tests::cli::{Run, Skiff};
+use skiff_tests::containers::Root;
 use skiff_tests::debian::{self, DebianImage};
-use skiff_tests::{sandbox, temp_dir, wait_for};
+use skiff_tests::{sandbox, wait_for};
 
 const HELLO: &str = "print(\"hello\")";
 
-/// A test's skiff root; every container still there at the end is force-removed.
-struct Env {
-    skiff: Skiff,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Option<(&'static DebianImage, Env)> {
-        if !sandbox::available() {
-            return None;
-        }
-        if !Path::new("/dev/fuse").exists() {
-            return skiff_tests::skip("lazy containers need /dev/fuse");
-        }
-        let image = debian::image()?;
-        let dir = temp_dir();
-        Some((image, Env { skiff: Skiff::new(dir.path()), _dir: dir }))
+/// The Debian image and a skiff root of the test's own; `None` (skip) without root or FUSE.
+fn env() -> Option<(&'static DebianImage, Root)> {
+    if !sandbox::available() {
+        return None;
     }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.skiff.run(args)
+    if !Path::new("/dev/fuse").exists() {
+        return skiff_tests::skip("lazy containers need /dev/fuse");
     }
-
-    fn containers_dir(&self) -> PathBuf {
-        self.skiff.root.join("containers")
-    }
-
-    /// `run -d`: the id it printed.
-    fn detach(&self, args: &[&str]) -> String {
-        let mut all = vec!["run", "-d"];
-        all.extend_from_slice(args);
-        let id = self.run(&all).ok().trim().to_string();
-        assert_eq!(id.len(), 64, "not an id: {id}");
-        id
-    }
-
-    /// The full id of the container named `name`.
-    fn id_of(&self, name: &str) -> String {
-        std::fs::read_dir(self.containers_dir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|id| {
-                let state = std::fs::read_to_string(self.containers_dir().join(id).join("state.json"));
-                state
-                    .ok()
-                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-                    .is_some_and(|s| s["name"] == name)
-            })
-            .unwrap_or_else(|| panic!("no container named {name}"))
-    }
-
-    /// The usage totals of every mount under this root (`skiff cache stats`).
-    fn totals(&self) -> serde_json::Value {
-        let stats: serde_json::Value =
-            serde_json::from_str(self.run(&["cache", "stats", "--format", "json"]).ok()).unwrap();
-        stats["totals"].clone()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.containers_dir()) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.len() == 64 {
-                self.skiff.run(&["rm", "-f", &name]);
-            }
-        }
-    }
+    Some((debian::image()?, Root::new()))
 }
 
 #[test]
 fn python_prints_hello_lazily_from_the_estargz_image_fetching_a_fraction_of_it() {
-    let Some((image, env)) = Env::new() else { return };
+    let Some((image, env)) = env() else { return };
     let started = Instant::now();
     let out = env.run(&["run", "--rm", &image.estargz_ref, "python3", "-c", HELLO]);
     assert_eq!(out.ok(), "hello\n");
@@ -115,7 +54,7 @@ fn python_prints_hello_lazily_from_the_estargz_image_fetching_a_fraction_of_it()
 
 #[test]
 fn python_prints_hello_after_a_full_pull_of_the_gzip_image() {
-    let Some((image, env)) = Env::new() else { return };
+    let Some((image, env)) = env() else { return };
     let started = Instant::now();
     let out = env.run(&["run", "--rm", "--pull-mode", "full", &image.gzip_ref, "python3", "-c", HELLO]);
     assert_eq!(out.ok(), "hello\n");
@@ -129,7 +68,7 @@ fn python_prints_hello_after_a_full_pull_of_the_gzip_image() {
 
 #[test]
 fn a_file_python_writes_lands_in_the_upper_dir_and_the_lower_stays_unchanged() {
-    let Some((image, env)) = Env::new() else { return };
+    let Some((image, env)) = env() else { return };
     let script = "open('/root/from-python.txt', 'w').write('written by python\\n')\n\
                   open('/etc/issue', 'a').write('appended by python\\n')";
     for (mode, reference) in [("lazy", &image.estargz_ref), ("full", &image.gzip_ref)] {
@@ -161,7 +100,7 @@ fn a_file_python_writes_lands_in_the_upper_dir_and_the_lower_stays_unchanged() {
 
 #[test]
 fn exec_runs_python_in_a_running_python_container() {
-    let Some((image, env)) = Env::new() else { return };
+    let Some((image, env)) = env() else { return };
     let main = "import time\nopen('/tmp/ready', 'w').write('up')\ntime.sleep(1000)";
     let id = env.detach(&[&image.estargz_ref, "python3", "-c", main]);
     wait_for("python's marker", || env.run(&["exec", &id, "cat", "/tmp/ready"]).code == 0);
