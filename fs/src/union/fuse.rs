@@ -634,4 +634,71 @@ impl Filesystem for FuseUnion {
     ) {
         empty(reply, self.union.fallocate(fh.0, offset, length, mode));
     }
+
+    // What follows the kernel asks only of filesystems that offer it. Answered here, quietly,
+    // because fuser's defaults log a warning at every call (ioctl, above all, comes at every
+    // isatty() of an open file).
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // What a file on a disk filesystem answers to a terminal's or device's ioctl.
+        reply.error(FuseErrno::ENOTTY);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The kernel then copies through read and write, and stops asking.
+        reply.error(FuseErrno::ENOSYS);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // SEEK_DATA and SEEK_HOLE then see one extent of data, as the kernel computes itself.
+        reply.error(FuseErrno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // Files are always ready, as on a disk filesystem.
+        reply.error(FuseErrno::ENOSYS);
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: fuser::ReplyBmap) {
+        reply.error(FuseErrno::ENOSYS);
+    }
 }

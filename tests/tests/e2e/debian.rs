@@ -30,6 +30,8 @@ fn python_prints_hello_lazily_from_the_estargz_image_fetching_a_fraction_of_it()
     let started = Instant::now();
     let out = env.run(&["run", "--rm", &image.estargz_ref, "python3", "-c", HELLO]);
     assert_eq!(out.ok(), "hello\n");
+    // Nothing from skiff itself (no warnings from the mount serving python's requests).
+    assert_eq!(out.stderr, "");
     let elapsed = started.elapsed();
     let totals = env.totals();
     let fetched = totals["registry_bytes"].as_u64().unwrap();
