@@ -6,6 +6,7 @@ mod backing;
 mod export;
 mod fuse;
 mod inodes;
+mod listing;
 mod resolve;
 mod upper;
 mod view;
@@ -28,6 +29,7 @@ pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
 use inodes::{Identity, Inodes};
+use listing::Listings;
 use resolve::{join, Found, Resolved};
 
 /// The longest name a layer can hold.
@@ -72,17 +74,18 @@ pub struct Attr {
 }
 
 /// An open file: upper files are host files; lower files are read through their layer.
-/// An open directory is listed at its first read, once, so offsets stay stable.
+/// Directories have no handles (see `listing`).
 enum Handle {
     Upper { file: File, ino: Ino },
     Lower { layer: usize, node: NodeId },
-    Dir { ino: Ino, listing: Mutex<Option<Arc<[DirEntry]>>> },
 }
 
 /// One entry of a merged directory listing, with its attributes (for readdirplus).
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub name: String,
+    /// Where a read resumes after this entry.
+    pub cookie: u64,
     pub attr: Attr,
 }
 
@@ -97,6 +100,8 @@ pub struct Union {
     next_fh: AtomicU64,
     /// Serializes changes to the tree (copy-up, create, remove, rename).
     changes: Mutex<()>,
+    /// Directory listings kept until the tree changes.
+    listings: Listings,
     /// When recording a profile: the lower files read, in the order of their first read.
     recorder: Mutex<Option<Recorder>>,
 }
@@ -136,6 +141,7 @@ impl Union {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             changes: Mutex::new(()),
+            listings: Listings::default(),
             recorder: Mutex::new(None),
         })
     }
@@ -404,7 +410,6 @@ impl Union {
                 self.record(*layer, *node, offset, offset + n as u64);
                 n
             }
-            Handle::Dir { .. } => return Err(Errno(libc::EISDIR)),
         };
         buf.truncate(n);
         Ok(buf)
@@ -442,34 +447,24 @@ impl Union {
         }
     }
 
-    /// Opens a directory. Listing waits for the first read: a kernel that caches listings
-    /// opens directories far more often than it reads them.
-    pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        self.path_of(ino)?;
-        Ok(self.add_handle(Handle::Dir { ino, listing: Mutex::new(None) }))
-    }
-
-    /// The merged entries of an open directory (without `.` and `..`), listed at the first
-    /// call and the same for the life of the handle.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<[DirEntry]>> {
-        let handle = self.handle(fh)?;
-        let Handle::Dir { ino, listing } = &*handle else { return Err(Errno(libc::ENOTDIR)) };
-        let mut listing = listing.lock().unwrap();
-        if let Some(entries) = &*listing {
-            return Ok(entries.clone());
-        }
-        let (path, r) = self.resolve_ino(*ino)?;
+    /// Up to `limit` entries of directory `ino` from cookie `after` on (0, 1 and 2 start
+    /// at the first entry: they are before, at and after `.` and `..`).
+    pub fn readdir(&self, ino: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        let (path, r) = self.resolve_ino(ino)?;
         if r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
+        let names = self.listings.names(ino, || Ok(self.list(&r, &path)?.into_keys().collect()))?;
+        let start = names.partition_point(|(cookie, _)| *cookie <= after);
         let mut entries = Vec::new();
-        for name in self.list(&r, &path)?.into_keys() {
-            let Some(cr) = self.resolve_child(&r, &path, &name) else { continue };
-            let ino = self.ino_of(&join(&path, &name), &cr);
-            entries.push(DirEntry { attr: self.attr_of(ino, &cr), name });
+        for (cookie, name) in &names[start..] {
+            if entries.len() == limit {
+                break;
+            }
+            let Some(cr) = self.resolve_child(&r, &path, name) else { continue };
+            let ino = self.ino_of(&join(&path, name), &cr);
+            entries.push(DirEntry { name: name.clone(), cookie: *cookie, attr: self.attr_of(ino, &cr) });
         }
-        let entries: Arc<[DirEntry]> = entries.into();
-        *listing = Some(entries.clone());
         Ok(entries)
     }
 
