@@ -14,7 +14,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use super::backing::Backings;
+use super::backing::{Backings, Unbacked};
 use super::upper::name_ok;
 use super::write::Owner;
 use super::{Attr, Errno, RenameFlags, SetAttr, Union};
@@ -120,6 +120,10 @@ fn ttl(a: &Attr) -> &'static Duration {
 
 fn errno(e: Errno) -> FuseErrno {
     FuseErrno::from_i32(e.0)
+}
+
+fn unbacked_file(e: Errno) -> Unbacked {
+    Unbacked::File(io::Error::from_raw_os_error(e.0))
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -369,9 +373,8 @@ impl Filesystem for FuseUnion {
             Ok((fh, false)) => {
                 // Never FOPEN_KEEP_CACHE with passthrough: the kernel fails reads with EIO.
                 let backing = self.backings.open_upper(ino.0, fh, || {
-                    let file =
-                        self.union.backing_file(ino.0).map_err(|e| io::Error::from_raw_os_error(e.0))?;
-                    reply.open_backing(&file)
+                    let file = self.union.backing_file(ino.0).map_err(unbacked_file)?;
+                    reply.open_backing(&file).map_err(Unbacked::Kernel)
                 });
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
@@ -600,8 +603,8 @@ impl Filesystem for FuseUnion {
             Err(e) => return reply.error(errno(e)),
         };
         let backing = self.backings.open_upper(a.ino, fh, || {
-            let file = self.union.backing_file(a.ino).map_err(|e| io::Error::from_raw_os_error(e.0))?;
-            reply.open_backing(&file)
+            let file = self.union.backing_file(a.ino).map_err(unbacked_file)?;
+            reply.open_backing(&file).map_err(Unbacked::Kernel)
         });
         let (attr, fh, flags) = (file_attr(&a, &self.ids), FileHandle(fh), FopenFlags::empty());
         match backing {
