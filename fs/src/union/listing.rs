@@ -2,15 +2,15 @@
 //! a hash of its name, so it stays valid while other entries come and go, and a read resumes
 //! at any cookie with no state kept between calls: the kernel then makes no opendir or
 //! releasedir round trips, and keeps the listings it read. Listings are kept here too, per
-//! directory, until the tree next changes, so a large directory read in many requests is
-//! listed once.
+//! directory, until the tree next changes (see `generation`), so a large directory read in
+//! many requests is listed once.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
+use super::generation::Generation;
 use super::{FsResult, Ino};
 
 /// Offsets 1 and 2 follow `.` and `..`; entries' cookies are above them.
@@ -31,47 +31,35 @@ pub(crate) type Names = Arc<[(u64, String)]>;
 
 #[derive(Default)]
 pub(crate) struct Listings {
-    /// Counts changes to the tree: a listing made before the last change is stale.
-    generation: AtomicU64,
     kept: Mutex<HashMap<Ino, (u64, Names)>>,
 }
 
 impl Listings {
-    /// The names of directory `ino`, made by `list` unless a listing is kept from after the
-    /// tree's last change.
-    pub fn names(&self, ino: Ino, list: impl FnOnce() -> FsResult<Vec<String>>) -> FsResult<Names> {
-        let generation = self.generation.load(Ordering::Acquire);
+    /// The names of directory `ino`, made by `list` unless a listing is kept from the tree's
+    /// current generation.
+    pub fn names(
+        &self,
+        ino: Ino,
+        generation: &Generation,
+        list: impl FnOnce() -> FsResult<Vec<String>>,
+    ) -> FsResult<Names> {
+        let before = generation.stable();
         if let Some((g, names)) = self.kept.lock().unwrap().get(&ino) {
-            if *g == generation {
+            if Some(*g) == before {
                 return Ok(names.clone());
             }
         }
         let mut names: Vec<(u64, String)> = list()?.into_iter().map(|n| (cookie(&n), n)).collect();
         names.sort_unstable();
         let names: Names = names.into();
-        let mut kept = self.kept.lock().unwrap();
-        if kept.len() >= KEPT {
-            kept.clear();
+        if let Some(g) = before.filter(|&g| generation.stable() == Some(g)) {
+            let mut kept = self.kept.lock().unwrap();
+            if kept.len() >= KEPT {
+                kept.clear();
+            }
+            kept.insert(ino, (g, names.clone()));
         }
-        kept.insert(ino, (generation, names.clone()));
         Ok(names)
-    }
-
-    /// Holds `lock` (the union's lock on changes) for one change to the tree; kept listings
-    /// go stale when it ends, whether it succeeded or not.
-    pub fn change<'a>(&'a self, lock: &'a Mutex<()>) -> Change<'a> {
-        Change { _lock: lock.lock().unwrap(), listings: self }
-    }
-}
-
-pub(crate) struct Change<'a> {
-    _lock: MutexGuard<'a, ()>,
-    listings: &'a Listings,
-}
-
-impl Drop for Change<'_> {
-    fn drop(&mut self) {
-        self.listings.generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -82,14 +70,14 @@ mod tests {
     #[test]
     fn listings_are_in_cookie_order_and_kept_until_the_tree_changes() {
         let listings = Listings::default();
-        let changes = Mutex::new(());
-        let names = listings.names(1, || Ok(vec!["b".into(), "a".into(), "c".into()])).unwrap();
+        let (generation, changes) = (Generation::default(), Mutex::new(()));
+        let names = listings.names(1, &generation, || Ok(vec!["b".into(), "a".into(), "c".into()])).unwrap();
         assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(names.iter().all(|(c, n)| *c == cookie(n) && *c >= FIRST_COOKIE));
-        let again = listings.names(1, || panic!("listed again while nothing changed")).unwrap();
+        let again = listings.names(1, &generation, || panic!("listed again while nothing changed")).unwrap();
         assert!(Arc::ptr_eq(&names, &again));
-        drop(listings.change(&changes));
-        let after = listings.names(1, || Ok(vec!["a".into()])).unwrap();
+        drop(generation.change(&changes));
+        let after = listings.names(1, &generation, || Ok(vec!["a".into()])).unwrap();
         assert_eq!(after.len(), 1);
         assert_eq!(cookie("a"), names.iter().find(|(_, n)| n == "a").unwrap().0, "cookies do not move");
     }

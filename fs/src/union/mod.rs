@@ -5,6 +5,7 @@
 mod backing;
 mod export;
 mod fuse;
+mod generation;
 mod inodes;
 mod listing;
 mod resolve;
@@ -28,9 +29,13 @@ pub use view::{LayerView, PrefetchFile};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
+use generation::Generation;
 use inodes::{Identity, Inodes};
 use listing::Listings;
 use resolve::{join, Found, Resolved};
+
+/// Lower entries whose attributes are kept at most; past it they are all dropped.
+const KEPT_ATTRS: usize = 1 << 16;
 
 /// The longest name a layer can hold.
 const NAME_MAX: usize = 255;
@@ -98,10 +103,15 @@ pub struct Union {
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    /// Serializes changes to the tree (copy-up, create, remove, rename).
+    /// Serializes changes to the tree (copy-up, create, remove, rename); taken through
+    /// `generation`.
     changes: Mutex<()>,
+    generation: Generation,
     /// Directory listings kept until the tree changes.
     listings: Listings,
+    /// Attributes of entries found in lower layers, kept until the tree changes: the kernel
+    /// asks for a directory's again after every read of it.
+    lower_attrs: Mutex<HashMap<Ino, (u64, Attr)>>,
     /// When recording a profile: the lower files read, in the order of their first read.
     recorder: Mutex<Option<Recorder>>,
 }
@@ -141,7 +151,9 @@ impl Union {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             changes: Mutex::new(()),
+            generation: Generation::default(),
             listings: Listings::default(),
+            lower_attrs: Mutex::default(),
             recorder: Mutex::new(None),
         })
     }
@@ -305,12 +317,30 @@ impl Union {
                 return Ok(self.attr_of(ino, &Resolved::upper(file.metadata()?)));
             }
         }
+        let generation = self.generation.stable();
+        if let Some((g, attr)) = self.lower_attrs.lock().unwrap().get(&ino) {
+            if Some(*g) == generation {
+                return Ok(*attr);
+            }
+        }
         match self.resolve_ino(ino) {
             Err(Errno(libc::ENOENT)) => {
                 let meta = self.open_upper_meta(ino).ok_or(Errno(libc::ENOENT))??;
                 Ok(self.attr_of(ino, &Resolved::upper(meta)))
             }
-            resolved => Ok(self.attr_of(ino, &resolved?.1)),
+            Ok((_, r)) => {
+                let attr = self.attr_of(ino, &r);
+                let unchanged = generation.filter(|&g| self.generation.stable() == Some(g));
+                if let (Some(g), false) = (unchanged, r.in_upper()) {
+                    let mut kept = self.lower_attrs.lock().unwrap();
+                    if kept.len() >= KEPT_ATTRS {
+                        kept.clear();
+                    }
+                    kept.insert(ino, (g, attr));
+                }
+                Ok(attr)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -454,7 +484,8 @@ impl Union {
         if r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
-        let names = self.listings.names(ino, || Ok(self.list(&r, &path)?.into_keys().collect()))?;
+        let names =
+            self.listings.names(ino, &self.generation, || Ok(self.list(&r, &path)?.into_keys().collect()))?;
         let start = names.partition_point(|(cookie, _)| *cookie <= after);
         let mut entries = Vec::new();
         for (cookie, name) in &names[start..] {
