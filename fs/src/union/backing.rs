@@ -12,6 +12,15 @@ use std::sync::{Arc, Mutex};
 
 use super::Ino;
 
+/// Why an open has no backing file.
+#[derive(Debug)]
+pub(crate) enum Unbacked {
+    /// The host file would not open (this file only).
+    File(io::Error),
+    /// The kernel refused it: passthrough goes off for the mount.
+    Kernel(io::Error),
+}
+
 pub(crate) struct Backings<B> {
     /// Off when the kernel offers no passthrough, or refused a backing file once.
     enabled: AtomicBool,
@@ -45,8 +54,13 @@ impl<B> Backings<B> {
 
     /// Registers open `fh` of the upper file `ino`. Returns the backing to reply with, made by
     /// `make` if the inode has none yet; `None` means the open goes through the page cache
-    /// (passthrough is off, the kernel refused the file, or the inode has cached opens).
-    pub fn open_upper(&self, ino: Ino, fh: u64, make: impl FnOnce() -> io::Result<B>) -> Option<Arc<B>> {
+    /// (passthrough is off, making the backing failed, or the inode has cached opens).
+    pub fn open_upper(
+        &self,
+        ino: Ino,
+        fh: u64,
+        make: impl FnOnce() -> Result<B, Unbacked>,
+    ) -> Option<Arc<B>> {
         let mut s = self.state.lock().unwrap();
         // Opens of an inode with a backing must share it, even if passthrough is now off.
         let shared = s.backed.get_mut(&ino).map(|(backing, opens)| {
@@ -65,7 +79,12 @@ impl<B> Backings<B> {
                     s.backed.insert(ino, (backing.clone(), 1));
                     backing
                 }
-                Err(e) => {
+                Err(Unbacked::File(e)) => {
+                    tracing::debug!(ino, error = %e, "no backing file; this open goes through skiff");
+                    s.add_cached(ino, fh);
+                    return None;
+                }
+                Err(Unbacked::Kernel(e)) => {
                     tracing::info!(ino, error = %e, "no passthrough: reads and writes of upper files go through skiff");
                     self.enable(false);
                     s.add_cached(ino, fh);
@@ -142,7 +161,11 @@ mod tests {
         let b: Backings<u32> = Backings::new();
         b.enable(true);
         assert!(b.open_upper(1, 1, || Ok(10)).is_some());
-        assert_eq!(b.open_upper(2, 2, || Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))), None);
+        let file_error = || Err(Unbacked::File(io::Error::from_raw_os_error(libc::ETXTBSY)));
+        assert_eq!(b.open_upper(2, 2, file_error), None);
+        assert!(b.open_upper(5, 5, || Ok(50)).is_some(), "one file's error leaves passthrough on");
+        let refusal = || Err(Unbacked::Kernel(io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+        assert_eq!(b.open_upper(6, 6, refusal), None);
         assert_eq!(b.open_upper(3, 3, || Ok(30)), None, "off after a refusal");
         assert_eq!(b.open_upper(1, 4, || Ok(11)).as_deref(), Some(&10), "inode 1 keeps its backing");
     }

@@ -14,7 +14,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use super::backing::Backings;
+use super::backing::{Backings, Unbacked};
 use super::upper::name_ok;
 use super::write::Owner;
 use super::{Attr, Errno, RenameFlags, SetAttr, Union};
@@ -27,6 +27,9 @@ const TTL: Duration = Duration::from_secs(60);
 /// which updates the kernel's view): the kernel may keep them as long as it likes.
 const LOWER_TTL: Duration = Duration::from_secs(24 * 3600);
 const MAX_REQUEST: u32 = 1 << 20;
+/// Entries looked up per directory read: about what fits in the kernel's one-page buffer.
+const READDIR_BATCH: usize = 256;
+const READDIRPLUS_BATCH: usize = 48;
 
 #[derive(Clone, Debug)]
 pub struct MountOptions {
@@ -93,7 +96,7 @@ pub fn mount(union: Arc<Union>, target: &Path, options: &MountOptions) -> io::Re
     config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let fs = FuseUnion { union, ids: options.ids.clone(), backings: Backings::new() };
+    let fs = FuseUnion { union, ids: options.ids.clone(), backings: Backings::new(), no_opendir: false };
     let session = fuser::spawn_mount(fs, target, &config)?;
     Ok(Mounted { session: Some(session), path: target.to_path_buf() })
 }
@@ -103,6 +106,8 @@ struct FuseUnion {
     ids: crate::IdMap,
     /// Upper files the kernel reads and writes by itself.
     backings: Backings<BackingId>,
+    /// The kernel opens directories without asking (FUSE_NO_OPENDIR_SUPPORT).
+    no_opendir: bool,
 }
 
 fn ttl(a: &Attr) -> &'static Duration {
@@ -115,6 +120,10 @@ fn ttl(a: &Attr) -> &'static Duration {
 
 fn errno(e: Errno) -> FuseErrno {
     FuseErrno::from_i32(e.0)
+}
+
+fn unbacked_file(e: Errno) -> Unbacked {
+    Unbacked::File(io::Error::from_raw_os_error(e.0))
 }
 
 fn file_type(kind: Kind) -> FileType {
@@ -227,6 +236,9 @@ impl Filesystem for FuseUnion {
                 // new inode): the kernel keeps it instead of asking at every path walk.
                 | InitFlags::FUSE_CACHE_SYMLINKS,
         );
+        // Reading a directory needs no handle (see `listing`): opening one need not cost a
+        // round trip, and a kernel that opens directories itself also keeps their listings.
+        self.no_opendir = config.add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
         // Backing files are upper files on a plain filesystem (depth 0), so this mount is one
         // level deep and can itself sit under an overlayfs. An upper on a stacked filesystem
         // makes the kernel refuse the first backing file, and passthrough goes off.
@@ -371,9 +383,8 @@ impl Filesystem for FuseUnion {
             Ok((fh, false)) => {
                 // Never FOPEN_KEEP_CACHE with passthrough: the kernel fails reads with EIO.
                 let backing = self.backings.open_upper(ino.0, fh, || {
-                    let file =
-                        self.union.backing_file(ino.0).map_err(|e| io::Error::from_raw_os_error(e.0))?;
-                    reply.open_backing(&file)
+                    let file = self.union.backing_file(ino.0).map_err(unbacked_file)?;
+                    reply.open_backing(&file).map_err(Unbacked::Kernel)
                 });
                 match backing {
                     Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
@@ -451,35 +462,31 @@ impl Filesystem for FuseUnion {
         empty(reply, self.union.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The kernel keeps the listing it read: a directory changes only through this mount,
-        // and every such change makes the kernel drop what it kept.
-        match self.union.opendir(ino.0) {
-            Ok(fh) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Err(e) => reply.error(errno(e)),
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // The kernel stops asking, and keeps listings across opens from then on.
+            return reply.error(FuseErrno::ENOSYS);
         }
+        // Else the same by hand: the kernel keeps the listing it read, which it drops at every
+        // change to the directory (all go through this mount).
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
     }
 
-    // Readdir and readdirplus share offsets: entry k (0 is `.`, 1 is `..`, then the listing)
-    // has offset k + 1, and a call resumes at entry `offset`.
+    // Offsets: `.` ends at 1, `..` at 2, an entry at its cookie (see `listing`).
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.union.readdir(fh.0) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for k in offset..entries.len() as u64 + 2 {
-            let full = match k {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(ino, 2, FileType::Directory, ".."),
-                _ => {
-                    let e = &entries[k as usize - 2];
-                    reply.add(INodeNo(e.attr.ino), k + 1, file_type(e.attr.kind), &e.name)
-                }
-            };
-            if full {
+        let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
+        for (name, end) in dots {
+            if reply.add(ino, end, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        for e in &entries {
+            if reply.add(INodeNo(e.attr.ino), e.cookie, file_type(e.attr.kind), &e.name) {
                 break;
             }
         }
@@ -490,28 +497,24 @@ impl Filesystem for FuseUnion {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.readdir(fh.0) {
+        let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
-        for k in offset..entries.len() as u64 + 2 {
-            let full = match k {
-                // The kernel takes no attributes from `.` and `..`: it already has them.
-                0 | 1 => {
-                    let name = if k == 0 { "." } else { ".." };
-                    reply.add(ino, k + 1, name, &TTL, &dot_attr(ino), Generation(0))
-                }
-                _ => {
-                    let e = &entries[k as usize - 2];
-                    let attr = file_attr(&e.attr, &self.ids);
-                    reply.add(INodeNo(e.attr.ino), k + 1, &e.name, ttl(&e.attr), &attr, Generation(0))
-                }
-            };
-            if full {
+        let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
+        for (name, end) in dots {
+            // The kernel takes no attributes from `.` and `..`: it already has them.
+            if reply.add(ino, end, name, &TTL, &dot_attr(ino), Generation(0)) {
+                return reply.ok();
+            }
+        }
+        for e in &entries {
+            let attr = file_attr(&e.attr, &self.ids);
+            if reply.add(INodeNo(e.attr.ino), e.cookie, &e.name, ttl(&e.attr), &attr, Generation(0)) {
                 break;
             }
         }
@@ -612,8 +615,8 @@ impl Filesystem for FuseUnion {
             Err(e) => return reply.error(errno(e)),
         };
         let backing = self.backings.open_upper(a.ino, fh, || {
-            let file = self.union.backing_file(a.ino).map_err(|e| io::Error::from_raw_os_error(e.0))?;
-            reply.open_backing(&file)
+            let file = self.union.backing_file(a.ino).map_err(unbacked_file)?;
+            reply.open_backing(&file).map_err(Unbacked::Kernel)
         });
         let (attr, fh, flags) = (file_attr(&a, &self.ids), FileHandle(fh), FopenFlags::empty());
         match backing {

@@ -5,7 +5,9 @@
 mod backing;
 mod export;
 mod fuse;
+mod generation;
 mod inodes;
+mod listing;
 mod resolve;
 mod upper;
 mod view;
@@ -27,8 +29,13 @@ pub use view::{LayerView, PrefetchFile};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
+use generation::Generation;
 use inodes::{Identity, Inodes};
+use listing::Listings;
 use resolve::{join, Found, Resolved};
+
+/// Lower entries whose attributes are kept at most; past it they are all dropped.
+const KEPT_ATTRS: usize = 1 << 16;
 
 /// The longest name a layer can hold.
 const NAME_MAX: usize = 255;
@@ -72,17 +79,18 @@ pub struct Attr {
 }
 
 /// An open file: upper files are host files; lower files are read through their layer.
-/// An open directory is listed at its first read, once, so offsets stay stable.
+/// Directories have no handles (see `listing`).
 enum Handle {
     Upper { file: File, ino: Ino },
     Lower { layer: usize, node: NodeId },
-    Dir { ino: Ino, listing: Mutex<Option<Arc<[DirEntry]>>> },
 }
 
 /// One entry of a merged directory listing, with its attributes (for readdirplus).
 #[derive(Clone, Debug)]
 pub struct DirEntry {
     pub name: String,
+    /// Where a read resumes after this entry.
+    pub cookie: u64,
     pub attr: Attr,
 }
 
@@ -95,8 +103,16 @@ pub struct Union {
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    /// Serializes changes to the tree (copy-up, create, remove, rename).
+    /// Serializes changes to the tree (copy-up, create, remove, rename); taken through
+    /// `generation`.
     changes: Mutex<()>,
+    generation: Generation,
+    /// Directory listings kept until the tree changes.
+    listings: Listings,
+    /// Attributes of entries found in lower layers, kept until the tree changes: the kernel
+    /// asks for a directory's again after every read of it.
+    lower_attrs: Mutex<HashMap<Ino, (u64, Attr)>>,
+    /// Where directories resolve to, kept until one moves, goes or changes layer.
     dirs: Mutex<resolve::DirCache>,
     /// When recording a profile: the lower files read, in the order of their first read.
     recorder: Mutex<Option<Recorder>>,
@@ -137,6 +153,9 @@ impl Union {
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             changes: Mutex::new(()),
+            generation: Generation::default(),
+            listings: Listings::default(),
+            lower_attrs: Mutex::default(),
             dirs: Mutex::default(),
             recorder: Mutex::new(None),
         })
@@ -301,12 +320,30 @@ impl Union {
                 return Ok(self.attr_of(ino, &Resolved::upper(file.metadata()?)));
             }
         }
+        let generation = self.generation.stable();
+        if let Some((g, attr)) = self.lower_attrs.lock().unwrap().get(&ino) {
+            if Some(*g) == generation {
+                return Ok(*attr);
+            }
+        }
         match self.resolve_ino(ino) {
             Err(Errno(libc::ENOENT)) => {
                 let meta = self.open_upper_meta(ino).ok_or(Errno(libc::ENOENT))??;
                 Ok(self.attr_of(ino, &Resolved::upper(meta)))
             }
-            resolved => Ok(self.attr_of(ino, &resolved?.1)),
+            Ok((_, r)) => {
+                let attr = self.attr_of(ino, &r);
+                let unchanged = generation.filter(|&g| self.generation.stable() == Some(g));
+                if let (Some(g), false) = (unchanged, r.in_upper()) {
+                    let mut kept = self.lower_attrs.lock().unwrap();
+                    if kept.len() >= KEPT_ATTRS {
+                        kept.clear();
+                    }
+                    kept.insert(ino, (g, attr));
+                }
+                Ok(attr)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -406,7 +443,6 @@ impl Union {
                 self.record(*layer, *node, offset, offset + n as u64);
                 n
             }
-            Handle::Dir { .. } => return Err(Errno(libc::EISDIR)),
         };
         buf.truncate(n);
         Ok(buf)
@@ -444,34 +480,25 @@ impl Union {
         }
     }
 
-    /// Opens a directory. Listing waits for the first read: a kernel that caches listings
-    /// opens directories far more often than it reads them.
-    pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        self.path_of(ino)?;
-        Ok(self.add_handle(Handle::Dir { ino, listing: Mutex::new(None) }))
-    }
-
-    /// The merged entries of an open directory (without `.` and `..`), listed at the first
-    /// call and the same for the life of the handle.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<[DirEntry]>> {
-        let handle = self.handle(fh)?;
-        let Handle::Dir { ino, listing } = &*handle else { return Err(Errno(libc::ENOTDIR)) };
-        let mut listing = listing.lock().unwrap();
-        if let Some(entries) = &*listing {
-            return Ok(entries.clone());
-        }
-        let (path, r) = self.resolve_ino(*ino)?;
+    /// Up to `limit` entries of directory `ino` from cookie `after` on (0, 1 and 2 start
+    /// at the first entry: they are before, at and after `.` and `..`).
+    pub fn readdir(&self, ino: Ino, after: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
+        let (path, r) = self.resolve_ino(ino)?;
         if r.kind(self) != Kind::Dir {
             return Err(Errno(libc::ENOTDIR));
         }
+        let names =
+            self.listings.names(ino, &self.generation, || Ok(self.list(&r, &path)?.into_keys().collect()))?;
+        let start = names.partition_point(|(cookie, _)| *cookie <= after);
         let mut entries = Vec::new();
-        for name in self.list(&r, &path)?.into_keys() {
-            let Some(cr) = self.resolve_child(&r, &path, &name) else { continue };
-            let ino = self.ino_of(&join(&path, &name), &cr);
-            entries.push(DirEntry { attr: self.attr_of(ino, &cr), name });
+        for (cookie, name) in &names[start..] {
+            if entries.len() == limit {
+                break;
+            }
+            let Some(cr) = self.resolve_child(&r, &path, name) else { continue };
+            let ino = self.ino_of(&join(&path, name), &cr);
+            entries.push(DirEntry { name: name.clone(), cookie: *cookie, attr: self.attr_of(ino, &cr) });
         }
-        let entries: Arc<[DirEntry]> = entries.into();
-        *listing = Some(entries.clone());
         Ok(entries)
     }
 

@@ -86,7 +86,7 @@ fn apply_lower_meta(p: &Path, node: &Node) -> FsResult<()> {
 impl Union {
     /// Copies `path` (and its parents) into the upper, unless it is there already.
     pub(crate) fn copy_up(&self, path: &str) -> FsResult<()> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         self.copy_up_locked(path).map(drop)
     }
 
@@ -195,7 +195,7 @@ impl Union {
         flags: i32,
         owner: Owner,
     ) -> FsResult<(Attr, u64)> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let (path, _) = self.prepare_new(parent, name)?;
         let access = flags & libc::O_ACCMODE;
         let file = OpenOptions::new()
@@ -210,7 +210,7 @@ impl Union {
     }
 
     pub fn mkdir(&self, parent: Ino, name: &str, mode: u32, owner: Owner) -> FsResult<Attr> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let (path, had_whiteout) = self.prepare_new(parent, name)?;
         fs::create_dir(host(&self.upper, &path))?;
         if had_whiteout {
@@ -221,7 +221,7 @@ impl Union {
     }
 
     pub fn mknod(&self, parent: Ino, name: &str, mode: u32, rdev: u64, owner: Owner) -> FsResult<Attr> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let (path, _) = self.prepare_new(parent, name)?;
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         mknod(&*host(&self.upper, &path), kind, Mode::from_bits_truncate(mode & 0o7777), rdev)?;
@@ -229,14 +229,14 @@ impl Union {
     }
 
     pub fn symlink(&self, parent: Ino, name: &str, target: &OsStr, owner: Owner) -> FsResult<Attr> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let (path, _) = self.prepare_new(parent, name)?;
         std::os::unix::fs::symlink(target, host(&self.upper, &path))?;
         self.finish_new(&path, owner, None)
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> FsResult<Attr> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let old = self.path_of(ino)?;
         let r = self.copy_up_locked(&old)?;
         if r.kind(self) == Kind::Dir {
@@ -270,7 +270,7 @@ impl Union {
     }
 
     fn remove(&self, parent: Ino, name: &str, dir: bool) -> FsResult<()> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let _forget = dir.then(|| ForgetDirs(self));
         let (parent_path, pr) = self.resolve_ino(parent)?;
         let r = self.resolve_child(&pr, &parent_path, name).ok_or(Errno(libc::ENOENT))?;
@@ -307,7 +307,7 @@ impl Union {
         new_name: &str,
         flags: RenameFlags,
     ) -> FsResult<()> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let _forget = ForgetDirs(self);
         let (src_parent_path, spr) = self.resolve_ino(parent)?;
         let (dst_parent_path, dpr) = self.resolve_ino(new_parent)?;
@@ -380,7 +380,7 @@ impl Union {
     }
 
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> FsResult<Attr> {
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let path = self.path_of(ino)?;
         let r = self.copy_up_locked(&path)?;
         let p = host(&self.upper, &path);
@@ -413,7 +413,7 @@ impl Union {
         if name.starts_with(upper::PRIVATE_XATTR_PREFIX) {
             return Err(Errno(libc::EPERM));
         }
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let path = self.path_of(ino)?;
         self.copy_up_locked(&path)?;
         let p = host(&self.upper, &path);
@@ -432,7 +432,7 @@ impl Union {
         if name.starts_with(upper::PRIVATE_XATTR_PREFIX) {
             return Err(Errno(libc::ENODATA));
         }
-        let _guard = self.changes.lock().unwrap();
+        let _guard = self.generation.change(&self.changes);
         let path = self.path_of(ino)?;
         self.copy_up_locked(&path)?;
         xattr::remove(host(&self.upper, &path), name)?;

@@ -351,3 +351,23 @@ fn upper_files_read_and_write_alike_through_every_open() {
     let out = Command::new(m.p("busybox-copy")).arg("echo").arg("copied").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "copied\n");
 }
+
+#[test]
+fn a_directory_read_while_its_entries_are_removed_lists_each_entry_once() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let Some(m) = Mount::new(dir.path(), &f.busybox_ref) else { return };
+    // Many kernel reads (one page each), with removals between them, as `rm -r` does.
+    fs::create_dir(m.p("many")).unwrap();
+    for i in 0..600 {
+        fs::write(m.p(&format!("many/file-with-a-longish-name-{i:04}")), b"").unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for entry in fs::read_dir(m.p("many")).unwrap() {
+        let name = entry.unwrap().file_name();
+        fs::remove_file(m.p("many").join(&name)).unwrap();
+        assert!(seen.insert(name.clone()), "{name:?} listed twice");
+    }
+    assert_eq!(seen.len(), 600);
+    fs::remove_dir(m.p("many")).unwrap();
+}
