@@ -180,10 +180,13 @@ fn image_config_merges_with_flags_as_docker_does() {
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("no command"), "{out:?}");
     // The image's StopSignal is what stop sends first.
-    let id = env.detach(&[&image, "trap 'echo usr1; exit 0' USR1; while true; do sleep 0.1; done"]);
+    let script = "trap 'echo usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done";
+    let id = env.detach(&[&image, script]);
     assert_eq!(env.state(&id)["stop_signal"], "SIGUSR1");
+    // Once the trap is set: a signal before it would be ignored by the shell as PID 1.
+    wait_for("the trap", || env.run(&["logs", &id]).stdout == "ready\n");
     env.run(&["stop", &id]).ok();
-    assert_eq!(env.run(&["logs", &id]).stdout, "usr1\n");
+    assert_eq!(env.run(&["logs", &id]).stdout, "ready\nusr1\n");
 }
 
 #[test]
