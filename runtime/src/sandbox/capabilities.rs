@@ -33,6 +33,8 @@ pub const DOCKER_DEFAULT: [Capability; 14] = [
 pub enum CapabilityError {
     #[error("unknown capability {name:?}")]
     Unknown { name: String },
+    #[error("capability {name} cannot be given: skiff itself does not hold it")]
+    Unavailable { name: String },
     #[error("{step}: {source}")]
     Apply { step: &'static str, source: caps::errors::CapsError },
     #[error("{step}: {source}")]
@@ -42,7 +44,10 @@ pub enum CapabilityError {
 /// The capability set a container gets: docker's defaults, then drops, then adds (docker's
 /// `TweakCapabilities` order: `--cap-drop ALL --cap-add X` leaves exactly X).
 pub fn resolve(options: &CapabilityOptions) -> Result<CapsHashSet, CapabilityError> {
-    let supported = caps::runtime::thread_all_supported();
+    // `--privileged` and `ALL` mean every capability skiff itself holds: a machine may keep
+    // some from root (here, CAP_SYS_RESOURCE), and asking for those fails.
+    let supported = caps::read(None, CapSet::Permitted)
+        .map_err(|source| CapabilityError::Apply { step: "reading skiff's permitted set", source })?;
     if options.privileged {
         return Ok(supported);
     }
@@ -58,9 +63,10 @@ pub fn resolve(options: &CapabilityOptions) -> Result<CapsHashSet, CapabilityErr
     for name in &options.add {
         match parse(name)? {
             None => set.extend(supported.iter().copied()),
-            Some(cap) => {
+            Some(cap) if supported.contains(&cap) => {
                 set.insert(cap);
             }
+            Some(cap) => return Err(CapabilityError::Unavailable { name: cap.to_string() }),
         }
     }
     Ok(set)

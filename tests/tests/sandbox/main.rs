@@ -52,6 +52,23 @@ fn capabilities_seccomp_and_no_new_privs_match_docker_defaults() {
 }
 
 #[test]
+fn privileged_gives_every_capability_skiff_holds_and_no_seccomp_filter() {
+    if !available() {
+        return;
+    }
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own_permitted = own.lines().find_map(|l| l.strip_prefix("CapPrm:")).unwrap().trim().to_string();
+    let root = TestRootfs::new();
+    let mut spec = root.spec(&["/probe"]);
+    spec.capabilities = CapabilityOptions { privileged: true, ..Default::default() };
+    let out = run(&root, &spec).unwrap();
+    assert_eq!(out.status, ExitStatus::Exited(0), "{out:?}");
+    let probe = out.probe();
+    assert_eq!(probe["CapEff"], own_permitted);
+    assert_eq!(probe["Seccomp"], "0");
+}
+
+#[test]
 fn non_root_user_keeps_only_the_bounding_set() {
     if !available() {
         return;
