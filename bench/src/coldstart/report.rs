@@ -488,10 +488,10 @@ impl Report {
     }
 }
 
-/// The smallest 1, 2 or 5 × 10^k at or above `v`.
+/// The smallest 1, 2, 2.5 or 5 × 10^k at or above `v` (fifths of it make the axis ticks).
 fn nice_ceiling(v: f64) -> f64 {
     let magnitude = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
         if m * magnitude >= v * (1.0 - 1e-9) {
             return m * magnitude;
         }
@@ -679,6 +679,7 @@ mod tests {
         assert_eq!(nice_ceiling(0.7), 1.0);
         assert_eq!(nice_ceiling(1.0), 1.0);
         assert_eq!(nice_ceiling(1.2), 2.0);
+        assert_eq!(nice_ceiling(20.1), 25.0);
         assert_eq!(nice_ceiling(37.0), 50.0);
         assert_eq!(nice_ceiling(51.0), 100.0);
     }
