@@ -389,41 +389,7 @@ pub fn mirror() -> String {
     if let Ok(mirror) = std::env::var("SKIFF_TEST_DEBIAN_MIRROR") {
         return mirror;
     }
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = dir
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "list" || x == "sources"))
-            .collect();
-        more.sort();
-        files.extend(more);
-    }
-    let texts: Vec<String> = files.iter().filter_map(|p| fs::read_to_string(p).ok()).collect();
-    apt_mirror(&texts).unwrap_or_else(|| DEFAULT_MIRROR.to_string())
-}
-
-fn apt_mirror(sources: &[String]) -> Option<String> {
-    let clean = |uri: &str| uri.trim_end_matches('/').to_string();
-    for text in sources {
-        // `deb [options] URI SUITE COMPONENTS…`
-        for line in text.lines() {
-            let words: Vec<&str> = line.split_whitespace().filter(|w| !w.starts_with('[')).collect();
-            if words.len() >= 3 && words[0] == "deb" && words[2] == SUITE {
-                return Some(clean(words[1]));
-            }
-        }
-        // deb822 stanzas, separated by blank lines.
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(str::trim));
-            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-            let deb = field("Types:").is_none_or(|t| t.split_whitespace().any(|t| t == "deb"));
-            if deb && suites.split_whitespace().any(|s| s == SUITE) {
-                return uris.split_whitespace().next().map(clean);
-            }
-        }
-    }
-    None
+    skiff_bench::apt::host_mirror(SUITE).unwrap_or_else(|| DEFAULT_MIRROR.to_string())
 }
 
 /// Whether the mirror answers for the suite's Release file.
@@ -433,38 +399,13 @@ fn probe(mirror: &str) -> Result<(), String> {
         .timeout(Duration::from_secs(20))
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client.head(&url).send().map_err(|e| format!("HEAD {url}: {}", causes(&e)))?;
-    response.error_for_status().map(drop).map_err(|e| format!("HEAD {url}: {}", causes(&e)))
-}
-
-/// An error and its sources, as reqwest's own message leaves out why a request failed.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text += &format!(": {s}");
-        source = s.source();
-    }
-    text
+    let response = client.head(&url).send().map_err(|e| format!("HEAD {url}: {}", crate::error_chain(&e)))?;
+    response.error_for_status().map(drop).map_err(|e| format!("HEAD {url}: {}", crate::error_chain(&e)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirror_from_one_line_and_deb822_sources() {
-        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian/\nSuites: bookworm bookworm-updates\n\n\
-                      Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
-        let other = "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n";
-        assert_eq!(
-            apt_mirror(&[other.into(), deb822.into()]).as_deref(),
-            Some("http://deb.debian.org/debian")
-        );
-        let one_line = "# c\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
-        assert_eq!(apt_mirror(&[one_line.into()]).as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(apt_mirror(&["deb http://x/debian cloud-sdk-bookworm main\n".into()]), None);
-    }
 
     #[test]
     fn the_cache_key_names_the_recipe() {

@@ -157,46 +157,6 @@ impl Workload {
     }
 }
 
-/// The mirror apt uses for bookworm, read from `/etc/apt/sources.list*` (one-line and deb822).
-pub fn apt_mirror(sources: &[String]) -> Option<String> {
-    for text in sources {
-        // One-line format: `deb [opts] URL SUITE COMPONENTS`.
-        for line in text.lines().map(str::trim) {
-            let words: Vec<&str> = line.split_whitespace().filter(|w| !w.starts_with('[')).collect();
-            if words.len() >= 3 && words[0] == "deb" && words[2] == "bookworm" {
-                return Some(words[1].trim_end_matches('/').to_string());
-            }
-        }
-        // deb822: stanzas separated by blank lines.
-        for stanza in text.split("\n\n") {
-            let field =
-                |name: &str| stanza.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
-            let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else { continue };
-            if suites.split_whitespace().any(|s| s == "bookworm")
-                && field("Types:").is_none_or(|t| t.contains("deb"))
-            {
-                if let Some(uri) = uris.split_whitespace().next() {
-                    return Some(uri.trim_end_matches('/').to_string());
-                }
-            }
-        }
-    }
-    None
-}
-
-pub fn host_apt_mirror() -> Option<String> {
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
-    }
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        texts.extend(paths.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
-    }
-    apt_mirror(&texts)
-}
-
 /// The OCI layout the bench builds its images in, and where it logs the build.
 pub struct Builder {
     layout: PathBuf,
@@ -464,21 +424,6 @@ fn exists_in_registry(link: &Link, reference: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirror_from_deb822_and_one_line_sources() {
-        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
-                      URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n\
-                      Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
-        let nodesource = "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n";
-        assert_eq!(
-            apt_mirror(&[nodesource.into(), deb822.into()]).as_deref(),
-            Some("http://deb.debian.org/debian")
-        );
-        let one_line = "# comment\ndeb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
-        assert_eq!(apt_mirror(&[one_line.into()]).as_deref(), Some("http://mirror.example/debian"));
-        assert_eq!(apt_mirror(&["deb http://x/debian bullseye main\n".into()]), None);
-    }
 
     #[test]
     fn workloads_name_their_images_and_readiness() {

@@ -178,7 +178,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     // Images, built once.
     std::fs::create_dir_all(&args.cache_dir)
         .with_context(|| format!("creating {}", args.cache_dir.display()))?;
-    let mirror = match args.mirror.clone().or_else(images::host_apt_mirror) {
+    let mirror = match args.mirror.clone().or_else(|| skiff_bench::apt::host_mirror("bookworm")) {
         Some(m) => m,
         None => bail!("no bookworm source in /etc/apt/sources.list*; pass --mirror"),
     };

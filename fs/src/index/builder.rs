@@ -34,6 +34,12 @@ pub struct EntryMeta {
 }
 
 impl EntryMeta {
+    /// A plain entry of `kind` and `size`, owned by root, mode 0644: for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(kind: Kind, size: u64) -> EntryMeta {
+        EntryMeta { kind, mode: 0o644, size, ..EntryMeta::implicit_dir() }
+    }
+
     /// A directory created because an entry below it came first.
     fn implicit_dir() -> EntryMeta {
         EntryMeta {
@@ -292,7 +298,7 @@ mod tests {
     use crate::Digest;
 
     fn meta(kind: Kind, size: u64) -> EntryMeta {
-        EntryMeta { kind, mode: 0o644, size, ..EntryMeta::implicit_dir() }
+        EntryMeta::for_test(kind, size)
     }
 
     fn chunk(file_offset: u64, len: u64) -> ChunkRef {

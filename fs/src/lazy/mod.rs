@@ -301,18 +301,7 @@ mod tests {
     use crate::index::{EntryMeta, IndexBuilder};
 
     fn file(b: &mut IndexBuilder, path: &str, size: u64) -> NodeId {
-        let meta = EntryMeta {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size,
-            mtime: 0,
-            target: None,
-            rdev: (0, 0),
-            xattrs: Default::default(),
-        };
-        b.add(path, meta).unwrap()
+        b.add(path, EntryMeta::for_test(Kind::File, size)).unwrap()
     }
 
     fn chunk(file_offset: u64, len: u64, offset: u64, compressed_len: u64, inner_offset: u64) -> ChunkRef {

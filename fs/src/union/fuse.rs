@@ -158,8 +158,8 @@ fn file_attr(a: &Attr, ids: &crate::IdMap) -> FileAttr {
     }
 }
 
-/// Attributes for the `.` and `..` entries of readdirplus, which the kernel ignores.
-fn dot_attr(ino: INodeNo) -> FileAttr {
+/// Attributes the kernel ignores: of `.` and `..` in readdirplus, and of a negative entry.
+fn ignored_attr(ino: INodeNo) -> FileAttr {
     FileAttr {
         ino,
         size: 0,
@@ -255,7 +255,7 @@ impl Filesystem for FuseUnion {
             // of asking again at every path search (the dynamic linker's, gcc's include path,
             // python's sys.path). Every change to this tree comes through the kernel, which
             // drops the entry when something takes the name.
-            Err(Errno(libc::ENOENT)) => reply.entry(&TTL, &dot_attr(INodeNo(0)), Generation(0)),
+            Err(Errno(libc::ENOENT)) => reply.entry(&TTL, &ignored_attr(INodeNo(0)), Generation(0)),
             result => entry(reply, &self.ids, result),
         }
     }
@@ -508,7 +508,7 @@ impl Filesystem for FuseUnion {
         let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
         for (name, end) in dots {
             // The kernel takes no attributes from `.` and `..`: it already has them.
-            if reply.add(ino, end, name, &TTL, &dot_attr(ino), Generation(0)) {
+            if reply.add(ino, end, name, &TTL, &ignored_attr(ino), Generation(0)) {
                 return reply.ok();
             }
         }

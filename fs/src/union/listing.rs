@@ -6,11 +6,10 @@
 //! many requests is listed once.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::generation::Generation;
+use super::generation::{Generation, Kept};
 use super::{FsResult, Ino};
 
 /// Offsets 1 and 2 follow `.` and `..`; entries' cookies are above them.
@@ -29,9 +28,14 @@ pub(crate) fn cookie(name: &str) -> u64 {
 /// A directory's entry names, in cookie order.
 pub(crate) type Names = Arc<[(u64, String)]>;
 
-#[derive(Default)]
 pub(crate) struct Listings {
-    kept: Mutex<HashMap<Ino, (u64, Names)>>,
+    kept: Kept<Ino, Names>,
+}
+
+impl Default for Listings {
+    fn default() -> Listings {
+        Listings { kept: Kept::new(KEPT) }
+    }
 }
 
 impl Listings {
@@ -43,22 +47,14 @@ impl Listings {
         generation: &Generation,
         list: impl FnOnce() -> FsResult<Vec<String>>,
     ) -> FsResult<Names> {
-        let before = generation.stable();
-        if let Some((g, names)) = self.kept.lock().unwrap().get(&ino) {
-            if Some(*g) == before {
-                return Ok(names.clone());
-            }
+        let made = generation.stable();
+        if let Some(names) = self.kept.get(&ino, made) {
+            return Ok(names);
         }
         let mut names: Vec<(u64, String)> = list()?.into_iter().map(|n| (cookie(&n), n)).collect();
         names.sort_unstable();
         let names: Names = names.into();
-        if let Some(g) = before.filter(|&g| generation.stable() == Some(g)) {
-            let mut kept = self.kept.lock().unwrap();
-            if kept.len() >= KEPT {
-                kept.clear();
-            }
-            kept.insert(ino, (g, names.clone()));
-        }
+        self.kept.keep(ino, names.clone(), made, generation);
         Ok(names)
     }
 }
@@ -70,7 +66,7 @@ mod tests {
     #[test]
     fn listings_are_in_cookie_order_and_kept_until_the_tree_changes() {
         let listings = Listings::default();
-        let (generation, changes) = (Generation::default(), Mutex::new(()));
+        let (generation, changes) = (Generation::default(), std::sync::Mutex::new(()));
         let names = listings.names(1, &generation, || Ok(vec!["b".into(), "a".into(), "c".into()])).unwrap();
         assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(names.iter().all(|(c, n)| *c == cookie(n) && *c >= FIRST_COOKIE));

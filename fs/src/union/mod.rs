@@ -29,13 +29,15 @@ pub use view::{LayerView, PrefetchFile};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
-use generation::Generation;
+use generation::{Generation, Kept};
 use inodes::{Identity, Inodes};
 use listing::Listings;
 use resolve::{join, Found, Resolved};
 
 /// Lower entries whose attributes are kept at most; past it they are all dropped.
 const KEPT_ATTRS: usize = 1 << 16;
+/// Directories whose resolutions are kept at most.
+const KEPT_DIRS: usize = 1 << 14;
 
 /// The longest name a layer can hold.
 const NAME_MAX: usize = 255;
@@ -111,9 +113,12 @@ pub struct Union {
     listings: Listings,
     /// Attributes of entries found in lower layers, kept until the tree changes: the kernel
     /// asks for a directory's again after every read of it.
-    lower_attrs: Mutex<HashMap<Ino, (u64, Attr)>>,
-    /// Where directories resolve to, kept until one moves, goes or changes layer.
-    dirs: Mutex<resolve::DirCache>,
+    lower_attrs: Kept<Ino, Attr>,
+    /// Where directories resolve to, by path, kept until one moves, goes or changes layer
+    /// (`structure` counts those changes alone): a request deep in the tree then costs a
+    /// lookup here instead of a stat and an xattr read of every component in the upper.
+    dirs: Kept<String, Resolved>,
+    structure: Generation,
     /// When recording a profile: the lower files read, in the order of their first read.
     recorder: Mutex<Option<Recorder>>,
 }
@@ -155,8 +160,9 @@ impl Union {
             changes: Mutex::new(()),
             generation: Generation::default(),
             listings: Listings::default(),
-            lower_attrs: Mutex::default(),
-            dirs: Mutex::default(),
+            lower_attrs: Kept::new(KEPT_ATTRS),
+            dirs: Kept::new(KEPT_DIRS),
+            structure: Generation::default(),
             recorder: Mutex::new(None),
         })
     }
@@ -321,10 +327,8 @@ impl Union {
             }
         }
         let generation = self.generation.stable();
-        if let Some((g, attr)) = self.lower_attrs.lock().unwrap().get(&ino) {
-            if Some(*g) == generation {
-                return Ok(*attr);
-            }
+        if let Some(attr) = self.lower_attrs.get(&ino, generation) {
+            return Ok(attr);
         }
         match self.resolve_ino(ino) {
             Err(Errno(libc::ENOENT)) => {
@@ -333,13 +337,8 @@ impl Union {
             }
             Ok((_, r)) => {
                 let attr = self.attr_of(ino, &r);
-                let unchanged = generation.filter(|&g| self.generation.stable() == Some(g));
-                if let (Some(g), false) = (unchanged, r.in_upper()) {
-                    let mut kept = self.lower_attrs.lock().unwrap();
-                    if kept.len() >= KEPT_ATTRS {
-                        kept.clear();
-                    }
-                    kept.insert(ino, (g, attr));
+                if !r.in_upper() {
+                    self.lower_attrs.keep(ino, attr, generation, &self.generation);
                 }
                 Ok(attr)
             }

@@ -3,7 +3,7 @@
 //! with OCI whiteouts in the lowers (`.wh.NAME`, `.wh..wh..opq`) and kernel-style ones in
 //! the upper (0/0 character devices, `trusted.overlay.opaque=y`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -13,15 +13,6 @@ use crate::index::{Kind, NodeId, ROOT};
 
 pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
 pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
-
-/// Resolutions of directories by path, so that a request deep in the tree costs a lookup here
-/// instead of a stat and an xattr read of every component in the upper.
-#[derive(Default)]
-pub(crate) struct DirCache {
-    map: HashMap<String, Resolved>,
-    /// Bumped by every clearing, so a walk that raced with a change stores nothing.
-    generation: u64,
-}
 
 /// A lower directory taking part in a merge: (layer, node), layers counted from the top.
 pub(crate) type LowerDir = (usize, NodeId);
@@ -179,28 +170,19 @@ impl Union {
     /// The directory at `path` (`None` if it is not one), from the cache when it is there.
     /// Its metadata may be stale: only where it lives and its lower directories are used.
     fn resolve_dir(&self, path: &str) -> Option<Resolved> {
-        let generation = {
-            let dirs = self.dirs.lock().unwrap();
-            if let Some(r) = dirs.map.get(path) {
-                return Some(r.clone());
-            }
-            dirs.generation
-        };
-        let r = self.resolve(path).filter(|r| r.kind(self) == Kind::Dir)?;
-        let mut dirs = self.dirs.lock().unwrap();
-        // A change since the walk began may have made it stale.
-        if dirs.generation == generation {
-            dirs.map.insert(path.to_string(), r.clone());
+        let made = self.structure.stable();
+        if let Some(r) = self.dirs.get(path, made) {
+            return Some(r);
         }
+        let r = self.resolve(path).filter(|r| r.kind(self) == Kind::Dir)?;
+        self.dirs.keep(path.to_string(), r.clone(), made, &self.structure);
         Some(r)
     }
 
-    /// Empties the cache of directories: called by every change that moves, removes, copies
-    /// up or makes opaque a directory.
+    /// Makes the kept resolutions of directories stale: called by every change that moves,
+    /// removes, copies up or makes opaque a directory.
     pub(crate) fn forget_dirs(&self) {
-        let mut dirs = self.dirs.lock().unwrap();
-        dirs.map.clear();
-        dirs.generation += 1;
+        self.structure.advance();
     }
 
     /// The merged entries of a resolved directory: name → kind.

@@ -46,10 +46,10 @@ pub enum CapabilityError {
 pub fn resolve(options: &CapabilityOptions) -> Result<CapsHashSet, CapabilityError> {
     // `--privileged` and `ALL` mean every capability skiff itself holds: a machine may keep
     // some from root (here, CAP_SYS_RESOURCE), and asking for those fails.
-    let supported = caps::read(None, CapSet::Permitted)
+    let held = caps::read(None, CapSet::Permitted)
         .map_err(|source| CapabilityError::Apply { step: "reading skiff's permitted set", source })?;
     if options.privileged {
-        return Ok(supported);
+        return Ok(held);
     }
     let mut set: CapsHashSet = DOCKER_DEFAULT.into_iter().collect();
     for name in &options.drop {
@@ -62,8 +62,8 @@ pub fn resolve(options: &CapabilityOptions) -> Result<CapsHashSet, CapabilityErr
     }
     for name in &options.add {
         match parse(name)? {
-            None => set.extend(supported.iter().copied()),
-            Some(cap) if supported.contains(&cap) => {
+            None => set.extend(held.iter().copied()),
+            Some(cap) if held.contains(&cap) => {
                 set.insert(cap);
             }
             Some(cap) => return Err(CapabilityError::Unavailable { name: cap.to_string() }),

@@ -182,7 +182,7 @@ fn a_corrupt_blob_in_the_registry_gives_an_error_not_data() {
 
     let mut buf = vec![0u8; 4096];
     let err = layer.layer.read(id, 2 << 20, &mut buf).unwrap_err();
-    let text = skiff_chain(&err);
+    let text = skiff_tests::error_chain(&err);
     assert!(text.contains("fixture/big.bin"), "{text}");
     assert!(text.contains(&chunk.digest.to_string()) || text.contains("gunzip"), "{text}");
     // Other chunks still read.
@@ -212,16 +212,6 @@ fn plain_gzip_layers_stream_into_the_cache_and_read_back_entry_for_entry() {
     tree::assert_same(&tree::from_tar(&f.hard.path), &tree::from_lazy(&layers[1].layer, 1 << 20));
     assert!(cache.stats().hits > hits);
     assert_eq!(cache.stats().fills, 0, "{:?}", cache.stats());
-}
-
-fn skiff_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out += &format!(": {s}");
-        source = s.source();
-    }
-    out
 }
 
 fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
