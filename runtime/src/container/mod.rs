@@ -16,6 +16,7 @@ mod rootfs;
 mod state;
 mod supervisor;
 mod unpack;
+mod volumes;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use rootfs::{
 pub use state::{ProcessId, State, Status};
 pub use supervisor::{exit_code, supervise, Attach, Supervision};
 pub use unpack::{apply_layer, LayerStats, UnpackError};
+pub use volumes::VolumeError;
 
 use crate::image::{ImageError, StoredImage};
 use crate::sandbox::{self, ContainerSpec};
@@ -67,6 +69,8 @@ pub enum ContainerError {
     Unmount { id: String, path: PathBuf, source: nix::errno::Errno },
     #[error("container {id}: signalling pid {pid}: {source}")]
     Signal { id: String, pid: i32, source: nix::errno::Errno },
+    #[error("container {id}: {source}")]
+    Volume { id: String, source: VolumeError },
     #[error(transparent)]
     Image(Box<ImageError>),
 }
@@ -99,6 +103,8 @@ pub struct ContainerPaths {
     pub upper: PathBuf,
     pub rootfs: PathBuf,
     pub log: PathBuf,
+    /// The anonymous volumes for the image's `VOLUME`s.
+    pub volumes: PathBuf,
 }
 
 /// Every container of one skiff root.
@@ -124,6 +130,7 @@ impl Containers {
             upper: dir.join("upper"),
             rootfs: dir.join("rootfs"),
             log: dir.join("log"),
+            volumes: dir.join("volumes"),
             dir,
         }
     }
@@ -196,9 +203,9 @@ impl Containers {
     pub fn create(&self, image: &StoredImage, options: &RunOptions) -> Result<State, ContainerError> {
         let id: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
         let config_err = |source| ContainerError::Config { id: id.clone(), source };
-        let process =
-            config::resolve(&image.record.name, &image.config()?, options, &|k| std::env::var(k).ok())
-                .map_err(config_err)?;
+        let image_config = image.config()?;
+        let process = config::resolve(&image.record.name, &image_config, options, &|k| std::env::var(k).ok())
+            .map_err(config_err)?;
         if let Some(name) = &options.name {
             config::check_name(name).map_err(config_err)?;
         }
@@ -212,6 +219,8 @@ impl Containers {
         }
         spec.read_only_rootfs = options.read_only;
         spec.volumes = options.volumes.clone();
+        let declared = image_config.config().as_ref().and_then(|c| c.volumes().clone()).unwrap_or_default();
+        spec.volumes.extend(volumes::anonymous(&declared, &options.volumes, &options.tmpfs, &paths.volumes));
         spec.tmpfs = options.tmpfs.clone();
         spec.network = options.network;
         spec.capabilities = options.capabilities.clone();

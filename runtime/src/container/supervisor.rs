@@ -97,6 +97,8 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         .provider
         .mount(s.image, &paths.upper, &paths.rootfs)
         .map_err(|source| ContainerError::Rootfs { id: id.clone(), source: Box::new(source) })?;
+    super::volumes::fill_missing(&state.spec.volumes, &paths.volumes, mounted.path())
+        .map_err(|source| ContainerError::Volume { id: id.clone(), source })?;
     let mut spec = state.spec.clone();
     spec.rootfs = mounted.path().to_path_buf();
     let log = LogFile::open(&paths.log).map_err(super::io_err("opening", &paths.log))?;

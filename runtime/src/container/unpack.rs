@@ -408,7 +408,7 @@ fn ensure_dir(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, PathError> {
 }
 
 /// The names in the directory `dir`.
-fn list(dir: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno> {
+pub(super) fn list(dir: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno> {
     let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     entries
@@ -417,7 +417,7 @@ fn list(dir: BorrowedFd<'_>) -> Result<Vec<std::ffi::OsString>, Errno> {
 }
 
 /// Removes `name` from `dir`, a directory with everything in it; never follows a symlink.
-fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+pub(super) fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EISDIR) => {}

@@ -384,3 +384,76 @@ fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
         assert_eq!(out.ok(), "new\nmore\ngone\n");
     }
 }
+
+#[test]
+fn image_volumes_are_anonymous_volumes_filled_from_the_image() {
+    let Some((f, env)) = env() else { return };
+    let mut layer = fixtures::LayerBuilder::new(&env.dir.path().join("volumes.tar.gz"));
+    layer
+        .dir("srv", 0o755)
+        .dir("srv/data", 0o1770)
+        .file_with("srv/data/seed", 0o640, (1000, 1001), &[], b"from the image\n")
+        .symlink("srv/data/passwd", "/etc/passwd")
+        // The declared path goes through an absolute symlink, resolved inside the rootfs.
+        .symlink("data", "/srv/data");
+    let layer = layer.finish();
+    let config = serde_json::json!({"Cmd": ["sh"], "Volumes": {"/data": {}, "/fresh": {}, "/given": {}}});
+    let image = push_image("volumes", &[f.busybox.clone(), layer], config);
+    let given = env.dir.path().join("given");
+    std::fs::create_dir(&given).unwrap();
+    std::fs::write(given.join("host"), "from the host\n").unwrap();
+    // Writable by the root of a user namespace, too.
+    std::fs::set_permissions(&given, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let bind = format!("{}:/given", given.display());
+    // A user namespace's container sees the image's owners in its volumes too.
+    for (mode, userns) in [("lazy", "host"), ("full", "host"), ("lazy", "auto")] {
+        let name = format!("v-{mode}-{userns}");
+        let script = "cat /srv/data/new 2>/dev/null; cat /srv/data/seed; stat -c '%u:%g %a' /srv/data/seed /srv/data /fresh; \
+                      readlink /srv/data/passwd; cat /given/host; \
+                      echo written > /srv/data/new; echo fresh > /fresh/f; echo host > /given/new";
+        let out = env.run(&[
+            "run",
+            "--name",
+            &name,
+            "--pull-mode",
+            mode,
+            "--userns",
+            userns,
+            "-v",
+            &bind,
+            &image,
+            "sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(
+            out.ok(),
+            "from the image\n1000:1001 640\n0:0 1770\n0:0 755\n/etc/passwd\nfrom the host\n",
+            "{mode}"
+        );
+        let id = env.id_of(&name);
+        // Writes went to the volumes, on the host, not to the container's upper layer.
+        let volumes = env.containers_dir().join(&id).join("volumes");
+        let mut made: Vec<_> =
+            std::fs::read_dir(&volumes).unwrap().flatten().map(|e| e.file_name()).collect();
+        made.sort();
+        assert_eq!(made, ["0", "1"], "{mode}: -v /given takes the place of its anonymous volume");
+        assert_eq!(std::fs::read_to_string(volumes.join("0/new")).unwrap(), "written\n");
+        assert_eq!(std::fs::read_to_string(volumes.join("1/f")).unwrap(), "fresh\n");
+        assert_eq!(std::fs::read_to_string(given.join("new")).unwrap(), "host\n");
+        let diff = env.run(&["diff", &name]).ok().to_string();
+        assert!(!diff.contains("new") && !diff.contains("/fresh/f"), "{mode}: {diff}");
+        // A second start finds what the first wrote.
+        let start = env.run(&["start", "-a", &name]);
+        assert!(start.ok().starts_with("written\nfrom the image\n"), "{mode}: {start:?}");
+        let out = env.run(&["run", "--rm", "--pull-mode", mode, &image, "sh", "-c", "ls /srv/data /fresh"]);
+        assert_eq!(
+            out.ok(),
+            "/fresh:\n\n/srv/data:\npasswd\nseed\n",
+            "{mode}: a new container starts from the image"
+        );
+        env.run(&["rm", &name]).ok();
+        assert!(!volumes.exists(), "{mode}: rm leaves the volumes behind");
+        std::fs::remove_file(given.join("new")).unwrap();
+    }
+}
