@@ -43,6 +43,33 @@ impl Variant {
             .with_context(|| format!("unknown workload {name:?} (python, gcc, jdk, postgres, busybox)"))
     }
 
+    /// The image's tag in the layout and its repository in the registry: the name, with a
+    /// revision once its recipe changed, so that an image cached from an older recipe is
+    /// built again rather than measured.
+    pub fn tag(self) -> &'static str {
+        match self {
+            // 2: PGDATA on a VOLUME, as in the official postgres image.
+            Variant::Postgres => "postgres-2",
+            _ => self.name(),
+        }
+    }
+
+    /// The image's environment beyond PATH.
+    fn env(self) -> &'static [&'static str] {
+        match self {
+            Variant::Postgres => &["PGDATA=/var/lib/postgresql/data"],
+            _ => &[],
+        }
+    }
+
+    /// The image's VOLUMEs: where the official image of the same software declares one.
+    fn volumes(self) -> &'static [&'static str] {
+        match self {
+            Variant::Postgres => &["/var/lib/postgresql/data"],
+            _ => &[],
+        }
+    }
+
     fn packages(self) -> &'static [&'static str] {
         match self {
             Variant::Busybox => &[],
@@ -91,13 +118,15 @@ impl Variant {
             Variant::Postgres => &[(
                 "postgres.sh",
                 "#!/bin/sh\n\
-                 # initdb into a fresh directory, then run the server in the foreground.\n\
+                 # As the official image's entrypoint does: initdb into the (empty) data volume as\n\
+                 # the postgres user, then run the server in the foreground.\n\
                  set -e\n\
                  bin=$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)\n\
-                 mkdir -p /tmp/pg\n\
-                 chown postgres:postgres /tmp/pg\n\
-                 setpriv --reuid=postgres --regid=postgres --clear-groups \"$bin/initdb\" -D /tmp/pg/data >/dev/null\n\
-                 exec setpriv --reuid=postgres --regid=postgres --clear-groups \"$bin/postgres\" -D /tmp/pg/data \
+                 mkdir -p \"$PGDATA\" /tmp/pg\n\
+                 chown postgres:postgres \"$PGDATA\" /tmp/pg\n\
+                 chmod 700 \"$PGDATA\"\n\
+                 setpriv --reuid=postgres --regid=postgres --clear-groups \"$bin/initdb\" -D \"$PGDATA\" >/dev/null\n\
+                 exec setpriv --reuid=postgres --regid=postgres --clear-groups \"$bin/postgres\" -D \"$PGDATA\" \
                  -k /tmp/pg -c listen_addresses=''\n",
                 0o755,
             )],
@@ -109,6 +138,10 @@ impl Variant {
     fn finish_script(self) -> &'static str {
         match self {
             Variant::Jdk => "javac -d /opt/bench /opt/bench/Hello.java",
+            // The official image makes its data directory this way.
+            Variant::Postgres => {
+                "mkdir -p \"$PGDATA\" && chown -R postgres:postgres \"$PGDATA\" && chmod 1777 \"$PGDATA\""
+            }
             _ => "true",
         }
     }
@@ -135,11 +168,12 @@ impl Workload {
         self.estargz_ref = format!("{REGISTRY}/skiff-bench/{}:estargz-{size}", self.name);
     }
 
-    fn new(name: &str, command: Vec<String>, ready: Ready) -> Workload {
+    /// A workload reported as `name` whose images are in the registry's `repository`.
+    fn new(name: &str, repository: &str, command: Vec<String>, ready: Ready) -> Workload {
         Workload {
             name: name.to_string(),
-            gzip_ref: format!("{REGISTRY}/skiff-bench/{name}:gzip"),
-            estargz_ref: format!("{REGISTRY}/skiff-bench/{name}:estargz"),
+            gzip_ref: format!("{REGISTRY}/skiff-bench/{repository}:gzip"),
+            estargz_ref: format!("{REGISTRY}/skiff-bench/{repository}:estargz"),
             command,
             ready,
             chunk_size: None,
@@ -147,13 +181,13 @@ impl Workload {
     }
 
     pub fn built(v: Variant) -> Workload {
-        Workload::new(v.name(), v.command(), v.ready())
+        Workload::new(v.name(), v.tag(), v.command(), v.ready())
     }
 
     /// A user's image: `name` for the report, `source` in skopeo's transport syntax (a bare
     /// reference means `docker://`).
     pub fn custom(name: &str, command: Vec<String>, ready: Ready) -> Workload {
-        Workload::new(name, command, ready)
+        Workload::new(name, name, command, ready)
     }
 }
 
@@ -199,7 +233,7 @@ impl Builder {
 
     /// Builds what is missing of `variant` (and of the Debian base it needs) in the layout.
     pub fn ensure(&self, variant: Variant) -> anyhow::Result<()> {
-        if self.has_tag(variant.name())? {
+        if self.has_tag(variant.tag())? {
             return Ok(());
         }
         match variant {
@@ -268,7 +302,7 @@ impl Builder {
             empty_dir_files(&rootfs.join(dir))?;
         }
         run_checked(Command::new("umoci").args(["repack", "--image", &self.image("base")]).arg(&bundle))?;
-        self.configure("base", &["/bin/bash".to_string()])?;
+        self.configure_command("base", &["/bin/bash".to_string()], &[], &[])?;
         remove_tree(&bundle)
     }
 
@@ -279,7 +313,7 @@ impl Builder {
             variant.packages().join(" "),
             self.log.display()
         );
-        let bundle = self.bundle(variant.name())?;
+        let bundle = self.bundle(variant.tag())?;
         run_checked(Command::new("umoci").args(["unpack", "--image", &self.image("base")]).arg(&bundle))?;
         let rootfs = bundle.join("rootfs");
         let write = |rel: &str, text: &str, mode: u32| -> anyhow::Result<()> {
@@ -298,8 +332,9 @@ impl Builder {
             write(&format!("opt/bench/{name}"), text, *mode)?;
         }
         let script = format!(
-            "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q; \
+            "set -e; export DEBIAN_FRONTEND=noninteractive {}; apt-get update -q; \
              apt-get install -y -q --no-install-recommends {}; apt-get clean; rm -rf /var/lib/apt/lists/*; {}",
+            variant.env().join(" "),
             variant.packages().join(" "),
             variant.finish_script()
         );
@@ -315,9 +350,9 @@ impl Builder {
         std::fs::remove_file(rootfs.join("usr/sbin/policy-rc.d"))?;
         write("etc/resolv.conf", "", 0o644)?;
         run_checked(
-            Command::new("umoci").args(["repack", "--image", &self.image(variant.name())]).arg(&bundle),
+            Command::new("umoci").args(["repack", "--image", &self.image(variant.tag())]).arg(&bundle),
         )?;
-        self.configure(variant.name(), &variant.command())?;
+        self.configure(variant.tag(), variant)?;
         remove_tree(&bundle)
     }
 
@@ -339,11 +374,21 @@ impl Builder {
             std::fs::create_dir_all(bundle.join("rootfs").join(dir))?;
         }
         run_checked(Command::new("umoci").args(["repack", "--image", &self.image("busybox")]).arg(&bundle))?;
-        self.configure("busybox", &Variant::Busybox.command())?;
+        self.configure("busybox", Variant::Busybox)?;
         remove_tree(&bundle)
     }
 
-    fn configure(&self, tag: &str, cmd: &[String]) -> anyhow::Result<()> {
+    fn configure(&self, tag: &str, variant: Variant) -> anyhow::Result<()> {
+        self.configure_command(tag, &variant.command(), variant.env(), variant.volumes())
+    }
+
+    fn configure_command(
+        &self,
+        tag: &str,
+        cmd: &[String],
+        env: &[&str],
+        volumes: &[&str],
+    ) -> anyhow::Result<()> {
         let mut c = Command::new("umoci");
         c.args(["config", "--image", &self.image(tag)])
             .arg("--config.env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -351,6 +396,8 @@ impl Builder {
         for a in cmd {
             c.arg(format!("--config.cmd={a}"));
         }
+        c.args(env.iter().map(|e| format!("--config.env={e}")));
+        c.args(volumes.iter().map(|v| format!("--config.volume={v}")));
         run_checked(&mut c)
     }
 
@@ -428,8 +475,9 @@ mod tests {
     #[test]
     fn workloads_name_their_images_and_readiness() {
         let pg = Workload::built(Variant::Postgres);
-        assert_eq!(pg.gzip_ref, "127.0.0.1:5000/skiff-bench/postgres:gzip");
-        assert_eq!(pg.estargz_ref, "127.0.0.1:5000/skiff-bench/postgres:estargz");
+        assert_eq!(pg.name, "postgres");
+        assert_eq!(pg.gzip_ref, "127.0.0.1:5000/skiff-bench/postgres-2:gzip");
+        assert_eq!(pg.estargz_ref, "127.0.0.1:5000/skiff-bench/postgres-2:estargz");
         assert!(pg.ready.matches("LOG:  database system is ready to accept connections"));
         assert!(matches!(Workload::built(Variant::Python).ready, Ready::ExitAfter(_)));
         assert_eq!(Variant::parse("jdk").unwrap(), Variant::Jdk);

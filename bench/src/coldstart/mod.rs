@@ -191,11 +191,11 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut workloads: Vec<(String, Workload)> = Vec::new();
     for &v in &variants {
         builder.ensure(v).with_context(|| format!("building the {} image", v.name()))?;
-        workloads.push((v.name().to_string(), Workload::built(v)));
+        workloads.push((v.tag().to_string(), Workload::built(v)));
     }
     if let Some(image) = &args.image {
         let name = args.name.as_str();
-        if variants.iter().any(|v| v.name() == name) || name == "base" {
+        if variants.iter().any(|v| v.name() == name || v.tag() == name) || name == "base" {
             bail!("--name {name} is taken by a built workload");
         }
         builder.import(name, image)?;
