@@ -4,6 +4,7 @@
 //! defaults built on them. The registry client's range reader and [`FileSource`] implement it.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,15 @@ pub trait BlobSource: Send + Sync {
             done += n;
         }
         Ok(())
+    }
+
+    /// The bytes `start..end` as a stream, so that a caller can use the first bytes of a large
+    /// range before the last have arrived. Sources that can stream override it; the default
+    /// reads the whole range first. A stream that ends early fails with `UnexpectedEof`.
+    fn read_streamed(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        let mut buf = vec![0u8; end.saturating_sub(start) as usize];
+        self.read_exact_at(start, &mut buf)?;
+        Ok(Box::new(std::io::Cursor::new(buf)))
     }
 
     /// Fills several ranges. Sources that can fetch many ranges in one round trip override it.

@@ -135,9 +135,11 @@ impl LazyLayer {
     }
 
     fn chunk_handles(&self, node: NodeId, chunks: &[ChunkRef]) -> Result<Vec<ChunkHandle>, LazyError> {
+        let started = std::time::Instant::now();
         let claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
+        let fetched_here = claims.len();
         let mut fresh = self.fill_claims(node, chunks, claims)?;
-        chunks
+        let handles = chunks
             .iter()
             .map(|c| match fresh.remove(&c.digest) {
                 Some(h) => Ok(h),
@@ -147,7 +149,15 @@ impl LazyLayer {
                     .get_or_fill(&c.digest, || self.fetch_one(c))
                     .map_err(|e| self.cache_error(node, e)),
             })
-            .collect()
+            .collect();
+        let waited = started.elapsed();
+        if waited.as_millis() > 0 {
+            // What a process waited for, and whether this read fetched the chunks itself or
+            // waited for another reader's (or the prefetch's) request.
+            let (path, chunks, ms) = (self.path(node), chunks.len(), waited.as_millis() as u64);
+            tracing::debug!(path, chunks, fetched_here, ms, "read waited for chunks");
+        }
+        handles
     }
 
     /// Fetches the claimed chunks, coalescing neighbours into one request, and commits them.
@@ -166,33 +176,61 @@ impl LazyLayer {
         while !wanted.is_empty() {
             let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted) } else { 1 };
             let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
-            let bytes = self.fetch_group(&group).map_err(|source| self.fetch_error(node, source))?;
-            for ((chunk, claim), data) in group.into_iter().zip(bytes) {
-                let handle = claim.commit(&data).map_err(|e| self.cache_error(node, e.widen()))?;
-                handles.insert(chunk.digest, handle);
-            }
+            self.fill_group(node, group, &mut handles)?;
         }
         Ok(handles)
     }
 
-    /// The uncompressed bytes of each chunk of a group, fetched together.
-    fn fetch_group(&self, group: &[(ChunkRef, Claim)]) -> Result<Vec<Vec<u8>>, FetchError> {
-        let first = &group[0].0;
+    /// Fetches a group of chunks in one request and commits each chunk as soon as its bytes
+    /// have arrived, so a reader waiting for the first chunk of a large prefetch gets it
+    /// without waiting for the last.
+    fn fill_group(
+        &self,
+        node: NodeId,
+        group: Vec<(ChunkRef, Claim)>,
+        handles: &mut HashMap<Digest, ChunkHandle>,
+    ) -> Result<(), LazyError> {
+        let fetch_err = |source: FetchError| self.fetch_error(node, source);
+        let first = group[0].0;
         if first.codec != Codec::Gzip {
-            return Ok(vec![self.fetch_one(first)?]);
+            let (chunk, claim) = group.into_iter().next().expect("a group has a chunk");
+            let data = self.fetch_one(&chunk).map_err(fetch_err)?;
+            let handle = claim.commit(&data).map_err(|e| self.cache_error(node, e.widen()))?;
+            handles.insert(chunk.digest, handle);
+            return Ok(());
         }
         let start = first.offset;
         let end = group.iter().map(|(c, _)| c.offset + c.compressed_len).max().unwrap_or(start);
-        let mut span = vec![0u8; (end - start) as usize];
-        self.source.read_exact_at(start, &mut span)?;
-        group
-            .iter()
-            .map(|(c, _)| {
-                let from = (c.offset - start) as usize;
-                let compressed = &span[from..from + c.compressed_len as usize];
-                Ok(decompress_chunk(compressed, &location(c))?)
-            })
-            .collect()
+        let mut body = self.source.read_streamed(start, end).map_err(|e| fetch_err(e.into()))?;
+        let mut span = Vec::with_capacity((end - start) as usize);
+        for (chunk, claim) in group {
+            // Chunks come in blob order; several may share one gzip member.
+            let need = (chunk.offset + chunk.compressed_len - start) as usize;
+            if span.len() < need {
+                let more = need - span.len();
+                let got = (&mut body).take(more as u64).read_to_end(&mut span).map_err(|e| {
+                    let at = start + span.len() as u64;
+                    fetch_err(FetchError::Source(SourceError::Read {
+                        blob: self.source.name(),
+                        start: at,
+                        end,
+                        source: e.into(),
+                    }))
+                })?;
+                if got < more {
+                    let at = start + span.len() as u64;
+                    let truncated =
+                        SourceError::Truncated { blob: self.source.name(), at, size: self.source.size() };
+                    return Err(fetch_err(truncated.into()));
+                }
+            }
+            let from = (chunk.offset - start) as usize;
+            let compressed = &span[from..need];
+            let data = decompress_chunk(compressed, &location(&chunk)).map_err(|e| fetch_err(e.into()))?;
+            let handle = claim.commit(&data).map_err(|e| self.cache_error(node, e.widen()))?;
+            handles.insert(chunk.digest, handle);
+        }
+        Ok(())
     }
 
     fn fetch_one(&self, chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
@@ -314,6 +352,138 @@ mod tests {
             compressed_len,
             inner_offset,
         }
+    }
+
+    /// A blob whose range reads stream up to `gate` bytes, then stall until `open` is sent.
+    struct Gated {
+        blob: Vec<u8>,
+        gate: u64,
+        open: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        /// Told of every streamed request, by its range.
+        requested: std::sync::Mutex<std::sync::mpsc::Sender<(u64, u64)>>,
+    }
+
+    impl BlobSource for Gated {
+        fn name(&self) -> String {
+            "gated blob".into()
+        }
+
+        fn size(&self) -> u64 {
+            self.blob.len() as u64
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+            let start = offset as usize;
+            let n = buf.len().min(self.blob.len() - start);
+            buf[..n].copy_from_slice(&self.blob[start..start + n]);
+            Ok(n)
+        }
+
+        fn read_streamed(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+            let _ = self.requested.lock().unwrap().send((start, end));
+            let before = self.gate.clamp(start, end);
+            let first = io::Cursor::new(self.blob[start as usize..before as usize].to_vec());
+            let rest = self.blob[before as usize..end as usize].to_vec();
+            let open = &self.open;
+            let mut stalled = Some(rest);
+            let rest = std::iter::from_fn(move || {
+                let rest = stalled.take()?;
+                let _ = open.lock().unwrap().recv();
+                Some(rest)
+            });
+            Ok(Box::new(first.chain(IterRead(Box::new(rest), io::Cursor::new(Vec::new())))))
+        }
+    }
+
+    struct IterRead<'a>(Box<dyn Iterator<Item = Vec<u8>> + Send + 'a>, io::Cursor<Vec<u8>>);
+
+    impl Read for IterRead<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            loop {
+                let n = self.1.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                match self.0.next() {
+                    Some(next) => self.1 = io::Cursor::new(next),
+                    None => return Ok(0),
+                }
+            }
+        }
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut e, data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_chunk_is_served_before_the_rest_of_its_request_arrives() {
+        let (first, second) = (vec![1u8; 1000], vec![2u8; 1000]);
+        let (a, b) = (gzip(&first), gzip(&second));
+        let mut b_ = IndexBuilder::new();
+        let big = file(&mut b_, "big", 2000);
+        let small = file(&mut b_, "small", 1000);
+        let a_ref = |file_offset| ChunkRef {
+            digest: Digest::of(&first),
+            file_offset,
+            len: 1000,
+            codec: Codec::Gzip,
+            offset: 0,
+            compressed_len: a.len() as u64,
+            inner_offset: 0,
+        };
+        b_.push_chunk(big, a_ref(0)).unwrap();
+        let b_ref = ChunkRef {
+            digest: Digest::of(&second),
+            file_offset: 1000,
+            len: 1000,
+            codec: Codec::Gzip,
+            offset: a.len() as u64,
+            compressed_len: b.len() as u64,
+            inner_offset: 0,
+        };
+        b_.push_chunk(big, b_ref).unwrap();
+        // `small` holds the same bytes as the first chunk of `big`.
+        b_.push_chunk(small, a_ref(0)).unwrap();
+        let (open_tx, open_rx) = std::sync::mpsc::channel();
+        let (requested_tx, requested_rx) = std::sync::mpsc::channel();
+        let gate = a.len() as u64;
+        let blob = [a, b].concat();
+        let end = blob.len() as u64;
+        let source = Gated {
+            blob,
+            gate,
+            open: std::sync::Mutex::new(open_rx),
+            requested: std::sync::Mutex::new(requested_tx),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        let layer = LazyLayer::new(Arc::new(b_.finish()), cache, Arc::new(source));
+        let wait = std::time::Duration::from_secs(20);
+        std::thread::scope(|s| {
+            let whole = s.spawn(|| {
+                let mut buf = vec![0u8; 2000];
+                layer.read(big, 0, &mut buf).unwrap();
+                buf
+            });
+            // One request fetches both chunks of `big`, and stalls after the first. A reader of
+            // `small` needs only the first, and gets it while the request is still stalled.
+            assert_eq!(requested_rx.recv_timeout(wait).unwrap(), (0, end));
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let layer = &layer;
+            s.spawn(move || {
+                let mut buf = vec![0u8; 1000];
+                layer.read(small, 0, &mut buf).unwrap();
+                let _ = done_tx.send(buf);
+            });
+            let small_read = done_rx.recv_timeout(wait);
+            open_tx.send(()).unwrap();
+            assert_eq!(small_read.expect("the first chunk waited for the whole request"), first);
+            assert_eq!(whole.join().unwrap(), [first.clone(), second.clone()].concat());
+        });
+        assert!(requested_rx.try_recv().is_err(), "the first chunk was fetched twice");
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl LazyLayer {
             let (step, tail) = rest.split_at(take);
             rest = tail;
             priority.yield_to_foreground();
+            tracing::debug!(bytes, chunks = take, "prefetching");
             let refs: Vec<ChunkRef> = step.iter().map(|(c, _)| *c).collect();
             let claims = self.cache.claim(&refs.iter().map(|c| c.digest).collect::<Vec<_>>());
             fetched += claims

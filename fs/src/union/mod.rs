@@ -125,6 +125,8 @@ pub struct Union {
 
 /// About how many compressed bytes of a profile are fetched together, in blob order.
 const PREFETCH_BATCH: u64 = 1 << 20;
+/// How many prefetch batches are fetched at the same time.
+const PREFETCH_STREAMS: usize = 2;
 
 #[derive(Default)]
 struct Recorder {
@@ -202,14 +204,21 @@ impl Union {
     /// The files go in the profile's order (the order the workload first read them), in
     /// batches of about `PREFETCH_BATCH` compressed bytes, each batch fetched in blob order
     /// (coalesced) across the layers it touches: what is needed first arrives first.
-    pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
-        let mut fetched = 0;
-        let mut batch: Vec<Vec<PrefetchFile<'_>>> = vec![Vec::new(); self.layers.len()];
+    pub fn prefetch<'a>(&self, files: &'a [ProfiledFile]) -> u64 {
+        // One batch: the files of each layer it touches.
+        type Batch<'a> = Vec<(usize, Vec<PrefetchFile<'a>>)>;
+        let mut batches: Vec<Batch<'a>> = Vec::new();
+        let mut batch: Vec<Vec<PrefetchFile<'a>>> = vec![Vec::new(); self.layers.len()];
         let mut batch_bytes = 0;
-        let mut flush = |batch: &mut Vec<Vec<PrefetchFile<'_>>>| {
-            for (layer, files) in batch.iter_mut().enumerate().filter(|(_, f)| !f.is_empty()) {
-                fetched += self.layers[layer].prefetch(files).unwrap_or(0);
-                files.clear();
+        let mut flush = |batch: &mut Vec<Vec<PrefetchFile<'a>>>| {
+            let taken: Batch<'a> = batch
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, f)| !f.is_empty())
+                .map(|(layer, files)| (layer, std::mem::take(files)))
+                .collect();
+            if !taken.is_empty() {
+                batches.push(taken);
             }
         };
         for file in files {
@@ -233,7 +242,23 @@ impl Union {
             }
         }
         flush(&mut batch);
-        fetched
+        // Batches in order, PREFETCH_STREAMS at a time: the next request is on its way while
+        // the last one's bytes arrive, so the link does not idle between them.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let fetched = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..PREFETCH_STREAMS {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(batch) = batches.get(i) else { break };
+                    for (layer, files) in batch {
+                        let n = self.layers[*layer].prefetch(files).unwrap_or(0);
+                        fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        fetched.into_inner()
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {

@@ -83,8 +83,8 @@ impl RegistryBlob {
         Ok(resp)
     }
 
-    fn read_range(&self, start: u64, buf: &mut [u8]) -> Result<(), RegistryError> {
-        let end = start + buf.len() as u64;
+    /// The body of a range request for `start..end`, positioned at `start`.
+    fn open_range(&self, start: u64, end: u64) -> Result<Response, RegistryError> {
         let what = self.what();
         let mut resp = self.request_range(start, end)?;
         let protocol = |why: String| RegistryError::Protocol { what: what.clone(), why };
@@ -107,22 +107,48 @@ impl RegistryBlob {
             }
             other => return Err(protocol(format!("answered {other} to a range request"))),
         }
+        Ok(resp)
+    }
+
+    fn read_range(&self, start: u64, buf: &mut [u8]) -> Result<(), RegistryError> {
+        let end = start + buf.len() as u64;
+        let mut body = Body { resp: self.open_range(start, end)?, stats: &self.stats };
         let mut done = 0;
         while done < buf.len() {
-            match resp.read(&mut buf[done..]) {
+            match body.read(&mut buf[done..]) {
                 Ok(0) => {
                     return Err(RegistryError::SizeMismatch {
-                        what,
+                        what: self.what(),
                         expected: self.size,
                         actual: start + done as u64,
                     })
                 }
                 Ok(n) => done += n,
-                Err(e) => return Err(protocol(format!("reading bytes {start}..{end}: {e}"))),
+                Err(e) => {
+                    let why = format!("reading bytes {start}..{end}: {e}");
+                    return Err(RegistryError::Protocol { what: self.what(), why });
+                }
             }
         }
-        self.stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn read_error(&self, start: u64, end: u64) -> impl FnOnce(RegistryError) -> SourceError + '_ {
+        move |e| SourceError::Read { blob: self.what(), start, end, source: Box::new(e) }
+    }
+}
+
+/// A range's body as it arrives, counted in the blob's stats.
+struct Body<'a> {
+    resp: Response,
+    stats: &'a FetchStats,
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.resp.read(buf)?;
+        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -146,13 +172,16 @@ impl BlobSource for RegistryBlob {
             return Ok(0);
         }
         let len = buf.len().min((self.size - offset) as usize);
-        self.read_range(offset, &mut buf[..len]).map_err(|e| SourceError::Read {
-            blob: self.what(),
-            start: offset,
-            end: offset + len as u64,
-            source: Box::new(e),
-        })?;
+        self.read_range(offset, &mut buf[..len]).map_err(self.read_error(offset, offset + len as u64))?;
         Ok(len)
+    }
+
+    fn read_streamed(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        if end > self.size || start > end {
+            return Err(SourceError::OutOfRange { blob: self.what(), start, end, size: self.size });
+        }
+        let resp = self.open_range(start, end).map_err(self.read_error(start, end))?;
+        Ok(Box::new(Body { resp, stats: &self.stats }.take(end - start)))
     }
 }
 
