@@ -127,9 +127,12 @@ struct Endpoint {
 
 pub struct Client {
     options: RegistryOptions,
-    verified: Http,
+    /// Built on first use: reading the system's trusted roots costs tens of milliseconds
+    /// on a cold page cache, and an insecure registry never needs them.
+    verified: OnceLock<Http>,
     unverified: OnceLock<Http>,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    probing: Mutex<()>,
 }
 
 /// A manifest as served: bytes, digest and the content type the registry gave.
@@ -142,8 +145,15 @@ pub struct FetchedManifest {
 
 impl Client {
     pub fn new(options: RegistryOptions) -> Result<Client, RegistryError> {
-        let verified = build_http(&options, false)?;
-        Ok(Client { options, verified, unverified: OnceLock::new(), endpoints: Mutex::default() })
+        // Checked now, so that a bad certificate file is reported before any request.
+        load_cert_dirs(&options)?;
+        Ok(Client {
+            options,
+            verified: OnceLock::new(),
+            unverified: OnceLock::new(),
+            endpoints: Mutex::default(),
+            probing: Mutex::default(),
+        })
     }
 
     pub fn options(&self) -> &RegistryOptions {
@@ -167,6 +177,11 @@ impl Client {
         if let Some(ep) = self.endpoints.lock().unwrap().get(registry) {
             return Ok(ep.clone());
         }
+        // One probe at a time: the layers of an image, opened in parallel, share the first.
+        let _probing = self.probing.lock().unwrap();
+        if let Some(ep) = self.endpoints.lock().unwrap().get(registry) {
+            return Ok(ep.clone());
+        }
         let ep = Arc::new(self.probe(registry)?);
         self.endpoints.lock().unwrap().insert(registry.to_string(), ep.clone());
         Ok(ep)
@@ -176,11 +191,14 @@ impl Client {
     /// verification and then plain HTTP.
     fn probe(&self, registry: &str) -> Result<Endpoint, RegistryError> {
         let host = if registry == crate::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry };
-        let mut candidates = vec![(format!("https://{host}"), self.verified.clone())];
-        if self.is_insecure(registry) {
-            candidates.push((format!("https://{host}"), self.unverified()?.clone()));
-            candidates.push((format!("http://{host}"), self.verified.clone()));
-        }
+        // An insecure registry is reached as docker reaches one: HTTPS whatever its
+        // certificate, else plain HTTP.
+        let candidates = if self.is_insecure(registry) {
+            let http = self.unverified()?;
+            vec![(format!("https://{host}"), http.clone()), (format!("http://{host}"), http.clone())]
+        } else {
+            vec![(format!("https://{host}"), self.verified()?.clone())]
+        };
         let credentials = match &self.options.auth_file {
             Some(path) => stored_credentials(path, registry)?,
             None => None,
@@ -210,6 +228,14 @@ impl Client {
             }
         }
         Err(RegistryError::Connect { registry: registry.to_string(), detail: failures.join("; ") })
+    }
+
+    fn verified(&self) -> Result<&Http, RegistryError> {
+        if let Some(h) = self.verified.get() {
+            return Ok(h);
+        }
+        let h = build_http(&self.options, false)?;
+        Ok(self.verified.get_or_init(|| h))
     }
 
     fn unverified(&self) -> Result<&Http, RegistryError> {
@@ -465,7 +491,21 @@ fn build_http(options: &RegistryOptions, accept_invalid_certs: bool) -> Result<H
         .timeout(options.timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .danger_accept_invalid_certs(accept_invalid_certs);
+        .danger_accept_invalid_certs(accept_invalid_certs)
+        // A client that verifies nothing needs no trusted roots (and skips reading them).
+        .tls_built_in_root_certs(!accept_invalid_certs);
+    for cert in load_cert_dirs(options)? {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| RegistryError::Config { path: PathBuf::from("(TLS setup)"), why: error_chain(&e) })
+}
+
+/// The extra trusted certificates: `*.crt` files in a directory per registry host under each
+/// of `options.cert_dirs`, as docker's `certs.d`.
+fn load_cert_dirs(options: &RegistryOptions) -> Result<Vec<reqwest::Certificate>, RegistryError> {
+    let mut out = Vec::new();
     for dir in &options.cert_dirs {
         let Ok(hosts) = std::fs::read_dir(dir) else { continue };
         for host in hosts.flatten() {
@@ -480,16 +520,12 @@ fn build_http(options: &RegistryOptions, accept_invalid_certs: bool) -> Result<H
                             path: path.clone(),
                             why: format!("not a PEM certificate: {e}"),
                         })?;
-                    for cert in certs {
-                        builder = builder.add_root_certificate(cert);
-                    }
+                    out.extend(certs);
                 }
             }
         }
     }
-    builder
-        .build()
-        .map_err(|e| RegistryError::Config { path: PathBuf::from("(TLS setup)"), why: error_chain(&e) })
+    Ok(out)
 }
 
 fn is_loopback(registry: &str) -> bool {

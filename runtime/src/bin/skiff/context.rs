@@ -1,7 +1,7 @@
 //! What every verb needs: the store, the registry client and skiff's configuration.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -21,6 +21,9 @@ pub struct Context {
     cache_size: u64,
     config_path: PathBuf,
     insecure_registries: Vec<String>,
+    /// One registry client per process: it holds the TLS roots (read from the system's
+    /// certificate files, slow on a cold page cache) and each registry's probed endpoint.
+    client: OnceLock<Arc<Client>>,
 }
 
 impl Context {
@@ -30,7 +33,7 @@ impl Context {
         config_path: PathBuf,
         insecure_registries: Vec<String>,
     ) -> Context {
-        Context { root, cache_size, config_path, insecure_registries }
+        Context { root, cache_size, config_path, insecure_registries, client: OnceLock::new() }
     }
 
     /// The chunk cache under the root, held to the `--cache-size` budget.
@@ -74,6 +77,10 @@ impl Context {
     }
 
     pub fn client(&self) -> anyhow::Result<Arc<Client>> {
-        Ok(Arc::new(Client::new(self.registry_options()?)?))
+        if let Some(client) = self.client.get() {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(Client::new(self.registry_options()?)?);
+        Ok(self.client.get_or_init(|| client).clone())
     }
 }
