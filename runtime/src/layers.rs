@@ -33,6 +33,17 @@ pub struct OpenedLayer {
     pub fetched: Option<Arc<FetchStats>>,
     /// Bytes streamed to build the index now (plain layers opened the first time).
     pub streamed: u64,
+    /// The index of a first open, being saved to the store off the start-up path; waited
+    /// for when the layer is dropped.
+    saving: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for OpenedLayer {
+    fn drop(&mut self) {
+        if let Some(saving) = self.saving.take() {
+            let _ = saving.join();
+        }
+    }
 }
 
 /// Opens every layer of a stored image, bottom layer first.
@@ -57,13 +68,7 @@ pub fn open_layers(
             .zip(&diff_ids)
             .map(|(desc, diff_id)| {
                 let (source, priority) = (&source, priority.clone());
-                scope.spawn(move || {
-                    let mut opened = open_layer_lazily(client, store, cache, source, desc, *diff_id)?;
-                    let layer =
-                        Arc::try_unwrap(opened.layer).ok().expect("just made").with_priority(priority);
-                    opened.layer = Arc::new(layer);
-                    Ok(opened)
-                })
+                scope.spawn(move || open_layer_lazily(client, store, cache, source, desc, *diff_id, priority))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()
@@ -77,6 +82,7 @@ fn open_layer_lazily(
     source_ref: &Reference,
     desc: &Descriptor,
     diff_id: Digest,
+    priority: Arc<Priority>,
 ) -> Result<OpenedLayer, ImageError> {
     let (source, fetched): (Arc<dyn BlobSource>, Option<Arc<FetchStats>>) = if store.has(&desc.digest) {
         let path = store.path_of(&desc.digest);
@@ -103,8 +109,9 @@ fn open_layer_lazily(
         })
     };
     let mut streamed = 0;
+    let mut saving = None;
     let index = match stored {
-        Some(index) => index,
+        Some(index) => Arc::new(index),
         None => {
             let index = match format {
                 LayerFormat::Estargz { .. } => {
@@ -125,15 +132,23 @@ fn open_layer_lazily(
                         .map_err(|e| invalid(crate::registry::error_chain(&*e)))?
                 }
             };
-            store.write_layer_index(&desc.digest, &index)?;
+            let index = Arc::new(index);
+            let (store, digest, saved) = (store.clone(), desc.digest, index.clone());
+            saving = Some(std::thread::spawn(move || {
+                // A cache of what the registry gave: the next mount of the layer needs no
+                // download of metadata. Losing it costs only that.
+                if let Err(e) = store.write_layer_index(&digest, &saved) {
+                    tracing::warn!(layer = %digest, error = %e, "saving the layer's index");
+                }
+            }));
             index
         }
     };
-    let mut layer = LazyLayer::new(Arc::new(index), cache.clone(), source);
+    let mut layer = LazyLayer::new(index, cache.clone(), source).with_priority(priority);
     if !matches!(format, LayerFormat::Estargz { .. }) {
         layer = layer.with_restream(restream);
     }
-    Ok(OpenedLayer { descriptor: desc.clone(), format, layer: Arc::new(layer), fetched, streamed })
+    Ok(OpenedLayer { descriptor: desc.clone(), format, layer: Arc::new(layer), fetched, streamed, saving })
 }
 
 /// Streams a plain layer once, indexing it and committing every chunk to the cache.
