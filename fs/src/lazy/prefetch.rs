@@ -40,7 +40,7 @@ impl Drop for Foreground<'_> {
 
 /// Most bytes one prefetch step claims: small enough that a foreground read never waits
 /// behind much background work.
-const STEP: u64 = 1 << 20;
+const STEP: u64 = 512 << 10;
 
 impl LazyLayer {
     /// Fetches every chunk of `files` (of the ranges given, else of the whole file) not cached

@@ -124,9 +124,9 @@ pub struct Union {
 }
 
 /// About how many compressed bytes of a profile are fetched together, in blob order.
-const PREFETCH_BATCH: u64 = 1 << 20;
+const PREFETCH_BATCH: u64 = 512 << 10;
 /// How many prefetch batches are fetched at the same time.
-const PREFETCH_STREAMS: usize = 2;
+const PREFETCH_STREAMS: usize = 3;
 
 #[derive(Default)]
 struct Recorder {
