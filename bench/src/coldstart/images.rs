@@ -152,8 +152,11 @@ impl Variant {
 pub struct Workload {
     pub name: String,
     /// Plain gzip layers, in the bench's registry (podman, skiff full).
+    /// The registry repository of its images.
+    pub repository: String,
     pub gzip_ref: String,
-    /// eStargz layers, in the bench's registry (skiff lazy).
+    /// eStargz layers, in the bench's registry (skiff lazy), tagged with their chunk size:
+    /// images converted with another chunk size (an older default) are not reused.
     pub estargz_ref: String,
     pub command: Vec<String>,
     pub ready: Ready,
@@ -165,15 +168,16 @@ impl Workload {
     /// Converts with `size`-byte chunks, into an image of its own.
     pub fn set_chunk_size(&mut self, size: u64) {
         self.chunk_size = Some(size);
-        self.estargz_ref = format!("{REGISTRY}/skiff-bench/{}:estargz-{size}", self.name);
+        self.estargz_ref = estargz_ref(&self.repository, size);
     }
 
     /// A workload reported as `name` whose images are in the registry's `repository`.
     fn new(name: &str, repository: &str, command: Vec<String>, ready: Ready) -> Workload {
         Workload {
             name: name.to_string(),
+            repository: repository.to_string(),
             gzip_ref: format!("{REGISTRY}/skiff-bench/{repository}:gzip"),
-            estargz_ref: format!("{REGISTRY}/skiff-bench/{repository}:estargz"),
+            estargz_ref: estargz_ref(repository, skiff_fs::estargz::DEFAULT_CHUNK_SIZE),
             command,
             ready,
             chunk_size: None,
@@ -189,6 +193,10 @@ impl Workload {
     pub fn custom(name: &str, command: Vec<String>, ready: Ready) -> Workload {
         Workload::new(name, name, command, ready)
     }
+}
+
+fn estargz_ref(repository: &str, chunk_size: u64) -> String {
+    format!("{REGISTRY}/skiff-bench/{repository}:estargz-{chunk_size}")
 }
 
 /// The OCI layout the bench builds its images in, and where it logs the build.
@@ -477,7 +485,8 @@ mod tests {
         let pg = Workload::built(Variant::Postgres);
         assert_eq!(pg.name, "postgres");
         assert_eq!(pg.gzip_ref, "127.0.0.1:5000/skiff-bench/postgres-2:gzip");
-        assert_eq!(pg.estargz_ref, "127.0.0.1:5000/skiff-bench/postgres-2:estargz");
+        let chunk = skiff_fs::estargz::DEFAULT_CHUNK_SIZE;
+        assert_eq!(pg.estargz_ref, format!("127.0.0.1:5000/skiff-bench/postgres-2:estargz-{chunk}"));
         assert!(pg.ready.matches("LOG:  database system is ready to accept connections"));
         assert!(matches!(Workload::built(Variant::Python).ready, Ready::ExitAfter(_)));
         assert_eq!(Variant::parse("jdk").unwrap(), Variant::Jdk);
