@@ -22,6 +22,13 @@ pub use prefetch::{Foreground, Priority};
 const COALESCE_GAP: u64 = 64 << 10;
 /// The largest single range request a read makes.
 const MAX_REQUEST: u64 = 16 << 20;
+/// A read that misses fetches, in the same request, every chunk of its file in the
+/// `FETCH_WINDOW`-aligned span around the bytes it asked for. Chunks smaller than that let a
+/// profile's prefetch and the checks stay precise, while a process faulting pages in one by
+/// one still pays one registry round trip (milliseconds, however small the range) per window
+/// rather than per chunk. With chunks of the window's size or larger, a read fetches its own
+/// chunks only.
+const FETCH_WINDOW: u64 = 512 << 10;
 
 /// Opens the layer's uncompressed tar stream from its start, for chunks only a stream reaches.
 pub type Restream = dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync;
@@ -115,7 +122,10 @@ impl LazyLayer {
         let _foreground = self.priority().map(|p| p.foreground());
         self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
-        let handles = self.chunk_handles(node, chunks)?;
+        let window =
+            offset / FETCH_WINDOW * FETCH_WINDOW..size.min(end.div_ceil(FETCH_WINDOW) * FETCH_WINDOW);
+        let around = self.index.chunks(node, window);
+        let handles = self.chunk_handles(node, chunks, around)?;
         for (chunk, handle) in chunks.iter().zip(&handles) {
             let from = chunk.file_offset.max(offset);
             let to = (chunk.file_offset + chunk.len).min(end);
@@ -134,11 +144,25 @@ impl LazyLayer {
         Ok((end - offset) as usize)
     }
 
-    fn chunk_handles(&self, node: NodeId, chunks: &[ChunkRef]) -> Result<Vec<ChunkHandle>, LazyError> {
+    /// The cache handles of `chunks`, fetching those missing; when any is, the missing ones of
+    /// `around` (which holds `chunks`) come in the same request.
+    fn chunk_handles(
+        &self,
+        node: NodeId,
+        chunks: &[ChunkRef],
+        around: &[ChunkRef],
+    ) -> Result<Vec<ChunkHandle>, LazyError> {
         let started = std::time::Instant::now();
-        let claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
+        let mut claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
         let fetched_here = claims.len();
-        let mut fresh = self.fill_claims(node, chunks, claims)?;
+        let wanted = match claims.is_empty() || around.len() == chunks.len() {
+            true => chunks,
+            false => {
+                claims.extend(self.cache.claim(&around.iter().map(|c| c.digest).collect::<Vec<_>>()));
+                around
+            }
+        };
+        let mut fresh = self.fill_claims(node, wanted, claims)?;
         let handles = chunks
             .iter()
             .map(|c| match fresh.remove(&c.digest) {
@@ -484,6 +508,75 @@ mod tests {
             assert_eq!(whole.join().unwrap(), [first.clone(), second.clone()].concat());
         });
         assert!(requested_rx.try_recv().is_err(), "the first chunk was fetched twice");
+    }
+
+    /// A blob in memory that logs the ranges asked of it.
+    struct Logged {
+        blob: Vec<u8>,
+        asked: std::sync::Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl BlobSource for Logged {
+        fn name(&self) -> String {
+            "logged blob".into()
+        }
+
+        fn size(&self) -> u64 {
+            self.blob.len() as u64
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+            let start = offset as usize;
+            let n = buf.len().min(self.blob.len() - start);
+            self.asked.lock().unwrap().push((offset, offset + n as u64));
+            buf[..n].copy_from_slice(&self.blob[start..start + n]);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_miss_fetches_the_aligned_window_around_it_in_one_request() {
+        // A 1 MiB file in eight 128 KiB chunks, one gzip member each: two windows.
+        const CHUNK: u64 = 128 << 10;
+        let mut b = IndexBuilder::new();
+        let node = file(&mut b, "big", 8 * CHUNK);
+        let mut blob = Vec::new();
+        let mut members = Vec::new();
+        for i in 0..8u64 {
+            let data = vec![i as u8; CHUNK as usize];
+            let member = gzip(&data);
+            let chunk = ChunkRef {
+                digest: Digest::of(&data),
+                file_offset: i * CHUNK,
+                len: CHUNK,
+                codec: Codec::Gzip,
+                offset: blob.len() as u64,
+                compressed_len: member.len() as u64,
+                inner_offset: 0,
+            };
+            b.push_chunk(node, chunk).unwrap();
+            members.push((chunk.offset, chunk.offset + chunk.compressed_len));
+            blob.extend(member);
+        }
+        let source = Arc::new(Logged { blob, asked: Default::default() });
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(dir.path(), 16 << 20).unwrap();
+        let layer = LazyLayer::new(Arc::new(b.finish()), cache, source.clone());
+        let requests = || std::mem::take(&mut *source.asked.lock().unwrap());
+        let mut buf = vec![0u8; 4096];
+        // A page in chunk 5: the second window (chunks 4-7) comes, in one request.
+        layer.read(node, 5 * CHUNK + 100, &mut buf).unwrap();
+        assert_eq!(buf, vec![5u8; 4096]);
+        assert_eq!(requests(), [(members[4].0, members[7].1)]);
+        for i in 4..8 {
+            layer.read(node, i * CHUNK, &mut buf).unwrap();
+            assert_eq!(buf, vec![i as u8; 4096]);
+        }
+        assert_eq!(requests(), [], "the window was fetched whole");
+        // The first window is still to fetch, and the cache holds only what was fetched.
+        assert_eq!(layer.cache.stats().fills, 4);
+        layer.read(node, 0, &mut buf).unwrap();
+        assert_eq!(requests(), [(members[0].0, members[3].1)]);
     }
 
     #[test]
