@@ -378,9 +378,10 @@ mod tests {
         }
     }
 
-    /// A blob whose range reads stream up to `gate` bytes, then stall until `open` is sent.
+    /// A blob (`inner`) whose range reads stream up to `gate` bytes, then stall until `open`
+    /// is sent.
     struct Gated {
-        blob: Vec<u8>,
+        inner: Logged,
         gate: u64,
         open: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
         /// Told of every streamed request, by its range.
@@ -393,21 +394,19 @@ mod tests {
         }
 
         fn size(&self) -> u64 {
-            self.blob.len() as u64
+            self.inner.size()
         }
 
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-            let start = offset as usize;
-            let n = buf.len().min(self.blob.len() - start);
-            buf[..n].copy_from_slice(&self.blob[start..start + n]);
-            Ok(n)
+            self.inner.read_at(offset, buf)
         }
 
         fn read_streamed(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
             let _ = self.requested.lock().unwrap().send((start, end));
             let before = self.gate.clamp(start, end);
-            let first = io::Cursor::new(self.blob[start as usize..before as usize].to_vec());
-            let rest = self.blob[before as usize..end as usize].to_vec();
+            let blob = &self.inner.blob;
+            let first = io::Cursor::new(blob[start as usize..before as usize].to_vec());
+            let rest = blob[before as usize..end as usize].to_vec();
             let open = &self.open;
             let mut stalled = Some(rest);
             let rest = std::iter::from_fn(move || {
@@ -477,7 +476,7 @@ mod tests {
         let blob = [a, b].concat();
         let end = blob.len() as u64;
         let source = Gated {
-            blob,
+            inner: Logged { blob, asked: Default::default() },
             gate,
             open: std::sync::Mutex::new(open_rx),
             requested: std::sync::Mutex::new(requested_tx),
