@@ -16,7 +16,7 @@ use crate::{BlobSource, Digest, SourceError};
 /// How much of the blob's end the first read takes: the footer and, for most layers, the
 /// whole TOC of a layer of a few thousand files, so that opening a remote layer usually costs
 /// one round trip without fetching much that a small workload never needs.
-const TAIL_READ: u64 = 64 << 10;
+pub(crate) const TAIL_READ: u64 = 64 << 10;
 /// Bounds on what a TOC may make us read and inflate.
 const MAX_TOC_COMPRESSED: u64 = 512 << 20;
 const MAX_TOC_JSON: u64 = 1 << 30;
@@ -107,8 +107,10 @@ impl EstargzReader {
         let member = if toc_offset >= tail_start {
             tail[(toc_offset - tail_start) as usize..tail.len() - footer.len].to_vec()
         } else {
-            let mut member = vec![0u8; len as usize];
+            // Only the part the tail did not bring.
+            let mut member = vec![0u8; (tail_start - toc_offset) as usize];
             source.read_exact_at(toc_offset, &mut member)?;
+            member.extend_from_slice(&tail[..tail.len() - footer.len]);
             member
         };
         let json = toc_json(&blob, toc_offset, &member)?;
