@@ -110,6 +110,49 @@ impl BlobSource for FileSource {
     }
 }
 
+/// Sources for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Mutex;
+
+    use super::{BlobSource, SourceError};
+
+    /// A blob in memory that logs the ranges read from it.
+    pub(crate) struct LoggedBlob {
+        pub blob: Vec<u8>,
+        reads: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl LoggedBlob {
+        pub fn new(blob: Vec<u8>) -> LoggedBlob {
+            LoggedBlob { blob, reads: Mutex::default() }
+        }
+
+        /// The ranges read since the last call.
+        pub fn take_reads(&self) -> Vec<(u64, u64)> {
+            std::mem::take(&mut *self.reads.lock().unwrap())
+        }
+    }
+
+    impl BlobSource for LoggedBlob {
+        fn name(&self) -> String {
+            "logged blob".into()
+        }
+
+        fn size(&self) -> u64 {
+            self.blob.len() as u64
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+            let start = (offset as usize).min(self.blob.len());
+            let n = buf.len().min(self.blob.len() - start);
+            self.reads.lock().unwrap().push((offset, offset + n as u64));
+            buf[..n].copy_from_slice(&self.blob[start..start + n]);
+            Ok(n)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

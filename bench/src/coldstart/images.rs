@@ -151,9 +151,9 @@ impl Variant {
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub name: String,
-    /// Plain gzip layers, in the bench's registry (podman, skiff full).
-    /// The registry repository of its images.
+    /// The repository of its images in the bench's registry, and its tag in the OCI layout.
     pub repository: String,
+    /// Plain gzip layers, in the bench's registry (podman, skiff full).
     pub gzip_ref: String,
     /// eStargz layers, in the bench's registry (skiff lazy), tagged with their chunk size:
     /// images converted with another chunk size (an older default) are not reused.
@@ -409,18 +409,17 @@ impl Builder {
         run_checked(&mut c)
     }
 
-    /// Pushes `tag` to the registry as gzip and as eStargz, unless it is there already.
+    /// Pushes the workload's image to the registry as gzip and as eStargz, unless it is there already.
     pub fn publish(
         &self,
         link: &Link,
         skiff: &Path,
         convert_root: &Path,
-        tag: &str,
         w: &Workload,
     ) -> anyhow::Result<()> {
         if !exists_in_registry(link, &w.gzip_ref) {
             eprintln!("pushing {}", w.gzip_ref);
-            let src = format!("oci:{}", self.image(tag));
+            let src = format!("oci:{}", self.image(&w.repository));
             let dst = format!("docker://{}", w.gzip_ref);
             run_logged(
                 &mut link.exec_command(&[

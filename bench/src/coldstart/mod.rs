@@ -188,10 +188,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         }
     }
     let builder = Builder::new(&args.cache_dir, mirror)?;
-    let mut workloads: Vec<(String, Workload)> = Vec::new();
+    let mut workloads: Vec<Workload> = Vec::new();
     for &v in &variants {
         builder.ensure(v).with_context(|| format!("building the {} image", v.name()))?;
-        workloads.push((v.tag().to_string(), Workload::built(v)));
+        workloads.push(Workload::built(v));
     }
     if let Some(image) = &args.image {
         let name = args.name.as_str();
@@ -203,7 +203,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             Some(re) => Ready::Line(Regex::new(re).with_context(|| format!("--ready {re:?}"))?),
             None => Ready::Exit,
         };
-        workloads.push((name.to_string(), Workload::custom(name, args.command.clone(), ready)));
+        workloads.push(Workload::custom(name, args.command.clone(), ready));
     }
 
     // The link, the registry, the images in it.
@@ -212,12 +212,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work.0)?;
     let link = Link::start(&args.cache_dir.join("registry"), &work.0)?;
     if let Some(size) = args.chunk_size {
-        for (_, w) in &mut workloads {
+        for w in &mut workloads {
             w.set_chunk_size(size);
         }
     }
-    for (tag, w) in &workloads {
-        builder.publish(&link, &skiff, &args.cache_dir.join("convert-root"), tag, w)?;
+    for w in &workloads {
+        builder.publish(&link, &skiff, &args.cache_dir.join("convert-root"), w)?;
     }
     let shape = Shape { rate_bits_per_s: args.rate, delay_ms: args.delay };
     link.shape(&shape)?;
@@ -240,7 +240,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let mut failures = Vec::new();
     if modes.contains(&Mode::Profile) {
-        for (_, w) in &workloads {
+        for w in &workloads {
             eprintln!("recording the prefetch profile of {}", w.name);
             let scratch = Scratch(work.0.join(format!("record-{}", w.name)));
             if let Err(e) = runner.record_profile(w, &scratch.0) {
@@ -259,7 +259,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 
     let mut dropped_page_cache = true;
     for i in 0..args.runs {
-        for (_, w) in &workloads {
+        for w in &workloads {
             for mode in modes::rotation(&modes, i) {
                 if mode == Mode::Profile && !runner.profiles.join(&w.name).exists() {
                     continue;

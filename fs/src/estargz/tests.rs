@@ -574,28 +574,6 @@ fn random_layers_round_trip() {
     }
 }
 
-/// A blob in memory that logs the ranges read from it.
-struct LoggedSource {
-    blob: Vec<u8>,
-    reads: std::sync::Mutex<Vec<(u64, u64)>>,
-}
-
-impl BlobSource for LoggedSource {
-    fn name(&self) -> String {
-        "logged blob".to_string()
-    }
-
-    fn size(&self) -> u64 {
-        self.blob.len() as u64
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-        let n = MemSource(self.blob.clone()).read_at(offset, buf)?;
-        self.reads.lock().unwrap().push((offset, offset + n as u64));
-        Ok(n)
-    }
-}
-
 #[test]
 fn a_toc_larger_than_the_tail_read_costs_one_more_range_and_no_byte_twice() {
     // Thousands of files: a TOC of a few hundred KiB, past the first read of the tail.
@@ -603,11 +581,11 @@ fn a_toc_larger_than_the_tail_read_costs_one_more_range_and_no_byte_twice() {
     let specs: Vec<Spec> = (0..3000).map(|i| Spec::file(&format!("f/{i:05}"), rng.bytes(8))).collect();
     let (blob, result) = convert_specs(&specs, &options());
     let size = blob.len() as u64;
-    let source = LoggedSource { blob, reads: Default::default() };
+    let source = crate::source::testing::LoggedBlob::new(blob);
     let reader = EstargzReader::open(&source, Some(&result.toc_digest)).unwrap();
     let tail = super::reader::TAIL_READ;
     assert!(size - reader.toc_offset() > tail, "the TOC fits in the tail read");
     assert_eq!(reader.entries().iter().filter(|e| e.name.starts_with("f/")).count(), 3000);
-    let reads = source.reads.lock().unwrap().clone();
+    let reads = source.take_reads();
     assert_eq!(reads, [(size - tail, size), (reader.toc_offset(), size - tail)]);
 }

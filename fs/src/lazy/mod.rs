@@ -155,12 +155,11 @@ impl LazyLayer {
         let started = std::time::Instant::now();
         let mut claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
         let fetched_here = claims.len();
-        let wanted = match claims.is_empty() || around.len() == chunks.len() {
-            true => chunks,
-            false => {
-                claims.extend(self.cache.claim(&around.iter().map(|c| c.digest).collect::<Vec<_>>()));
-                around
-            }
+        let wanted = if claims.is_empty() || around.len() == chunks.len() {
+            chunks
+        } else {
+            claims.extend(self.cache.claim(&around.iter().map(|c| c.digest).collect::<Vec<_>>()));
+            around
         };
         let mut fresh = self.fill_claims(node, wanted, claims)?;
         let handles = chunks
@@ -361,6 +360,7 @@ mod tests {
     use super::*;
     use crate::index::Kind;
     use crate::index::{EntryMeta, IndexBuilder};
+    use crate::source::testing::LoggedBlob;
 
     fn file(b: &mut IndexBuilder, path: &str, size: u64) -> NodeId {
         b.add(path, EntryMeta::for_test(Kind::File, size)).unwrap()
@@ -381,7 +381,7 @@ mod tests {
     /// A blob (`inner`) whose range reads stream up to `gate` bytes, then stall until `open`
     /// is sent.
     struct Gated {
-        inner: Logged,
+        inner: LoggedBlob,
         gate: u64,
         open: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
         /// Told of every streamed request, by its range.
@@ -476,7 +476,7 @@ mod tests {
         let blob = [a, b].concat();
         let end = blob.len() as u64;
         let source = Gated {
-            inner: Logged { blob, asked: Default::default() },
+            inner: LoggedBlob::new(blob),
             gate,
             open: std::sync::Mutex::new(open_rx),
             requested: std::sync::Mutex::new(requested_tx),
@@ -509,30 +509,6 @@ mod tests {
         assert!(requested_rx.try_recv().is_err(), "the first chunk was fetched twice");
     }
 
-    /// A blob in memory that logs the ranges asked of it.
-    struct Logged {
-        blob: Vec<u8>,
-        asked: std::sync::Mutex<Vec<(u64, u64)>>,
-    }
-
-    impl BlobSource for Logged {
-        fn name(&self) -> String {
-            "logged blob".into()
-        }
-
-        fn size(&self) -> u64 {
-            self.blob.len() as u64
-        }
-
-        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
-            let start = offset as usize;
-            let n = buf.len().min(self.blob.len() - start);
-            self.asked.lock().unwrap().push((offset, offset + n as u64));
-            buf[..n].copy_from_slice(&self.blob[start..start + n]);
-            Ok(n)
-        }
-    }
-
     #[test]
     fn a_miss_fetches_the_aligned_window_around_it_in_one_request() {
         // A 1 MiB file in eight 128 KiB chunks, one gzip member each: two windows.
@@ -557,11 +533,11 @@ mod tests {
             members.push((chunk.offset, chunk.offset + chunk.compressed_len));
             blob.extend(member);
         }
-        let source = Arc::new(Logged { blob, asked: Default::default() });
+        let source = Arc::new(LoggedBlob::new(blob));
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path(), 16 << 20).unwrap();
         let layer = LazyLayer::new(Arc::new(b.finish()), cache, source.clone());
-        let requests = || std::mem::take(&mut *source.asked.lock().unwrap());
+        let requests = || source.take_reads();
         let mut buf = vec![0u8; 4096];
         // A page in chunk 5: the second window (chunks 4-7) comes, in one request.
         layer.read(node, 5 * CHUNK + 100, &mut buf).unwrap();

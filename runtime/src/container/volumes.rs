@@ -64,10 +64,6 @@ pub fn fill_missing(volumes: &[Volume], dir: &Path, rootfs: &Path) -> Result<(),
     if missing.is_empty() {
         return Ok(());
     }
-    let copy_err = |container: &Path, step, path: &Path| {
-        let (container, path) = (container.to_path_buf(), path.to_path_buf());
-        move |source| VolumeError::Copy { container, step, path, source }
-    };
     let root = nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(copy_err(Path::new("/"), "opening the rootfs", rootfs))?;
     std::fs::create_dir_all(dir).map_err(|e| copy_err(Path::new("/"), "creating", dir)(errno(e)))?;
@@ -125,8 +121,7 @@ struct Copy<'a> {
 
 impl Copy<'_> {
     fn err(&self, step: &'static str, path: &Path) -> impl FnOnce(Errno) -> VolumeError {
-        let (container, path) = (self.container.to_path_buf(), path.to_path_buf());
-        move |source| VolumeError::Copy { container, step, path, source }
+        copy_err(self.container, step, path)
     }
 
     /// Copies the open directory `source` to `name` in `parent` (shown as `path` in errors).
@@ -206,6 +201,12 @@ impl Copy<'_> {
             .map_err(|e| self.err("copying", path)(errno(e)))?;
         Ok(())
     }
+}
+
+/// The error of `step` on `path` while filling the volume for `container`.
+fn copy_err(container: &Path, step: &'static str, path: &Path) -> impl FnOnce(Errno) -> VolumeError {
+    let (container, path) = (container.to_path_buf(), path.to_path_buf());
+    move |source| VolumeError::Copy { container, step, path, source }
 }
 
 /// Owner first (a chown clears set-id bits), then the mode, then the times; a symlink's own.

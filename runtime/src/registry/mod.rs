@@ -131,6 +131,8 @@ pub struct Client {
     /// on a cold page cache, and an insecure registry never needs them.
     verified: OnceLock<Http>,
     unverified: OnceLock<Http>,
+    /// The certificates of `options.cert_dirs`, read once.
+    extra_roots: Vec<reqwest::Certificate>,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     probing: Mutex<()>,
 }
@@ -145,12 +147,13 @@ pub struct FetchedManifest {
 
 impl Client {
     pub fn new(options: RegistryOptions) -> Result<Client, RegistryError> {
-        // Checked now, so that a bad certificate file is reported before any request.
-        load_cert_dirs(&options)?;
+        // Read now, so that a bad certificate file is reported before any request.
+        let extra_roots = load_cert_dirs(&options)?;
         Ok(Client {
             options,
             verified: OnceLock::new(),
             unverified: OnceLock::new(),
+            extra_roots,
             endpoints: Mutex::default(),
             probing: Mutex::default(),
         })
@@ -234,7 +237,7 @@ impl Client {
         if let Some(h) = self.verified.get() {
             return Ok(h);
         }
-        let h = build_http(&self.options, false)?;
+        let h = build_http(&self.options, &self.extra_roots, false)?;
         Ok(self.verified.get_or_init(|| h))
     }
 
@@ -242,7 +245,7 @@ impl Client {
         if let Some(h) = self.unverified.get() {
             return Ok(h);
         }
-        let h = build_http(&self.options, true)?;
+        let h = build_http(&self.options, &self.extra_roots, true)?;
         Ok(self.unverified.get_or_init(|| h))
     }
 
@@ -484,7 +487,11 @@ impl Client {
     }
 }
 
-fn build_http(options: &RegistryOptions, accept_invalid_certs: bool) -> Result<Http, RegistryError> {
+fn build_http(
+    options: &RegistryOptions,
+    extra_roots: &[reqwest::Certificate],
+    accept_invalid_certs: bool,
+) -> Result<Http, RegistryError> {
     let mut builder = Http::builder()
         .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(options.timeout.min(Duration::from_secs(15)))
@@ -494,8 +501,8 @@ fn build_http(options: &RegistryOptions, accept_invalid_certs: bool) -> Result<H
         .danger_accept_invalid_certs(accept_invalid_certs)
         // A client that verifies nothing needs no trusted roots (and skips reading them).
         .tls_built_in_root_certs(!accept_invalid_certs);
-    for cert in load_cert_dirs(options)? {
-        builder = builder.add_root_certificate(cert);
+    for cert in extra_roots {
+        builder = builder.add_root_certificate(cert.clone());
     }
     builder
         .build()
