@@ -6,7 +6,7 @@ mod estargz_index;
 mod prefetch;
 pub(crate) mod readlog;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::sync::Arc;
 
@@ -22,12 +22,14 @@ pub use prefetch::{Foreground, Priority};
 const COALESCE_GAP: u64 = 64 << 10;
 /// The largest single range request a read makes.
 const MAX_REQUEST: u64 = 16 << 20;
-/// A read that misses fetches, in the same request, every chunk of its file in the
-/// `FETCH_WINDOW`-aligned span around the bytes it asked for. Chunks smaller than that let a
-/// profile's prefetch and the checks stay precise, while a process faulting pages in one by
-/// one still pays one registry round trip (milliseconds, however small the range) per window
-/// rather than per chunk. With chunks of the window's size or larger, a read fetches its own
-/// chunks only.
+/// A read that misses, and reads its file in order (from the start, or on from an earlier
+/// read), fetches in the same request every chunk of its file in the `FETCH_WINDOW`-aligned
+/// span around the bytes it asked for. Chunks smaller than that let a profile's prefetch and
+/// the checks stay precise, while a file read through still costs one registry round trip
+/// (milliseconds, however small the range) per window rather than per chunk. A read that
+/// jumps (a process faulting in the pages of a mapped binary here and there) fetches its own
+/// chunks only: the rest of a window around it is mostly never read. With chunks of the
+/// window's size or larger, a read fetches its own chunks only.
 const FETCH_WINDOW: u64 = 512 << 10;
 
 /// Opens the layer's uncompressed tar stream from its start, for chunks only a stream reaches.
@@ -77,12 +79,22 @@ pub struct LazyLayer {
     restream: Option<Arc<Restream>>,
     /// Shared by the layers of one mount: foreground reads hold back prefetching.
     priority: Option<Arc<Priority>>,
+    /// The chunks a profile's prefetch will fetch (see [`LazyLayer::plan_prefetch`]).
+    planned: std::sync::OnceLock<HashSet<Digest>>,
     reads: readlog::ReadLog,
 }
 
 impl LazyLayer {
     pub fn new(index: Arc<LayerIndex>, cache: ChunkCache, source: Arc<dyn BlobSource>) -> LazyLayer {
-        LazyLayer { index, cache, source, restream: None, priority: None, reads: Default::default() }
+        LazyLayer {
+            index,
+            cache,
+            source,
+            restream: None,
+            priority: None,
+            planned: Default::default(),
+            reads: Default::default(),
+        }
     }
 
     /// For layers whose chunks are reachable only by streaming the layer again.
@@ -120,12 +132,15 @@ impl LazyLayer {
         }
         let end = size.min(offset + buf.len() as u64);
         let _foreground = self.priority().map(|p| p.foreground());
-        self.reads.note(node, offset, end);
+        let in_order = self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
-        let window =
-            offset / FETCH_WINDOW * FETCH_WINDOW..size.min(end.div_ceil(FETCH_WINDOW) * FETCH_WINDOW);
-        let around = self.index.chunks(node, window);
-        let handles = self.chunk_handles(node, chunks, around)?;
+        let window = if in_order {
+            offset / FETCH_WINDOW * FETCH_WINDOW..size.min(end.div_ceil(FETCH_WINDOW) * FETCH_WINDOW)
+        } else {
+            offset..end
+        };
+        let around = self.window(chunks, self.index.chunks(node, window));
+        let handles = self.chunk_handles(node, chunks, &around)?;
         for (chunk, handle) in chunks.iter().zip(&handles) {
             let from = chunk.file_offset.max(offset);
             let to = (chunk.file_offset + chunk.len).min(end);
@@ -142,6 +157,25 @@ impl LazyLayer {
             }
         }
         Ok((end - offset) as usize)
+    }
+
+    /// Notes the chunks a profile's prefetch is about to fetch. A read that misses one of
+    /// them then fetches, besides its own chunks, only the planned ones of its window: the
+    /// rest of the window is what the workload did not read when the profile was recorded.
+    pub fn plan_prefetch(&self, chunks: HashSet<Digest>) {
+        let _ = self.planned.set(chunks);
+    }
+
+    /// The chunks a read of `chunks` fetches when it misses, from the `around` of its window.
+    fn window<'a>(&self, chunks: &[ChunkRef], around: &'a [ChunkRef]) -> std::borrow::Cow<'a, [ChunkRef]> {
+        match self.planned.get() {
+            Some(planned) if chunks.iter().any(|c| planned.contains(&c.digest)) => around
+                .iter()
+                .filter(|c| planned.contains(&c.digest) || chunks.iter().any(|r| r.digest == c.digest))
+                .copied()
+                .collect(),
+            _ => around.into(),
+        }
     }
 
     /// The cache handles of `chunks`, fetching those missing; when any is, the missing ones of
@@ -509,16 +543,25 @@ mod tests {
         assert!(requested_rx.try_recv().is_err(), "the first chunk was fetched twice");
     }
 
-    #[test]
-    fn a_miss_fetches_the_aligned_window_around_it_in_one_request() {
-        // A 1 MiB file in eight 128 KiB chunks, one gzip member each: two windows.
-        const CHUNK: u64 = 128 << 10;
+    const CHUNK: u64 = 128 << 10;
+
+    /// A layer of one 1 MiB file in eight 128 KiB chunks, one gzip member each, the blob
+    /// ranges of those members, and the cache's directory. A chunk's bytes are its number, then noise, so neighbouring
+    /// members lie more than a coalescing gap apart.
+    fn eight_chunks() -> (LazyLayer, NodeId, Arc<LoggedBlob>, Vec<(u64, u64)>, tempfile::TempDir) {
         let mut b = IndexBuilder::new();
         let node = file(&mut b, "big", 8 * CHUNK);
         let mut blob = Vec::new();
         let mut members = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for i in 0..8u64 {
-            let data = vec![i as u8; CHUNK as usize];
+            let mut data = vec![i as u8; 4096];
+            data.extend((4096..CHUNK).map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            }));
             let member = gzip(&data);
             let chunk = ChunkRef {
                 digest: Digest::of(&data),
@@ -536,22 +579,49 @@ mod tests {
         let source = Arc::new(LoggedBlob::new(blob));
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path(), 16 << 20).unwrap();
-        let layer = LazyLayer::new(Arc::new(b.finish()), cache, source.clone());
+        (LazyLayer::new(Arc::new(b.finish()), cache, source.clone()), node, source, members, dir)
+    }
+
+    #[test]
+    fn a_miss_reading_in_order_fetches_the_aligned_window_around_it_in_one_request() {
+        let (layer, node, source, members, _dir) = eight_chunks();
         let requests = || source.take_reads();
         let mut buf = vec![0u8; 4096];
-        // A page in chunk 5: the second window (chunks 4-7) comes, in one request.
-        layer.read(node, 5 * CHUNK + 100, &mut buf).unwrap();
+        // A jump to a page in chunk 5 (a mapped binary's fault): that chunk alone.
+        layer.read(node, 5 * CHUNK, &mut buf).unwrap();
         assert_eq!(buf, vec![5u8; 4096]);
-        assert_eq!(requests(), [(members[4].0, members[7].1)]);
-        for i in 4..8 {
+        assert_eq!(requests(), [members[5]]);
+        // The file's start: the first window (chunks 0-3) comes, in one request.
+        layer.read(node, 0, &mut buf).unwrap();
+        assert_eq!(buf, vec![0u8; 4096]);
+        assert_eq!(requests(), [(members[0].0, members[3].1)]);
+        for i in 1..4 {
             layer.read(node, i * CHUNK, &mut buf).unwrap();
             assert_eq!(buf, vec![i as u8; 4096]);
         }
         assert_eq!(requests(), [], "the window was fetched whole");
-        // The first window is still to fetch, and the cache holds only what was fetched.
-        assert_eq!(layer.cache.stats().fills, 4);
+        // Reading on from the end of chunk 3 reads in order: the rest of the second window
+        // comes (chunk 5 is cached).
+        layer.read(node, 4 * CHUNK - 4096, &mut buf).unwrap();
+        layer.read(node, 4 * CHUNK, &mut buf).unwrap();
+        assert_eq!(buf, vec![4u8; 4096]);
+        assert_eq!(requests(), [members[4], (members[6].0, members[7].1)]);
+        assert_eq!(layer.cache.stats().fills, 8, "each chunk fetched once");
+    }
+
+    #[test]
+    fn with_a_prefetch_planned_a_miss_fetches_only_the_planned_chunks_of_its_window() {
+        let (layer, node, source, members, _dir) = eight_chunks();
+        let planned = [1, 3, 6].map(|i| layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0].digest);
+        layer.plan_prefetch(planned.into_iter().collect());
+        let mut buf = vec![0u8; 4096];
+        // Chunk 0 was not read when the profile was recorded: its whole window comes.
         layer.read(node, 0, &mut buf).unwrap();
-        assert_eq!(requests(), [(members[0].0, members[3].1)]);
+        assert_eq!(source.take_reads(), [(members[0].0, members[3].1)]);
+        // Chunk 6 was: with it, only the planned chunks of its window (none other here).
+        layer.read(node, 6 * CHUNK, &mut buf).unwrap();
+        assert_eq!(buf, vec![6u8; 4096]);
+        assert_eq!(source.take_reads(), [members[6]]);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{LazyError, LazyLayer};
-use crate::index::{ChunkRef, NodeId};
-use crate::union::PrefetchFile;
+use crate::index::ChunkRef;
+use crate::union::PrefetchChunk;
 
 /// Counts foreground reads in progress; background work waits while there are any.
 #[derive(Debug, Default)]
@@ -43,42 +43,33 @@ impl Drop for Foreground<'_> {
 const STEP: u64 = 512 << 10;
 
 impl LazyLayer {
-    /// Fetches every chunk of `files` (of the ranges given, else of the whole file) not cached
-    /// yet, in blob order, `STEP` bytes at a time, yielding to foreground reads between steps.
-    /// Returns the bytes fetched.
-    pub fn prefetch_files(&self, files: &[PrefetchFile<'_>], priority: &Priority) -> Result<u64, LazyError> {
-        let mut chunks: Vec<(ChunkRef, NodeId)> = Vec::new();
-        for &(node, ranges) in files {
-            if ranges.is_empty() {
-                chunks.extend(self.index.file_chunks(node).iter().map(|c| (*c, node)));
-            }
-            for &(start, end) in ranges {
-                chunks.extend(self.index.chunks(node, start..end).iter().map(|c| (*c, node)));
-            }
-        }
-        chunks.sort_by_key(|(c, _)| (c.offset, c.inner_offset));
-        chunks.dedup_by_key(|(c, _)| c.digest);
+    /// Fetches every chunk of `chunks` not cached yet, in blob order, `STEP` bytes at a time,
+    /// yielding to foreground reads between steps. Returns the bytes fetched.
+    pub fn prefetch_chunks(&self, chunks: &[PrefetchChunk], priority: &Priority) -> Result<u64, LazyError> {
+        let mut chunks = chunks.to_vec();
+        chunks.sort_by_key(|(_, c)| (c.offset, c.inner_offset));
+        chunks.dedup_by_key(|(_, c)| c.digest);
         let mut fetched = 0;
         let mut rest = chunks.as_slice();
         while !rest.is_empty() {
             let mut take = 0;
             let mut bytes = 0;
-            while take < rest.len() && (take == 0 || bytes + rest[take].0.compressed_len <= STEP) {
-                bytes += rest[take].0.compressed_len;
+            while take < rest.len() && (take == 0 || bytes + rest[take].1.compressed_len <= STEP) {
+                bytes += rest[take].1.compressed_len;
                 take += 1;
             }
             let (step, tail) = rest.split_at(take);
             rest = tail;
             priority.yield_to_foreground();
             tracing::debug!(bytes, chunks = take, "prefetching");
-            let refs: Vec<ChunkRef> = step.iter().map(|(c, _)| *c).collect();
+            let refs: Vec<ChunkRef> = step.iter().map(|(_, c)| *c).collect();
             let claims = self.cache.claim(&refs.iter().map(|c| c.digest).collect::<Vec<_>>());
             fetched += claims
                 .iter()
                 .filter_map(|cl| refs.iter().find(|c| c.digest == *cl.digest()))
                 .map(|c| c.len)
                 .sum::<u64>();
-            self.fill_claims(step[0].1, &refs, claims)?;
+            self.fill_claims(step[0].0, &refs, claims)?;
         }
         Ok(fetched)
     }

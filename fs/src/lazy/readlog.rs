@@ -13,13 +13,16 @@ pub struct ReadLog {
 }
 
 impl ReadLog {
-    /// Notes that `start..end` of `node` was read.
-    pub fn note(&self, node: NodeId, start: u64, end: u64) {
-        if start >= end {
-            return;
-        }
+    /// Notes that `start..end` of `node` was read; returns whether the read goes on from
+    /// where an earlier one ended (or starts the file): whether the file is read in order.
+    pub fn note(&self, node: NodeId, start: u64, end: u64) -> bool {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        merge(files.entry(node).or_default(), start, end);
+        let ranges = files.entry(node).or_default();
+        let in_order = start == 0 || ranges.iter().any(|&(s, e)| s < start && start <= e);
+        if start < end {
+            merge(ranges, start, end);
+        }
+        in_order
     }
 
     /// Calls `f(node, start, end)` for every distinct range read.
@@ -52,6 +55,25 @@ pub(crate) fn merge(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     ranges.splice(first..past, [joined]);
 }
 
+/// The parts of `start..end` that sorted, disjoint `ranges` do not cover, in order.
+pub(crate) fn uncovered(ranges: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    for &(s, e) in &ranges[ranges.partition_point(|r| r.1 <= start)..] {
+        if s >= end {
+            break;
+        }
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,11 +88,25 @@ mod tests {
         log.note(1, 200, 250);
         log.note(1, 150, 200);
         log.note(2, 0, 7);
+        assert!(log.note(3, 0, 10), "a file's start");
+        assert!(log.note(3, 10, 20), "on from the last read");
+        assert!(!log.note(3, 40, 50), "a jump");
+        assert!(log.note(3, 15, 30), "into what was read");
         let mut total = 0;
         log.for_each(|_, start, end| total += end - start);
-        assert_eq!(total, 250 + 100 + 7);
+        assert_eq!(total, 250 + 100 + 7 + 30 + 10);
         let mut ranges = vec![(0, 10), (20, 30), (40, 50)];
         merge(&mut ranges, 5, 45);
         assert_eq!(ranges, [(0, 50)]);
+    }
+
+    #[test]
+    fn uncovered_parts_of_a_range() {
+        let ranges = [(10, 20), (30, 40), (50, 60)];
+        assert_eq!(uncovered(&ranges, 0, 70), [(0, 10), (20, 30), (40, 50), (60, 70)]);
+        assert_eq!(uncovered(&ranges, 15, 35), [(20, 30)]);
+        assert_eq!(uncovered(&ranges, 12, 18), []);
+        assert_eq!(uncovered(&ranges, 20, 30), [(20, 30)]);
+        assert_eq!(uncovered(&[], 5, 9), [(5, 9)]);
     }
 }

@@ -13,6 +13,9 @@ mod upper;
 mod view;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -25,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use export::Change;
 pub use fuse::{mount, MountOptions, Mounted};
 pub use inodes::{Ino, ROOT_INO};
-pub use view::{LayerView, PrefetchFile};
+pub use view::{LayerView, PrefetchChunk};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
@@ -130,12 +133,17 @@ const PREFETCH_STREAMS: usize = 3;
 
 #[derive(Default)]
 struct Recorder {
-    /// Where each file read is in `files`.
-    seen: HashMap<(usize, NodeId), usize>,
+    /// The ranges of each lower file read so far.
+    read: HashMap<(usize, NodeId), Vec<(u64, u64)>>,
+    /// The bytes read, in the order first read: consecutive reads of one file share an entry.
     files: Vec<ProfiledFile>,
+    /// The file of the last entry of `files`.
+    last: Option<(usize, NodeId)>,
 }
 
-/// A lower file a workload read, and which of its bytes: one entry of a prefetch profile.
+/// Bytes of a lower file a workload read: one entry of a prefetch profile. A profile lists
+/// bytes in the order they were first read, so a file read at several times (a binary
+/// faulting its pages in) has several entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfiledFile {
     /// The path in the merged tree.
@@ -178,22 +186,28 @@ impl Union {
         *self.recorder.lock().unwrap() = Some(Recorder::default());
     }
 
-    /// The lower files read since `record_reads`, in the order of their first read, each with
-    /// the ranges read.
+    /// The bytes of lower files read since `record_reads`, in the order first read.
     pub fn recorded(&self) -> Vec<ProfiledFile> {
         self.recorder.lock().unwrap().as_ref().map(|r| r.files.clone()).unwrap_or_default()
     }
 
     fn record(&self, layer: usize, node: NodeId, start: u64, end: u64) {
         let mut guard = self.recorder.lock().unwrap();
-        if let Some(r) = guard.as_mut() {
-            let next = r.files.len();
-            let at = *r.seen.entry((layer, node)).or_insert(next);
-            if at == next {
-                let path = self.layers[layer].index().path_of(node);
-                r.files.push(ProfiledFile { path, ranges: Vec::new() });
-            }
-            crate::lazy::readlog::merge(&mut r.files[at].ranges, start, end);
+        let Some(r) = guard.as_mut() else { return };
+        let read = r.read.entry((layer, node)).or_default();
+        let fresh = crate::lazy::readlog::uncovered(read, start, end);
+        if fresh.is_empty() {
+            return;
+        }
+        crate::lazy::readlog::merge(read, start, end);
+        if r.last != Some((layer, node)) {
+            let path = self.layers[layer].index().path_of(node);
+            r.files.push(ProfiledFile { path, ranges: Vec::new() });
+            r.last = Some((layer, node));
+        }
+        let entry = r.files.last_mut().expect("an entry was pushed");
+        for (s, e) in fresh {
+            crate::lazy::readlog::merge(&mut entry.ranges, s, e);
         }
     }
 
@@ -201,47 +215,15 @@ impl Union {
     /// live in lower layers, in the background of foreground reads; returns the bytes
     /// fetched.
     ///
-    /// The files go in the profile's order (the order the workload first read them), in
+    /// The chunks go in the profile's order (the order the workload first read them), in
     /// batches of about `PREFETCH_BATCH` compressed bytes, each batch fetched in blob order
     /// (coalesced) across the layers it touches: what is needed first arrives first.
-    pub fn prefetch<'a>(&self, files: &'a [ProfiledFile]) -> u64 {
-        // One batch: the files of each layer it touches.
-        type Batch<'a> = Vec<(usize, Vec<PrefetchFile<'a>>)>;
-        let mut batches: Vec<Batch<'a>> = Vec::new();
-        let mut batch: Vec<Vec<PrefetchFile<'a>>> = vec![Vec::new(); self.layers.len()];
-        let mut batch_bytes = 0;
-        let mut flush = |batch: &mut Vec<Vec<PrefetchFile<'a>>>| {
-            let taken: Batch<'a> = batch
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, f)| !f.is_empty())
-                .map(|(layer, files)| (layer, std::mem::take(files)))
-                .collect();
-            if !taken.is_empty() {
-                batches.push(taken);
-            }
-        };
-        for file in files {
-            let Some(Resolved { found: Found::Lower { layer, node }, .. }) = self.resolve(&file.path) else {
-                continue;
-            };
-            let index = self.layers[layer].index();
-            if index.node(node).kind != Kind::File {
-                continue;
-            }
-            let chunks: Vec<_> = if file.ranges.is_empty() {
-                index.file_chunks(node).to_vec()
-            } else {
-                file.ranges.iter().flat_map(|&(s, e)| index.chunks(node, s..e).to_vec()).collect()
-            };
-            batch_bytes += chunks.iter().map(|c| c.compressed_len).sum::<u64>();
-            batch[layer].push((node, &file.ranges));
-            if batch_bytes >= PREFETCH_BATCH {
-                flush(&mut batch);
-                batch_bytes = 0;
-            }
+    pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
+        let batches = self.prefetch_batches(files);
+        for (layer, lower) in self.layers.iter().enumerate() {
+            let planned = batches.iter().flatten().filter(|(l, _)| *l == layer).map(|(_, (_, c))| c.digest);
+            lower.plan_prefetch(planned.collect());
         }
-        flush(&mut batch);
         // Batches in order, PREFETCH_STREAMS at a time: the next request is on its way while
         // the last one's bytes arrive, so the link does not idle between them.
         let next = std::sync::atomic::AtomicUsize::new(0);
@@ -251,14 +233,60 @@ impl Union {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(batch) = batches.get(i) else { break };
-                    for (layer, files) in batch {
-                        let n = self.layers[*layer].prefetch(files).unwrap_or(0);
-                        fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    for (layer, lower) in self.layers.iter().enumerate() {
+                        let chunks: Vec<PrefetchChunk> =
+                            batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
+                        if !chunks.is_empty() {
+                            let n = lower.prefetch(&chunks).unwrap_or(0);
+                            fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 });
             }
         });
         fetched.into_inner()
+    }
+
+    /// The chunks of a profile's lower files, each once, in the profile's order, cut into
+    /// batches of about `PREFETCH_BATCH` compressed bytes; each chunk with its layer.
+    fn prefetch_batches(&self, files: &[ProfiledFile]) -> Vec<Vec<(usize, PrefetchChunk)>> {
+        let mut batches = Vec::new();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let mut seen = std::collections::HashSet::new();
+        let mut found: HashMap<&str, Option<(usize, NodeId)>> = HashMap::new();
+        for file in files {
+            let lower = *found.entry(&file.path).or_insert_with(|| match self.resolve(&file.path) {
+                Some(Resolved { found: Found::Lower { layer, node }, .. })
+                    if self.layers[layer].index().node(node).kind == Kind::File =>
+                {
+                    Some((layer, node))
+                }
+                _ => None,
+            });
+            let Some((layer, node)) = lower else { continue };
+            let index = self.layers[layer].index();
+            let chunks: Vec<crate::index::ChunkRef> = if file.ranges.is_empty() {
+                index.file_chunks(node).to_vec()
+            } else {
+                file.ranges.iter().flat_map(|&(s, e)| index.chunks(node, s..e).to_vec()).collect()
+            };
+            for chunk in chunks {
+                if !seen.insert(chunk.digest) {
+                    continue;
+                }
+                batch_bytes += chunk.compressed_len;
+                batch.push((layer, (node, chunk)));
+                if batch_bytes >= PREFETCH_BATCH {
+                    batches.push(std::mem::take(&mut batch));
+                    batch_bytes = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        batches
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {

@@ -1,10 +1,12 @@
 //! `LayerView`: what the union needs of a read-only (lower) layer — its index and a way to
 //! read a file's bytes. `LazyLayer` is the implementation that matters.
 
+use std::collections::HashSet;
 use std::io;
 
-use crate::index::{LayerIndex, NodeId};
+use crate::index::{ChunkRef, LayerIndex, NodeId};
 use crate::lazy::LazyLayer;
+use crate::Digest;
 
 pub trait LayerView: Send + Sync {
     fn index(&self) -> &LayerIndex;
@@ -12,15 +14,18 @@ pub trait LayerView: Send + Sync {
     /// Reads file `node` at `offset`; returns the bytes read, 0 at the end.
     fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Fetches the bytes of `files` ahead of their reads; returns the bytes fetched. Layers
-    /// whose bytes are all local need not do anything.
-    fn prefetch(&self, _files: &[PrefetchFile<'_>]) -> io::Result<u64> {
+    /// Fetches `chunks` ahead of their reads; returns the bytes fetched. Layers whose bytes
+    /// are all local need not do anything.
+    fn prefetch(&self, _chunks: &[PrefetchChunk]) -> io::Result<u64> {
         Ok(0)
     }
+
+    /// Told, before any `prefetch`, every chunk of this layer the prefetch will fetch.
+    fn plan_prefetch(&self, _chunks: HashSet<Digest>) {}
 }
 
-/// A file to prefetch and the byte ranges of it wanted (none: all of it).
-pub type PrefetchFile<'a> = (NodeId, &'a [(u64, u64)]);
+/// A chunk to prefetch, and the file it is read for (named in errors).
+pub type PrefetchChunk = (NodeId, ChunkRef);
 
 impl LayerView for LazyLayer {
     fn index(&self) -> &LayerIndex {
@@ -35,10 +40,14 @@ impl LayerView for LazyLayer {
         })
     }
 
-    fn prefetch(&self, files: &[PrefetchFile<'_>]) -> io::Result<u64> {
+    fn plan_prefetch(&self, chunks: HashSet<Digest>) {
+        LazyLayer::plan_prefetch(self, chunks)
+    }
+
+    fn prefetch(&self, chunks: &[PrefetchChunk]) -> io::Result<u64> {
         let fallback = crate::lazy::Priority::default();
         let priority = self.priority().map_or(&fallback, |p| p.as_ref());
-        self.prefetch_files(files, priority).map_err(|e| {
+        self.prefetch_chunks(chunks, priority).map_err(|e| {
             tracing::warn!(error = %error_chain(&e), "prefetch failed");
             io::Error::other(e)
         })

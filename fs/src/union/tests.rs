@@ -1,0 +1,128 @@
+//! Profiles through the union, without a mount: what a recording keeps, and the order a
+//! prefetch follows.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::Mutex;
+
+use super::*;
+use crate::index::{ChunkRef, Codec, EntryMeta, IndexBuilder, LayerIndex};
+use crate::Digest;
+
+const CHUNK: u64 = 128 << 10;
+
+/// A lower layer of files in 128 KiB chunks whose bytes are zeros; it keeps what the union
+/// plans to prefetch.
+struct Layer {
+    index: LayerIndex,
+    planned: Mutex<HashSet<Digest>>,
+}
+
+impl Layer {
+    /// `files` by path and size in chunks; each chunk weighs `compressed` in the blob.
+    fn new(files: &[(&str, u64)], compressed: u64) -> Layer {
+        let mut b = IndexBuilder::new();
+        let mut offset = 0;
+        for &(path, chunks) in files {
+            let node = b.add(path, EntryMeta::for_test(Kind::File, chunks * CHUNK)).unwrap();
+            for i in 0..chunks {
+                let digest = Digest::of(format!("{path} {i}").as_bytes());
+                let chunk = ChunkRef {
+                    digest,
+                    file_offset: i * CHUNK,
+                    len: CHUNK,
+                    codec: Codec::Gzip,
+                    offset,
+                    compressed_len: compressed,
+                    inner_offset: 0,
+                };
+                b.push_chunk(node, chunk).unwrap();
+                offset += compressed;
+            }
+        }
+        Layer { index: b.finish(), planned: Mutex::default() }
+    }
+}
+
+impl LayerView for Layer {
+    fn index(&self) -> &LayerIndex {
+        &self.index
+    }
+
+    fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.index.node(node).size.saturating_sub(offset) as usize).min(buf.len());
+        buf[..n].fill(0);
+        Ok(n)
+    }
+
+    fn plan_prefetch(&self, chunks: HashSet<Digest>) {
+        *self.planned.lock().unwrap() = chunks;
+    }
+}
+
+fn union(layer: Layer) -> (tempfile::TempDir, Arc<Union>, Arc<Layer>) {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = Arc::new(layer);
+    let lower: Arc<dyn LayerView> = layer.clone();
+    let union = Union::new(vec![lower], &dir.path().join("upper"), &dir.path().join("work")).unwrap();
+    (dir, Arc::new(union), layer)
+}
+
+fn read(union: &Union, name: &str, offset: u64, size: u32) {
+    let ino = union.lookup(ROOT_INO, name).unwrap().ino;
+    let (fh, _) = union.open(ino, libc::O_RDONLY).unwrap();
+    union.read(fh, offset, size).unwrap();
+    union.release(fh);
+}
+
+fn entry(path: &str, ranges: &[(u64, u64)]) -> ProfiledFile {
+    ProfiledFile { path: path.into(), ranges: ranges.to_vec() }
+}
+
+#[test]
+fn a_profile_keeps_the_order_bytes_were_first_read_in() {
+    let (_dir, union, _) = union(Layer::new(&[("bin", 8), ("lib", 1)], 1000));
+    union.record_reads();
+    // A binary's pages, faulted in here and there, with a library read in between.
+    read(&union, "bin", 6 * CHUNK, 4096);
+    read(&union, "bin", 6 * CHUNK + 4096, 4096);
+    read(&union, "lib", 0, 100);
+    read(&union, "bin", 0, 4096);
+    read(&union, "bin", 6 * CHUNK, 8192);
+    read(&union, "bin", 2 * CHUNK, 4096);
+    assert_eq!(
+        union.recorded(),
+        [
+            entry("bin", &[(6 * CHUNK, 6 * CHUNK + 8192)]),
+            entry("lib", &[(0, 100)]),
+            entry("bin", &[(0, 4096), (2 * CHUNK, 2 * CHUNK + 4096)]),
+        ],
+        "bytes read again are not listed again"
+    );
+}
+
+#[test]
+fn a_prefetch_follows_the_profiles_order_in_batches() {
+    // Chunks of 200 KB compressed: batches of 512 KiB hold three.
+    let (_dir, union, layer) = union(Layer::new(&[("bin", 8), ("lib", 2)], 200_000));
+    let profile = [
+        entry("bin", &[(6 * CHUNK, 6 * CHUNK + 10)]),
+        entry("lib", &[]),
+        entry("missing", &[]),
+        entry("bin", &[(0, 10), (6 * CHUNK, 7 * CHUNK + 10)]),
+    ];
+    let batches = union.prefetch_batches(&profile);
+    let node = |path| union.layers[0].index().resolve(path).unwrap();
+    let chunk = |path, i: u64| {
+        let n = node(path);
+        (0, (n, union.layers[0].index().chunks(n, i * CHUNK..i * CHUNK + 1)[0]))
+    };
+    assert_eq!(
+        batches,
+        [vec![chunk("bin", 6), chunk("lib", 0), chunk("lib", 1)], vec![chunk("bin", 0), chunk("bin", 7)],],
+        "in first-read order, each chunk once; what is not in a lower layer is skipped"
+    );
+    union.prefetch(&profile);
+    let planned: HashSet<Digest> = batches.iter().flatten().map(|(_, (_, c))| c.digest).collect();
+    assert_eq!(*layer.planned.lock().unwrap(), planned, "the layer is told the plan");
+}
