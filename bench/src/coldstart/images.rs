@@ -160,27 +160,29 @@ pub struct Workload {
     pub estargz_ref: String,
     pub command: Vec<String>,
     pub ready: Ready,
-    /// `skiff convert --chunk-size`, when not its default.
-    pub chunk_size: Option<u64>,
+    /// `skiff convert --chunk-size`, always given: the skiff measured may have another
+    /// default than the one this bench was built with, and the tag must tell the truth.
+    pub chunk_size: u64,
 }
 
 impl Workload {
     /// Converts with `size`-byte chunks, into an image of its own.
     pub fn set_chunk_size(&mut self, size: u64) {
-        self.chunk_size = Some(size);
+        self.chunk_size = size;
         self.estargz_ref = estargz_ref(&self.repository, size);
     }
 
     /// A workload reported as `name` whose images are in the registry's `repository`.
     fn new(name: &str, repository: &str, command: Vec<String>, ready: Ready) -> Workload {
+        let chunk_size = skiff_fs::estargz::DEFAULT_CHUNK_SIZE;
         Workload {
             name: name.to_string(),
             repository: repository.to_string(),
             gzip_ref: format!("{REGISTRY}/skiff-bench/{repository}:gzip"),
-            estargz_ref: estargz_ref(repository, skiff_fs::estargz::DEFAULT_CHUNK_SIZE),
+            estargz_ref: estargz_ref(repository, chunk_size),
             command,
             ready,
-            chunk_size: None,
+            chunk_size,
         }
     }
 
@@ -437,12 +439,19 @@ impl Builder {
             eprintln!("converting to {}", w.estargz_ref);
             let root = convert_root.to_string_lossy();
             let skiff = skiff.to_string_lossy();
-            let chunk = w.chunk_size.map(|size| size.to_string());
-            let mut argv = vec![&*skiff, "--root", &root, "--insecure-registry", REGISTRY, "convert"];
-            if let Some(size) = &chunk {
-                argv.extend(["--chunk-size", size]);
-            }
-            argv.extend([w.gzip_ref.as_str(), w.estargz_ref.as_str()]);
+            let chunk = w.chunk_size.to_string();
+            let argv = [
+                &*skiff,
+                "--root",
+                &root,
+                "--insecure-registry",
+                REGISTRY,
+                "convert",
+                "--chunk-size",
+                &chunk,
+                &w.gzip_ref,
+                &w.estargz_ref,
+            ];
             run_logged(&mut link.exec_command(&argv), &self.log)?;
         }
         Ok(())

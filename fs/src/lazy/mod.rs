@@ -22,14 +22,14 @@ pub use prefetch::{Foreground, Priority};
 const COALESCE_GAP: u64 = 64 << 10;
 /// The largest single range request a read makes.
 const MAX_REQUEST: u64 = 16 << 20;
-/// A read that misses, and reads its file in order (from the start, or on from an earlier
-/// read), fetches in the same request every chunk of its file in the `FETCH_WINDOW`-aligned
-/// span around the bytes it asked for. Chunks smaller than that let a profile's prefetch and
-/// the checks stay precise, while a file read through still costs one registry round trip
-/// (milliseconds, however small the range) per window rather than per chunk. A read that
-/// jumps (a process faulting in the pages of a mapped binary here and there) fetches its own
-/// chunks only: the rest of a window around it is mostly never read. With chunks of the
-/// window's size or larger, a read fetches its own chunks only.
+/// A read that misses fetches its own chunks and, in the same request, those of the bytes
+/// after it, as many as the file has been read in order up to it, at most `FETCH_WINDOW`: a
+/// file read through from its start costs one registry round trip (milliseconds, however
+/// small the range) per window once the window has grown, rather than one per chunk, while a
+/// read that jumps (a process faulting in the pages of a mapped binary here and there, or
+/// a loader reading a library's header) fetches its own chunks only, since what lies around
+/// it is mostly never read. Chunks smaller than the window keep the jumps, a profile's
+/// prefetch and the checks precise.
 const FETCH_WINDOW: u64 = 512 << 10;
 
 /// Opens the layer's uncompressed tar stream from its start, for chunks only a stream reaches.
@@ -134,11 +134,7 @@ impl LazyLayer {
         let _foreground = self.priority().map(|p| p.foreground());
         let in_order = self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
-        let window = if in_order {
-            offset / FETCH_WINDOW * FETCH_WINDOW..size.min(end.div_ceil(FETCH_WINDOW) * FETCH_WINDOW)
-        } else {
-            offset..end
-        };
+        let window = offset..size.min(end + in_order.min(FETCH_WINDOW));
         let around = self.window(chunks, self.index.chunks(node, window));
         let handles = self.chunk_handles(node, chunks, &around)?;
         for (chunk, handle) in chunks.iter().zip(&handles) {
@@ -583,7 +579,7 @@ mod tests {
     }
 
     #[test]
-    fn a_miss_reading_in_order_fetches_the_aligned_window_around_it_in_one_request() {
+    fn a_miss_fetches_as_far_ahead_as_its_file_was_read_in_order() {
         let (layer, node, source, members, _dir) = eight_chunks();
         let requests = || source.take_reads();
         let mut buf = vec![0u8; 4096];
@@ -591,22 +587,24 @@ mod tests {
         layer.read(node, 5 * CHUNK, &mut buf).unwrap();
         assert_eq!(buf, vec![5u8; 4096]);
         assert_eq!(requests(), [members[5]]);
-        // The file's start: the first window (chunks 0-3) comes, in one request.
+        // The file's start, nothing read in order before it: chunk 0 alone.
         layer.read(node, 0, &mut buf).unwrap();
         assert_eq!(buf, vec![0u8; 4096]);
-        assert_eq!(requests(), [(members[0].0, members[3].1)]);
-        for i in 1..4 {
-            layer.read(node, i * CHUNK, &mut buf).unwrap();
-            assert_eq!(buf, vec![i as u8; 4096]);
-        }
-        assert_eq!(requests(), [], "the window was fetched whole");
-        // Reading on from the end of chunk 3 reads in order: the rest of the second window
-        // comes (chunk 5 is cached).
-        layer.read(node, 4 * CHUNK - 4096, &mut buf).unwrap();
-        layer.read(node, 4 * CHUNK, &mut buf).unwrap();
-        assert_eq!(buf, vec![4u8; 4096]);
-        assert_eq!(requests(), [members[4], (members[6].0, members[7].1)]);
-        assert_eq!(layer.cache.stats().fills, 8, "each chunk fetched once");
+        assert_eq!(requests(), [members[0]]);
+        // On from the whole of chunk 0: the next 128 KiB come too, in the same request.
+        let mut chunk = vec![0u8; CHUNK as usize];
+        layer.read(node, 0, &mut chunk).unwrap();
+        layer.read(node, CHUNK, &mut buf).unwrap();
+        assert_eq!(buf, vec![1u8; 4096]);
+        assert_eq!(requests(), [(members[1].0, members[2].1)]);
+        // On from three chunks read in order: the next three (chunk 5 is cached).
+        layer.read(node, CHUNK, &mut chunk).unwrap();
+        layer.read(node, 2 * CHUNK, &mut chunk).unwrap();
+        assert_eq!(requests(), []);
+        layer.read(node, 3 * CHUNK, &mut buf).unwrap();
+        assert_eq!(buf, vec![3u8; 4096]);
+        assert_eq!(requests(), [(members[3].0, members[4].1), members[6]]);
+        assert_eq!(layer.cache.stats().fills, 7, "each chunk fetched once");
     }
 
     #[test]
@@ -614,14 +612,17 @@ mod tests {
         let (layer, node, source, members, _dir) = eight_chunks();
         let planned = [1, 3, 6].map(|i| layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0].digest);
         layer.plan_prefetch(planned.into_iter().collect());
-        let mut buf = vec![0u8; 4096];
-        // Chunk 0 was not read when the profile was recorded: its whole window comes.
-        layer.read(node, 0, &mut buf).unwrap();
-        assert_eq!(source.take_reads(), [(members[0].0, members[3].1)]);
-        // Chunk 6 was: with it, only the planned chunks of its window (none other here).
-        layer.read(node, 6 * CHUNK, &mut buf).unwrap();
-        assert_eq!(buf, vec![6u8; 4096]);
-        assert_eq!(source.take_reads(), [members[6]]);
+        let mut chunk = vec![0u8; CHUNK as usize];
+        layer.read(node, 0, &mut chunk).unwrap();
+        assert_eq!(source.take_reads(), [members[0]]);
+        // Chunk 1 is planned: its read fetches of what lies ahead only planned chunks, and
+        // chunk 2 is not.
+        layer.read(node, CHUNK, &mut chunk).unwrap();
+        assert_eq!(chunk[..4096], [1u8; 4096]);
+        assert_eq!(source.take_reads(), [members[1]]);
+        // Chunk 2 was not read when the profile was recorded: what lies ahead comes whole.
+        layer.read(node, 2 * CHUNK, &mut chunk).unwrap();
+        assert_eq!(source.take_reads(), [(members[2].0, members[4].1)]);
     }
 
     #[test]

@@ -13,12 +13,12 @@ pub struct ReadLog {
 }
 
 impl ReadLog {
-    /// Notes that `start..end` of `node` was read; returns whether the read goes on from
-    /// where an earlier one ended (or starts the file): whether the file is read in order.
-    pub fn note(&self, node: NodeId, start: u64, end: u64) -> bool {
+    /// Notes that `start..end` of `node` was read; returns how many bytes just before
+    /// `start` were read without a gap: how far the file has been read in order up to here.
+    pub fn note(&self, node: NodeId, start: u64, end: u64) -> u64 {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let ranges = files.entry(node).or_default();
-        let in_order = start == 0 || ranges.iter().any(|&(s, e)| s < start && start <= e);
+        let in_order = ranges.iter().find(|&&(s, e)| s < start && start <= e).map_or(0, |&(s, _)| start - s);
         if start < end {
             merge(ranges, start, end);
         }
@@ -88,10 +88,10 @@ mod tests {
         log.note(1, 200, 250);
         log.note(1, 150, 200);
         log.note(2, 0, 7);
-        assert!(log.note(3, 0, 10), "a file's start");
-        assert!(log.note(3, 10, 20), "on from the last read");
-        assert!(!log.note(3, 40, 50), "a jump");
-        assert!(log.note(3, 15, 30), "into what was read");
+        assert_eq!(log.note(3, 0, 10), 0, "a file's start");
+        assert_eq!(log.note(3, 10, 20), 10, "on from the last read");
+        assert_eq!(log.note(3, 40, 50), 0, "a jump");
+        assert_eq!(log.note(3, 15, 30), 15, "into what was read");
         let mut total = 0;
         log.for_each(|_, start, end| total += end - start);
         assert_eq!(total, 250 + 100 + 7 + 30 + 10);
