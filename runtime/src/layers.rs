@@ -122,9 +122,18 @@ fn open_layer_lazily(
                         ),
                         None => None,
                     };
+                    let started = std::time::Instant::now();
                     let reader = EstargzReader::open(&*source, expected.as_ref())
                         .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
-                    index_estargz(&reader, &what).map_err(|e| invalid(e.to_string()))?
+                    let fetched = started.elapsed();
+                    let index = index_estargz(&reader, &what).map_err(|e| invalid(e.to_string()))?;
+                    tracing::debug!(
+                        layer = %desc.digest,
+                        toc_ms = fetched.as_millis() as u64,
+                        index_ms = (started.elapsed() - fetched).as_millis() as u64,
+                        "read the table of contents"
+                    );
+                    index
                 }
                 _ => {
                     streamed = desc.size;

@@ -131,7 +131,6 @@ impl LazyLayer {
             return Ok(0);
         }
         let end = size.min(offset + buf.len() as u64);
-        let _foreground = self.priority().map(|p| p.foreground());
         let in_order = self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
         let window = offset..size.min(end + in_order.min(FETCH_WINDOW));
@@ -191,6 +190,9 @@ impl LazyLayer {
             claims.extend(self.cache.claim(&around.iter().map(|c| c.digest).collect::<Vec<_>>()));
             around
         };
+        // Background work waits while this read fetches; not while it waits for chunks
+        // already on their way.
+        let _foreground = (!claims.is_empty()).then(|| self.priority().map(|p| p.foreground()));
         let mut fresh = self.fill_claims(node, wanted, claims)?;
         let handles = chunks
             .iter()
