@@ -8,7 +8,7 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION};
+use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION};
 use skiff_fs::index::LayerIndex;
 use skiff_fs::lazy::{index_estargz, LazyLayer, Priority, Restream};
 use skiff_fs::tarindex::index_tar;
@@ -123,8 +123,13 @@ fn open_layer_lazily(
                         None => None,
                     };
                     let started = std::time::Instant::now();
-                    let reader = EstargzReader::open(&*source, expected.as_ref())
-                        .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
+                    // A TOC offset that does not parse is no hint at all.
+                    let hint = desc.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
+                    let reader = match hint {
+                        Some(offset) => EstargzReader::open_at(&*source, expected.as_ref(), offset),
+                        None => EstargzReader::open(&*source, expected.as_ref()),
+                    }
+                    .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
                     let fetched = started.elapsed();
                     let index = index_estargz(&reader, &what).map_err(|e| invalid(e.to_string()))?;
                     tracing::debug!(

@@ -32,6 +32,10 @@ pub use writer::{
 
 /// Layer annotation holding the digest of the uncompressed TOC JSON.
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
+/// Layer annotation skiff's converter adds: where in the blob the TOC's gzip member starts,
+/// so a reader fetches the TOC and the footer in one request (zstd:chunked layers carry the
+/// same hint in `io.github.containers.zstd-chunked.manifest-position`).
+pub const TOC_OFFSET_ANNOTATION: &str = "io.skiff.estargz.toc-offset";
 /// Layer annotation holding the uncompressed size of the layer.
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
 /// The tar entry holding the TOC JSON, in the layer's last member before the footer.

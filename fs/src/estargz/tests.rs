@@ -335,6 +335,8 @@ fn round_trip_preserves_every_byte_and_every_field() {
     let annotations = result.annotations();
     assert_eq!(annotations[0], (TOC_DIGEST_ANNOTATION, result.toc_digest.to_string()));
     assert_eq!(annotations[1], (UNCOMPRESSED_SIZE_ANNOTATION, result.uncompressed_size.to_string()));
+    let footer = super::footer::read_footer(&blob).unwrap();
+    assert_eq!(annotations[2], (TOC_OFFSET_ANNOTATION, footer.toc_offset.to_string()));
 }
 
 /// The names a tar reader sees in the converted layer, normalized.
@@ -588,4 +590,26 @@ fn a_toc_larger_than_the_tail_read_costs_one_more_range_and_no_byte_twice() {
     assert_eq!(reader.entries().iter().filter(|e| e.name.starts_with("f/")).count(), 3000);
     let reads = source.take_reads();
     assert_eq!(reads, [(size - tail, size), (reader.toc_offset(), size - tail)]);
+}
+
+#[test]
+fn the_toc_offset_annotation_brings_the_toc_in_one_range_and_a_wrong_one_costs_only_a_range() {
+    let mut rng = Rng(8);
+    let specs: Vec<Spec> = (0..3000).map(|i| Spec::file(&format!("f/{i:05}"), rng.bytes(8))).collect();
+    let (blob, result) = convert_specs(&specs, &options());
+    let size = blob.len() as u64;
+    let annotations = result.annotations();
+    assert_eq!(annotations[2], (TOC_OFFSET_ANNOTATION, result.toc_offset.to_string()));
+    let source = crate::source::testing::LoggedBlob::new(blob);
+    let reader = EstargzReader::open_at(&source, Some(&result.toc_digest), result.toc_offset).unwrap();
+    assert_eq!(reader.toc_offset(), result.toc_offset);
+    assert_eq!(reader.entries().iter().filter(|e| e.name.starts_with("f/")).count(), 3000);
+    assert_eq!(source.take_reads(), [(result.toc_offset, size)], "the TOC and footer, once");
+
+    // An offset that is not the TOC's: found from the footer after all, and checked.
+    for wrong in [result.toc_offset - 1000, size - 10, size + 5] {
+        let reader = EstargzReader::open_at(&source, Some(&result.toc_digest), wrong).unwrap();
+        assert_eq!(reader.toc_offset(), result.toc_offset, "hint {wrong}");
+        assert_eq!(reader.entries().len(), EstargzReader::open(&source, None).unwrap().entries().len());
+    }
 }

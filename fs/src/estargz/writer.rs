@@ -23,7 +23,7 @@ use super::sink::{MemberSink, SinkTotals};
 use super::tar_stream::{padding, TarEntry, TarError, TarStream};
 use super::toc::{format_mtime, EntryKind, Toc, TocEntry, CHUNK_TYPE, TOC_VERSION};
 use super::{
-    NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_TAR_NAME,
+    NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, TOC_TAR_NAME,
     UNCOMPRESSED_SIZE_ANNOTATION,
 };
 use crate::Digest;
@@ -88,17 +88,20 @@ pub struct ConvertResult {
     pub blob_digest: Digest,
     pub uncompressed_size: u64,
     pub compressed_size: u64,
+    /// Where the TOC's gzip member starts in the blob.
+    pub toc_offset: u64,
     pub toc: Toc,
     /// Prioritized paths that are not in the layer.
     pub missing_prioritized: Vec<String>,
 }
 
 impl ConvertResult {
-    /// The layer annotations eStargz readers look for.
-    pub fn annotations(&self) -> [(&'static str, String); 2] {
+    /// The layer annotations eStargz readers look for, and skiff's hint of the TOC's place.
+    pub fn annotations(&self) -> [(&'static str, String); 3] {
         [
             (TOC_DIGEST_ANNOTATION, self.toc_digest.to_string()),
             (UNCOMPRESSED_SIZE_ANNOTATION, self.uncompressed_size.to_string()),
+            (TOC_OFFSET_ANNOTATION, self.toc_offset.to_string()),
         ]
     }
 }
@@ -348,6 +351,7 @@ impl<'o, W: Write> LayerWriter<'o, W> {
             blob_digest,
             uncompressed_size,
             compressed_size,
+            toc_offset,
             toc,
             missing_prioritized,
         })
