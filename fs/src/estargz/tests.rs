@@ -576,12 +576,16 @@ fn random_layers_round_trip() {
     }
 }
 
+/// 3000 small files `f/NNNNN`: a TOC of a few hundred KiB, past the first read of the tail.
+fn large_toc_layer(seed: u64) -> (Vec<u8>, ConvertResult) {
+    let mut rng = Rng(seed);
+    let specs: Vec<Spec> = (0..3000).map(|i| Spec::file(&format!("f/{i:05}"), rng.bytes(8))).collect();
+    convert_specs(&specs, &options())
+}
+
 #[test]
 fn a_toc_larger_than_the_tail_read_costs_one_more_range_and_no_byte_twice() {
-    // Thousands of files: a TOC of a few hundred KiB, past the first read of the tail.
-    let mut rng = Rng(7);
-    let specs: Vec<Spec> = (0..3000).map(|i| Spec::file(&format!("f/{i:05}"), rng.bytes(8))).collect();
-    let (blob, result) = convert_specs(&specs, &options());
+    let (blob, result) = large_toc_layer(7);
     let size = blob.len() as u64;
     let source = crate::source::testing::LoggedBlob::new(blob);
     let reader = EstargzReader::open(&source, Some(&result.toc_digest)).unwrap();
@@ -594,9 +598,7 @@ fn a_toc_larger_than_the_tail_read_costs_one_more_range_and_no_byte_twice() {
 
 #[test]
 fn the_toc_offset_annotation_brings_the_toc_in_one_range_and_a_wrong_one_costs_only_a_range() {
-    let mut rng = Rng(8);
-    let specs: Vec<Spec> = (0..3000).map(|i| Spec::file(&format!("f/{i:05}"), rng.bytes(8))).collect();
-    let (blob, result) = convert_specs(&specs, &options());
+    let (blob, result) = large_toc_layer(8);
     let size = blob.len() as u64;
     let annotations = result.annotations();
     assert_eq!(annotations[2], (TOC_OFFSET_ANNOTATION, result.toc_offset.to_string()));

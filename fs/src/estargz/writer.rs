@@ -28,9 +28,9 @@ use super::{
 };
 use crate::Digest;
 
-/// One kernel FUSE read. A read that misses still fetches the 512 KiB window around it in one
-/// request (see the lazy reader), but a prefetch profile names only the 128 KiB chunks a
-/// workload touched. Measured on debootstrap images at 100 Mbit/s (bench coldstart):
+/// One kernel FUSE read. A read that misses of a file read in order still fetches up to 512 KiB
+/// ahead in one request (see the lazy reader), but a page fault and a prefetch profile cost
+/// only the 128 KiB chunks a workload touched. Measured on debootstrap images at 100 Mbit/s (bench coldstart):
 /// against stargz-snapshotter's 4 MiB, 512 KiB chunks fetched a quarter less for gcc and jdk
 /// and started them 25-30% sooner; 128 KiB chunks fetch 1.2-1.4 times the bytes read
 /// (compressed) with a profile, where 512 KiB fetched 1.26-1.6 times.

@@ -134,8 +134,7 @@ impl LazyLayer {
         let in_order = self.reads.note(node, offset, end);
         let chunks = self.index.chunks(node, offset..end);
         let window = offset..size.min(end + in_order.min(FETCH_WINDOW));
-        let around = self.window(chunks, self.index.chunks(node, window));
-        let handles = self.chunk_handles(node, chunks, &around)?;
+        let handles = self.chunk_handles(node, chunks, self.index.chunks(node, window))?;
         for (chunk, handle) in chunks.iter().zip(&handles) {
             let from = chunk.file_offset.max(offset);
             let to = (chunk.file_offset + chunk.len).min(end);
@@ -174,7 +173,7 @@ impl LazyLayer {
     }
 
     /// The cache handles of `chunks`, fetching those missing; when any is, the missing ones of
-    /// `around` (which holds `chunks`) come in the same request.
+    /// `around` (which holds `chunks`; see [`LazyLayer::window`]) come in the same request.
     fn chunk_handles(
         &self,
         node: NodeId,
@@ -184,11 +183,12 @@ impl LazyLayer {
         let started = std::time::Instant::now();
         let mut claims = self.cache.claim(&chunks.iter().map(|c| c.digest).collect::<Vec<_>>());
         let fetched_here = claims.len();
+        let around = if claims.is_empty() { around.into() } else { self.window(chunks, around) };
         let wanted = if claims.is_empty() || around.len() == chunks.len() {
             chunks
         } else {
             claims.extend(self.cache.claim(&around.iter().map(|c| c.digest).collect::<Vec<_>>()));
-            around
+            &around
         };
         // Background work waits while this read fetches; not while it waits for chunks
         // already on their way.
@@ -544,8 +544,8 @@ mod tests {
     const CHUNK: u64 = 128 << 10;
 
     /// A layer of one 1 MiB file in eight 128 KiB chunks, one gzip member each, the blob
-    /// ranges of those members, and the cache's directory. A chunk's bytes are its number, then noise, so neighbouring
-    /// members lie more than a coalescing gap apart.
+    /// ranges of those members, and the cache's directory. A chunk's bytes are its number,
+    /// then noise, so neighbouring members lie more than a coalescing gap apart.
     fn eight_chunks() -> (LazyLayer, NodeId, Arc<LoggedBlob>, Vec<(u64, u64)>, tempfile::TempDir) {
         let mut b = IndexBuilder::new();
         let node = file(&mut b, "big", 8 * CHUNK);

@@ -18,7 +18,12 @@ impl ReadLog {
     pub fn note(&self, node: NodeId, start: u64, end: u64) -> u64 {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let ranges = files.entry(node).or_default();
-        let in_order = ranges.iter().find(|&&(s, e)| s < start && start <= e).map_or(0, |&(s, _)| start - s);
+        // Ranges are sorted, disjoint and apart: the first not ending before `start` is the
+        // only one that can hold the byte before it.
+        let in_order = match ranges.get(ranges.partition_point(|r| r.1 < start)) {
+            Some(&(s, _)) if s < start => start - s,
+            _ => 0,
+        };
         if start < end {
             merge(ranges, start, end);
         }

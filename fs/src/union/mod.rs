@@ -122,7 +122,7 @@ pub struct Union {
     /// lookup here instead of a stat and an xattr read of every component in the upper.
     dirs: Kept<String, Resolved>,
     structure: Generation,
-    /// When recording a profile: the lower files read, in the order of their first read.
+    /// When recording a profile: the bytes of lower files read, in the order first read.
     recorder: Mutex<Option<Recorder>>,
 }
 

@@ -181,8 +181,8 @@ impl Store {
         write_atomic(&path, &index.to_json(), 0o644).map_err(io_at(&path))
     }
 
-    /// The prefetch profile recorded for image manifest `digest`: files read at start-up,
-    /// in order, with the byte ranges read.
+    /// The prefetch profile recorded for image manifest `digest`: the byte ranges of files
+    /// read at start-up, in the order first read.
     pub fn read_profile(&self, digest: &Digest) -> Option<Vec<ProfiledFile>> {
         let bytes = fs::read(self.profile_path(digest)).ok()?;
         let profile = serde_json::from_slice::<Profile>(&bytes).ok()?;
