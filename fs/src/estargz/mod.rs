@@ -26,8 +26,8 @@ pub use toc::{
     normalize_name, Entry, EntryKind, NameError, Toc, TocEntry, TocError, CHUNK_TYPE, TOC_VERSION,
 };
 pub use writer::{
-    convert, ConvertError, ConvertOptions, ConvertResult, DEFAULT_CHUNK_SIZE, DEFAULT_COMPRESSION_LEVEL,
-    DEFAULT_PACK_LIMIT, DEFAULT_SMALL_FILE_THRESHOLD,
+    convert, read_cuts, ConvertError, ConvertOptions, ConvertResult, DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_LIMIT, DEFAULT_SMALL_FILE_THRESHOLD, MIN_CUT_GAP,
 };
 
 /// Layer annotation holding the digest of the uncompressed TOC JSON.

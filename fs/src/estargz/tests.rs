@@ -454,6 +454,76 @@ fn prioritized_files_come_first_then_the_prefetch_landmark() {
 }
 
 #[test]
+fn read_cuts_bound_each_range_and_join_ranges_close_together() {
+    let gap = MIN_CUT_GAP;
+    assert_eq!(read_cuts(&[]), Vec::<u64>::new());
+    // Unsorted, overlapping, empty and touching ranges; a range from 0 needs no cut there.
+    let ranges = [(100_000, 104_096), (0, 4096), (2048, 8192), (50, 50), (104_096 + gap - 1, 200_000)];
+    assert_eq!(read_cuts(&ranges), [8192, 100_000, 200_000]);
+    assert_eq!(read_cuts(&[(0, 4096), (4096 + gap, 3 * gap)]), [4096, 4096 + gap, 3 * gap]);
+}
+
+#[test]
+fn cuts_end_chunks_where_the_read_ranges_do() {
+    let mut rng = Rng(41);
+    let big = rng.bytes(10 * CHUNK as usize + 17);
+    let small = rng.bytes(250);
+    let specs = vec![
+        Spec::file("a/tiny", rng.bytes(20)),
+        Spec::file("a/small", small),
+        Spec::file("a/big", big),
+        Spec::file("a/other", rng.bytes(3 * CHUNK as usize)),
+    ];
+    let cuts = [
+        // Inside the first chunk, across a chunk boundary, and one past the end (ignored).
+        ("./a/big", vec![30, 70, CHUNK * 3 + 5, CHUNK * 4 + 9, CHUNK * 20]),
+        ("a/small", vec![100]),
+        ("a/missing", vec![5]),
+    ];
+    let cut = ConvertOptions {
+        cuts: cuts.into_iter().map(|(p, c)| (p.to_string(), c)).collect(),
+        prioritized: vec!["a/big".into()],
+        ..options()
+    };
+    let (blob, result) = convert_specs(&specs, &cut);
+    let reader = verify(&blob, &specs, &result);
+    let starts = |name: &str| -> Vec<u64> {
+        reader.chunks(name).unwrap().iter().map(|c| c.uncompressed_offset).collect()
+    };
+    // After a cut, chunks run their full size from the cut.
+    let c = CHUNK;
+    assert_eq!(
+        starts("a/big"),
+        [
+            0,
+            30,
+            70,
+            70 + c,
+            70 + 2 * c,
+            3 * c + 5,
+            4 * c + 5,
+            4 * c + 9,
+            5 * c + 9,
+            6 * c + 9,
+            7 * c + 9,
+            8 * c + 9
+        ]
+        .into_iter()
+        .chain([9 * c + 9, 10 * c + 9])
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(starts("a/small"), [0, 100]);
+    assert_eq!(starts("a/other"), [0, c, 2 * c]);
+    // A cut chunk is a member of its own: fetching it fetches nothing of its neighbours.
+    let big = reader.chunks("a/big").unwrap();
+    assert!(big.windows(2).all(|w| w[0].compressed_offset < w[1].compressed_offset));
+
+    let bad = ConvertOptions { cuts: [("../x".to_string(), vec![1])].into(), ..options() };
+    let err = convert(&build_tar(&specs)[..], &mut Vec::new(), &bad).unwrap_err();
+    assert!(err.to_string().contains("../x"), "{err}");
+}
+
+#[test]
 fn a_legacy_footer_still_opens() {
     let specs = sample(&mut Rng(29));
     let (mut blob, result) = convert_specs(&specs, &options());
@@ -532,8 +602,16 @@ fn random_layers_round_trip() {
         } else {
             Vec::new()
         };
+        let mut cuts = std::collections::HashMap::new();
+        for spec in &specs {
+            if rng.below(3) == 0 {
+                let size = spec.content.len() as u64 + 2;
+                cuts.insert(spec.name.clone(), (0..rng.below(6)).map(|_| rng.below(size)).collect());
+            }
+        }
         let options = ConvertOptions {
             chunk_size: chunk,
+            cuts,
             small_file_threshold: rng.below(2 * chunk + 2),
             pack_limit: rng.below(4 * chunk + 2),
             compression_level: [0, 1, 6, 9][rng.below(4) as usize],

@@ -10,6 +10,7 @@
 //! Without prioritized files the input streams through once. With them it is first spooled
 //! to an unnamed temporary file, because the files to move to the front may come last.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -21,7 +22,7 @@ use super::footer::footer_bytes;
 use super::order::{prioritized_order, OrderError};
 use super::sink::{MemberSink, SinkTotals};
 use super::tar_stream::{padding, TarEntry, TarError, TarStream};
-use super::toc::{format_mtime, EntryKind, Toc, TocEntry, CHUNK_TYPE, TOC_VERSION};
+use super::toc::{format_mtime, normalize_name, EntryKind, Toc, TocEntry, CHUNK_TYPE, TOC_VERSION};
 use super::{
     NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, TOC_TAR_NAME,
     UNCOMPRESSED_SIZE_ANNOTATION,
@@ -43,6 +44,26 @@ pub const DEFAULT_PACK_LIMIT: u64 = 128 << 10;
 /// zlib's default: within a few percent of level 9's size at a fraction of its time.
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 6;
 
+/// Read ranges closer than this are cut as one: a cut costs a gzip member and a TOC entry,
+/// and a small gap compresses to less than that saves.
+pub const MIN_CUT_GAP: u64 = 16 << 10;
+
+/// Where to cut a file's chunks so that the `ranges` a workload read (sorted or not) fill
+/// whole chunks: at the start and end of each range, ranges less than `MIN_CUT_GAP` apart
+/// taken as one.
+pub fn read_cuts(ranges: &[(u64, u64)]) -> Vec<u64> {
+    let mut ranges: Vec<(u64, u64)> = ranges.iter().copied().filter(|(s, e)| s < e).collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s < last.1.saturating_add(MIN_CUT_GAP) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged.into_iter().flat_map(|(s, e)| [s, e]).filter(|&c| c > 0).collect()
+}
+
 /// The content of a landmark file, as stargz-snapshotter writes it.
 const LANDMARK_CONTENT: [u8; 1] = [0x0f];
 const COPY_BUFFER: usize = 256 << 10;
@@ -54,6 +75,9 @@ pub struct ConvertOptions {
     /// Paths to place first, in this order, before `.prefetch.landmark`. When empty, the layer
     /// starts with `.no.prefetch.landmark` instead.
     pub prioritized: Vec<String>,
+    /// Where chunks of a file end early, by path (offsets into the file): see [`read_cuts`].
+    /// A workload that reads those bytes then fetches chunks that hold little else.
+    pub cuts: HashMap<String, Vec<u64>>,
     /// gzip level, 0 (stored) to 9.
     pub compression_level: u32,
     /// Regular files smaller than this are packed together into shared members; 0 disables it.
@@ -69,6 +93,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             prioritized: Vec::new(),
+            cuts: HashMap::new(),
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             small_file_threshold: DEFAULT_SMALL_FILE_THRESHOLD,
             pack_limit: DEFAULT_PACK_LIMIT,
@@ -157,7 +182,15 @@ pub fn convert<R: Read, W: Write>(
     if options.compression_level > 9 {
         return Err(ConvertError::CompressionLevel(options.compression_level));
     }
-    let mut layer = LayerWriter::new(output, options);
+    let mut cuts = HashMap::new();
+    for (path, offsets) in &options.cuts {
+        let name = normalize_name(path).map_err(|reason| OrderError { path: path.clone(), reason })?;
+        let mut offsets = offsets.clone();
+        offsets.sort_unstable();
+        offsets.dedup();
+        cuts.insert(name, offsets);
+    }
+    let mut layer = LayerWriter::new(output, options, cuts);
     let mut missing_prioritized = Vec::new();
     if options.prioritized.is_empty() {
         layer.append_landmark(NO_PREFETCH_LANDMARK)?;
@@ -209,17 +242,20 @@ struct LayerWriter<'o, W: Write> {
     sink: MemberSink<W>,
     options: &'o ConvertOptions,
     entries: Vec<TocEntry>,
+    /// `options.cuts` by normalized name, each sorted.
+    cuts: HashMap<String, Vec<u64>>,
     /// The open member holds small files and may take more.
     packing: bool,
     buf: Vec<u8>,
 }
 
 impl<'o, W: Write> LayerWriter<'o, W> {
-    fn new(output: W, options: &'o ConvertOptions) -> Self {
+    fn new(output: W, options: &'o ConvertOptions, cuts: HashMap<String, Vec<u64>>) -> Self {
         LayerWriter {
             sink: MemberSink::new(output, options.compression_level),
             options,
             entries: Vec::new(),
+            cuts,
             packing: false,
             buf: vec![0; COPY_BUFFER],
         }
@@ -260,9 +296,12 @@ impl<'o, W: Write> LayerWriter<'o, W> {
             && self.sink.member_len() + size <= self.options.pack_limit;
         let first = self.entries.len();
         let mut file_hash = Sha256::new();
+        let cuts = self.cuts.get(&entry.name).cloned().unwrap_or_default();
+        let mut cuts = cuts.into_iter().filter(|&c| c > 0 && c < size).peekable();
         let mut done = 0;
         while done < size {
-            let len = chunk_size.min(size - done);
+            while cuts.next_if(|&c| c <= done).is_some() {}
+            let len = chunk_size.min(size - done).min(cuts.peek().map_or(u64::MAX, |&c| c - done));
             if !share_member {
                 self.end_member()?;
             }
@@ -277,7 +316,8 @@ impl<'o, W: Write> LayerWriter<'o, W> {
             chunk.offset = offset;
             chunk.inner_offset = inner_offset;
             chunk.chunk_offset = done;
-            chunk.chunk_size = if size > chunk_size { len } else { 0 };
+            // 0: the file's only chunk.
+            chunk.chunk_size = if len < size { len } else { 0 };
             chunk.chunk_digest = Some(chunk_digest);
             self.entries.push(chunk);
             done += len;

@@ -185,8 +185,7 @@ impl Store {
     /// read at start-up, in the order first read.
     pub fn read_profile(&self, digest: &Digest) -> Option<Vec<ProfiledFile>> {
         let bytes = fs::read(self.profile_path(digest)).ok()?;
-        let profile = serde_json::from_slice::<Profile>(&bytes).ok()?;
-        Some(profile.files.into_iter().map(ProfileEntry::into_file).collect())
+        parse_profile(&bytes).ok()
     }
 
     pub fn write_profile(&self, digest: &Digest, files: &[ProfiledFile]) -> Result<(), StoreError> {
@@ -217,6 +216,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A prefetch profile as `write_profile` saves it: `{"files": [...]}`, each file a path with
+/// the byte ranges read, or a bare path for a whole file.
+pub fn parse_profile(bytes: &[u8]) -> Result<Vec<ProfiledFile>, serde_json::Error> {
+    let profile = serde_json::from_slice::<Profile>(bytes)?;
+    Ok(profile.files.into_iter().map(ProfileEntry::into_file).collect())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -142,4 +142,29 @@ fn a_profile_of_part_of_a_large_file_prefetches_only_the_chunks_read() {
     let cached = cache_bytes(&skiff.root);
     assert!(cached <= read + (2 << 20), "prefetched {cached} bytes for {read} read");
     drop(m);
+
+    // Converted with the profile, the bytes read get chunks of their own: the same read then
+    // fetches about them, not the 1 MiB chunk around them.
+    let cut = format!("{}/profiles/big:cut", f.registry.addr);
+    let profile = skiff.store().profile_path(&manifest);
+    let converter = Skiff::new(&dir.path().join("converter"));
+    converter
+        .run(&["convert", "--chunk-size", "1048576", "--prioritize", profile.to_str().unwrap(), &plain, &cut])
+        .ok();
+    for (image, least, most) in [(&lazy, 1 << 20, 2 << 20), (&cut, read, read + (64 << 10))] {
+        let base = dir.path().join(format!("reader-{}", image.rsplit(':').next().unwrap()));
+        let Some(m) = Mount::new(&base, image) else { return };
+        let file = fs::File::open(m.p("data/big.bin")).unwrap();
+        let mut buf = [0u8; 100];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 8 << 20).unwrap();
+        assert_eq!(&buf[..], &big[8 << 20..(8 << 20) + 100]);
+        drop(file);
+        drop(m);
+        let stats: serde_json::Value =
+            serde_json::from_str(Skiff::new(&base).run(&["cache", "stats", "--format", "json"]).ok())
+                .unwrap();
+        // The table of contents of one file is a few hundred bytes.
+        let fetched = stats["totals"]["registry_bytes"].as_u64().unwrap();
+        assert!(fetched >= least && fetched <= most, "{image}: fetched {fetched} for {read} read: {stats}");
+    }
 }

@@ -1,7 +1,9 @@
 use anyhow::Context as _;
 use skiff::image::{convert, push, Quiet};
 use skiff::registry::UploadOptions;
-use skiff_fs::estargz::ConvertOptions;
+use std::collections::HashMap;
+
+use skiff_fs::estargz::{read_cuts, ConvertOptions};
 
 use crate::context::Context;
 
@@ -10,8 +12,10 @@ pub struct Args {
     /// Largest chunk of a file in the converted layers (K, M suffixes).
     #[arg(long, default_value = "512K", value_parser = skiff::size::parse_size)]
     chunk_size: u64,
-    /// A file listing paths (one per line) to place first in each layer, ended by a
-    /// `.prefetch.landmark`: the files a workload reads when it starts.
+    /// The files a workload reads when it starts, to place first in each layer, ended by a
+    /// `.prefetch.landmark`: a list of paths (one per line), or a prefetch profile as
+    /// `--record-profile` saves it ($SKIFF_ROOT/profiles/<manifest digest>.json), whose
+    /// byte ranges also cut the chunks, so that the bytes read fill chunks of their own.
     #[arg(long, value_name = "FILE")]
     prioritize: Option<std::path::PathBuf>,
     /// Store the converted image without pushing it.
@@ -28,20 +32,15 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let client = ctx.client()?;
     let dest = super::parse_reference(&args.destination)?;
     let record = super::stored_or_pulled(&store, &client, &args.source)?;
-    let prioritized = match &args.prioritize {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the prioritized file list {}", path.display()))?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect(),
-        None => Vec::new(),
-    };
     if args.chunk_size == 0 {
         anyhow::bail!("--chunk-size must be more than 0");
     }
-    let options = ConvertOptions { chunk_size: args.chunk_size, prioritized, ..ConvertOptions::default() };
+    let mut options = ConvertOptions { chunk_size: args.chunk_size, ..ConvertOptions::default() };
+    if let Some(path) = &args.prioritize {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prioritized file list {}", path.display()))?;
+        prioritize(&mut options, &text).with_context(|| format!("reading the profile {}", path.display()))?;
+    }
     let report = convert(&client, &store, &record, &dest, &options)
         .with_context(|| format!("converting {} to eStargz", record.name))?;
     for layer in &report.layers {
@@ -60,4 +59,55 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     println!("Digest: {}", report.record.digest);
     println!("{}", report.record.name);
     Ok(())
+}
+
+/// Fills `options` from `--prioritize`'s file: a profile (JSON) gives the order and the cuts,
+/// a list of paths the order alone.
+fn prioritize(options: &mut ConvertOptions, text: &str) -> anyhow::Result<()> {
+    if !text.trim_start().starts_with('{') {
+        options.prioritized = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect();
+        return Ok(());
+    }
+    let files = skiff::store::parse_profile(text.as_bytes())?;
+    let mut ranges: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+    for file in &files {
+        if !ranges.contains_key(file.path.as_str()) {
+            options.prioritized.push(file.path.clone());
+        }
+        ranges.entry(&file.path).or_default().extend(&file.ranges);
+    }
+    options.cuts = ranges.into_iter().map(|(path, r)| (path.to_string(), read_cuts(&r))).collect();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_gives_the_order_of_first_reads_and_cuts_a_list_only_the_order() {
+        let mut options = ConvertOptions::default();
+        let profile = r#"{"files": [
+            {"path": "usr/bin/tool", "ranges": [[0, 4096]]},
+            "etc/tool.conf",
+            {"path": "usr/bin/tool", "ranges": [[1048576, 1179648]]}
+        ]}"#;
+        prioritize(&mut options, profile).unwrap();
+        assert_eq!(options.prioritized, ["usr/bin/tool", "etc/tool.conf"]);
+        assert_eq!(options.cuts["usr/bin/tool"], [4096, 1048576, 1179648]);
+        assert_eq!(options.cuts["etc/tool.conf"], Vec::<u64>::new());
+
+        let mut options = ConvertOptions::default();
+        prioritize(&mut options, "# start-up\nusr/bin/tool\n\n etc/tool.conf \n").unwrap();
+        assert_eq!(options.prioritized, ["usr/bin/tool", "etc/tool.conf"]);
+        assert!(options.cuts.is_empty());
+
+        let err = prioritize(&mut ConvertOptions::default(), r#"{"files": [{"path": 3}]}"#).unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
 }
