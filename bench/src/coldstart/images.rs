@@ -158,6 +158,9 @@ pub struct Workload {
     /// eStargz layers, in the bench's registry (skiff lazy), tagged with their chunk size:
     /// images converted with another chunk size (an older default) are not reused.
     pub estargz_ref: String,
+    /// eStargz layers converted with the workload's recorded profile (optimized mode),
+    /// converted again in every bench run, as the profile is recorded again.
+    pub optimized_ref: String,
     pub command: Vec<String>,
     pub ready: Ready,
     /// `skiff convert --chunk-size`, always given: the skiff measured may have another
@@ -170,6 +173,7 @@ impl Workload {
     pub fn set_chunk_size(&mut self, size: u64) {
         self.chunk_size = size;
         self.estargz_ref = estargz_ref(&self.repository, size);
+        self.optimized_ref = optimized_ref(&self.repository, size);
     }
 
     /// A workload reported as `name` whose images are in the registry's `repository`.
@@ -180,6 +184,7 @@ impl Workload {
             repository: repository.to_string(),
             gzip_ref: format!("{REGISTRY}/skiff-bench/{repository}:gzip"),
             estargz_ref: estargz_ref(repository, chunk_size),
+            optimized_ref: optimized_ref(repository, chunk_size),
             command,
             ready,
             chunk_size,
@@ -199,6 +204,10 @@ impl Workload {
 
 fn estargz_ref(repository: &str, chunk_size: u64) -> String {
     format!("{REGISTRY}/skiff-bench/{repository}:estargz-{chunk_size}")
+}
+
+fn optimized_ref(repository: &str, chunk_size: u64) -> String {
+    format!("{REGISTRY}/skiff-bench/{repository}:optimized-{chunk_size}")
 }
 
 /// The OCI layout the bench builds its images in, and where it logs the build.
@@ -437,24 +446,51 @@ impl Builder {
         }
         if !exists_in_registry(link, &w.estargz_ref) {
             eprintln!("converting to {}", w.estargz_ref);
-            let root = convert_root.to_string_lossy();
-            let skiff = skiff.to_string_lossy();
-            let chunk = w.chunk_size.to_string();
-            let argv = [
-                &*skiff,
-                "--root",
-                &root,
-                "--insecure-registry",
-                REGISTRY,
-                "convert",
-                "--chunk-size",
-                &chunk,
-                &w.gzip_ref,
-                &w.estargz_ref,
-            ];
-            run_logged(&mut link.exec_command(&argv), &self.log)?;
+            self.convert(link, skiff, convert_root, w, &w.estargz_ref, &[])?;
         }
         Ok(())
+    }
+
+    /// Converts the workload's gzip image with its recorded `profile` (a skiff profile file)
+    /// into `w.optimized_ref`, replacing what is there.
+    pub fn optimize(
+        &self,
+        link: &Link,
+        skiff: &Path,
+        convert_root: &Path,
+        w: &Workload,
+        profile: &Path,
+    ) -> anyhow::Result<()> {
+        eprintln!("converting to {} with the recorded profile", w.optimized_ref);
+        let profile = profile.to_string_lossy();
+        self.convert(link, skiff, convert_root, w, &w.optimized_ref, &["--prioritize", &profile])
+    }
+
+    fn convert(
+        &self,
+        link: &Link,
+        skiff: &Path,
+        convert_root: &Path,
+        w: &Workload,
+        dest: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let root = convert_root.to_string_lossy();
+        let skiff = skiff.to_string_lossy();
+        let chunk = w.chunk_size.to_string();
+        let mut argv = vec![
+            &*skiff,
+            "--root",
+            &root,
+            "--insecure-registry",
+            REGISTRY,
+            "convert",
+            "--chunk-size",
+            &chunk,
+        ];
+        argv.extend(extra);
+        argv.extend([w.gzip_ref.as_str(), dest]);
+        run_logged(&mut link.exec_command(&argv), &self.log)
     }
 }
 

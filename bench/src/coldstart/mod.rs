@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, requires = "image")]
     ready: Option<String>,
     /// Modes to compare.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "lazy,profile,full,podman")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "lazy,profile,optimized,full,podman")]
     modes: Vec<Mode>,
     /// Iterations (cold + warm run of every mode in each).
     #[arg(long, default_value_t = 3)]
@@ -221,8 +221,6 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let shape = Shape { rate_bits_per_s: args.rate, delay_ms: args.delay };
     link.shape(&shape)?;
-
-    remove_tree(&args.cache_dir.join("convert-root"))?;
     let short_dir = Scratch(PathBuf::from(format!("/run/skiff-bench-{}", std::process::id())));
 
     let podman_conf = work.0.join("containers.conf");
@@ -239,16 +237,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 
     let mut samples = Vec::new();
     let mut failures = Vec::new();
-    if modes.contains(&Mode::Profile) {
+    if modes.iter().any(|m| m.has_profile()) {
         for w in &workloads {
-            eprintln!("recording the prefetch profile of {}", w.name);
-            let scratch = Scratch(work.0.join(format!("record-{}", w.name)));
-            if let Err(e) = runner.record_profile(w, &scratch.0) {
+            if let Err((mode, e)) = record_profiles(&runner, &builder, &modes, &args.cache_dir, &work.0, w) {
                 bail_if_interrupted()?;
                 eprintln!("  failed: {e:#}");
                 failures.push(Failure {
                     workload: w.name.clone(),
-                    mode: Mode::Profile,
+                    mode,
                     phase: Phase::Cold,
                     iteration: 0,
                     error: format!("recording the profile: {e:#}"),
@@ -256,12 +252,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    remove_tree(&args.cache_dir.join("convert-root"))?;
 
     let mut dropped_page_cache = true;
     for i in 0..args.runs {
         for w in &workloads {
             for mode in modes::rotation(&modes, i) {
-                if mode == Mode::Profile && !runner.profiles.join(&w.name).exists() {
+                if mode.has_profile() && !runner.profile_dir(w, mode).exists() {
                     continue;
                 }
                 let root = work.0.join(format!("{}-{}-{i}", w.name, mode.name()));
@@ -337,4 +334,34 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Records the profile of `w` on its eStargz image; for the optimized mode, converts the
+/// image with it and records the profile of that image too. The mode that failed, if one did.
+fn record_profiles(
+    runner: &Runner<'_>,
+    builder: &Builder,
+    modes: &[Mode],
+    cache_dir: &Path,
+    work: &Path,
+    w: &Workload,
+) -> Result<(), (Mode, anyhow::Error)> {
+    eprintln!("recording the prefetch profile of {}", w.name);
+    let scratch = Scratch(work.join(format!("record-{}", w.name)));
+    runner.record_profile(w, Mode::Profile, &scratch.0).map_err(|e| (Mode::Profile, e))?;
+    if !modes.contains(&Mode::Optimized) {
+        return Ok(());
+    }
+    let optimize = || -> anyhow::Result<()> {
+        let dir = runner.profile_dir(w, Mode::Profile);
+        let profile = std::fs::read_dir(&dir)?
+            .next()
+            .with_context(|| format!("no profile in {}", dir.display()))??
+            .path();
+        builder.optimize(runner.link, &runner.skiff, &cache_dir.join("convert-root"), w, &profile)?;
+        eprintln!("recording the prefetch profile of {} on {}", w.name, w.optimized_ref);
+        let scratch = Scratch(work.join(format!("record-{}-optimized", w.name)));
+        runner.record_profile(w, Mode::Optimized, &scratch.0)
+    };
+    optimize().map_err(|e| (Mode::Optimized, e))
 }

@@ -1,6 +1,6 @@
 //! The ways a workload is started, each from its own root so "cold" means empty: skiff lazy
-//! (eStargz), skiff lazy with a recorded prefetch profile, skiff with a full pull before start,
-//! and podman. One call of [`Runner::measure`] is one sample.
+//! (eStargz), skiff lazy with a recorded prefetch profile, the same on an image converted with
+//! that profile, skiff with a full pull before start, and podman. One call of [`Runner::measure`] is one sample.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,9 @@ pub enum Mode {
     Lazy,
     /// As lazy, with the profile of an earlier recorded run prefetched.
     Profile,
+    /// As profile, on the image converted with that profile (`skiff convert --prioritize`):
+    /// the files read first in each layer, the bytes read in chunks of their own.
+    Optimized,
     /// skiff run --pull-mode full on the gzip image: everything fetched and unpacked first.
     Full,
     /// podman pull + podman run on the gzip image.
@@ -32,6 +35,7 @@ impl Mode {
         match self {
             Mode::Lazy => "skiff-lazy",
             Mode::Profile => "skiff-profile",
+            Mode::Optimized => "skiff-optimized",
             Mode::Full => "skiff-full",
             Mode::Podman => "podman",
         }
@@ -41,6 +45,7 @@ impl Mode {
         match self {
             Mode::Lazy => "#2e86de",
             Mode::Profile => "#10ac84",
+            Mode::Optimized => "#0b6e4f",
             Mode::Full => "#8e44ad",
             Mode::Podman => "#e67e22",
         }
@@ -48,6 +53,11 @@ impl Mode {
 
     fn is_skiff(self) -> bool {
         self != Mode::Podman
+    }
+
+    /// Whether the mode prefetches a recorded profile.
+    pub fn has_profile(self) -> bool {
+        matches!(self, Mode::Profile | Mode::Optimized)
     }
 }
 
@@ -77,6 +87,8 @@ pub struct SkiffFeatures {
     pub lazy: bool,
     pub full: bool,
     pub record_profile: bool,
+    /// `skiff convert --prioritize` takes a recorded profile.
+    pub convert_profile: bool,
 }
 
 impl SkiffFeatures {
@@ -89,6 +101,10 @@ impl SkiffFeatures {
             lazy: accepts(&["--pull-mode", "lazy"]),
             full: accepts(&["--pull-mode", "full"]),
             record_profile: accepts(&["--record-profile"]),
+            convert_profile: Command::new(skiff)
+                .args(["convert", "--help"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("prefetch profile")),
         }
     }
 
@@ -97,11 +113,16 @@ impl SkiffFeatures {
         match mode {
             Mode::Podman => None,
             _ if !self.run => Some("this skiff has no `run` verb yet"),
-            Mode::Lazy | Mode::Profile if !self.lazy => {
+            Mode::Lazy | Mode::Profile | Mode::Optimized if !self.lazy => {
                 Some("this skiff's `run` has no --pull-mode lazy yet")
             }
             Mode::Full if !self.full => Some("this skiff's `run` has no --pull-mode full yet"),
-            Mode::Profile if !self.record_profile => Some("this skiff's `run` has no --record-profile yet"),
+            Mode::Profile | Mode::Optimized if !self.record_profile => {
+                Some("this skiff's `run` has no --record-profile yet")
+            }
+            Mode::Optimized if !self.convert_profile => {
+                Some("this skiff's `convert --prioritize` takes no prefetch profile yet")
+            }
             _ => None,
         }
     }
@@ -116,7 +137,8 @@ pub struct Runner<'a> {
     /// `--network` of the containers.
     pub network: String,
     pub timeout: Duration,
-    /// Recorded profiles: `<dir>/<workload>/` holds a skiff root's `profiles/` files.
+    /// Recorded profiles: `<dir>/<workload>/` (profile mode) and `<dir>/<workload>.optimized/`
+    /// (optimized mode) hold a skiff root's `profiles/` files.
     pub profiles: PathBuf,
     /// Where podman's run roots go: podman refuses one longer than 50 characters.
     pub short_dir: PathBuf,
@@ -157,6 +179,10 @@ impl Runner<'_> {
                 argv.extend(["--pull-mode", "full"]);
                 &w.gzip_ref
             }
+            Mode::Optimized => {
+                argv.extend(["--pull-mode", "lazy"]);
+                &w.optimized_ref
+            }
             _ => {
                 argv.extend(["--pull-mode", "lazy"]);
                 &w.estargz_ref
@@ -195,13 +221,21 @@ impl Runner<'_> {
         cmd
     }
 
-    /// Runs the workload once with `--record-profile` from a scratch root and keeps the
-    /// profile it saved, for the profile mode's runs.
-    pub fn record_profile(&self, w: &Workload, scratch: &Path) -> anyhow::Result<()> {
+    /// Where the profiles of `w` for `mode`'s runs are kept.
+    pub fn profile_dir(&self, w: &Workload, mode: Mode) -> PathBuf {
+        match mode {
+            Mode::Optimized => self.profiles.join(format!("{}.optimized", w.name)),
+            _ => self.profiles.join(&w.name),
+        }
+    }
+
+    /// Runs the workload once in `mode` with `--record-profile` from a scratch root and keeps
+    /// the profile it saved, for that mode's runs.
+    pub fn record_profile(&self, w: &Workload, mode: Mode, scratch: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(scratch)?;
-        time_until_ready(&mut self.skiff_run(scratch, Mode::Profile, w, true), &w.ready, self.timeout)
+        time_until_ready(&mut self.skiff_run(scratch, mode, w, true), &w.ready, self.timeout)
             .with_context(|| format!("recording the profile of {}", w.name))?;
-        let dest = self.profiles.join(&w.name);
+        let dest = self.profile_dir(w, mode);
         std::fs::create_dir_all(&dest)?;
         let src = scratch.join("profiles");
         let mut copied = 0;
@@ -219,12 +253,10 @@ impl Runner<'_> {
     /// Readies a fresh root for `mode` (a profile mode gets its profile, nothing else).
     pub fn prepare_root(&self, root: &Path, mode: Mode, w: &Workload) -> anyhow::Result<()> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        if mode == Mode::Profile {
+        if mode.has_profile() {
             let dest = root.join("profiles");
             std::fs::create_dir_all(&dest)?;
-            for entry in
-                std::fs::read_dir(self.profiles.join(&w.name)).context("reading recorded profiles")?
-            {
+            for entry in std::fs::read_dir(self.profile_dir(w, mode)).context("reading recorded profiles")? {
                 let entry = entry?;
                 std::fs::copy(entry.path(), dest.join(entry.file_name()))?;
             }
@@ -340,13 +372,19 @@ mod tests {
         let none = SkiffFeatures::default();
         assert!(none.missing_for(Mode::Lazy).is_some());
         assert_eq!(none.missing_for(Mode::Podman), None);
-        let full_only = SkiffFeatures { run: true, lazy: false, full: true, record_profile: false };
+        let full_only = SkiffFeatures { run: true, full: true, ..SkiffFeatures::default() };
         assert_eq!(full_only.missing_for(Mode::Full), None);
         assert!(full_only.missing_for(Mode::Lazy).unwrap().contains("lazy"));
         assert!(full_only.missing_for(Mode::Profile).unwrap().contains("lazy"));
-        let no_profile = SkiffFeatures { run: true, lazy: true, full: true, record_profile: false };
+        let no_profile = SkiffFeatures { run: true, lazy: true, full: true, ..SkiffFeatures::default() };
         assert_eq!(no_profile.missing_for(Mode::Lazy), None);
         assert!(no_profile.missing_for(Mode::Profile).unwrap().contains("--record-profile"));
+        assert!(no_profile.missing_for(Mode::Optimized).unwrap().contains("--record-profile"));
+        let list_only = SkiffFeatures { record_profile: true, ..no_profile };
+        assert_eq!(list_only.missing_for(Mode::Profile), None);
+        assert!(list_only.missing_for(Mode::Optimized).unwrap().contains("convert --prioritize"));
+        let all = SkiffFeatures { convert_profile: true, ..list_only };
+        assert_eq!(all.missing_for(Mode::Optimized), None);
     }
 
     #[test]

@@ -300,7 +300,9 @@ impl Report {
         let ratios: Vec<String> = self
             .summaries
             .iter()
-            .filter(|s| s.phase == Phase::Cold && matches!(s.mode, Mode::Lazy | Mode::Profile))
+            .filter(|s| {
+                s.phase == Phase::Cold && matches!(s.mode, Mode::Lazy | Mode::Profile | Mode::Optimized)
+            })
             .filter_map(|s| {
                 let read = self.read_bytes(&s.workload)?;
                 let fetched = s.blob_bytes?.median;
