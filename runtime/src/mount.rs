@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use skiff_fs::union::{self, LayerView, MountOptions, Mounted, Union};
+use skiff_fs::union::{self, LayerView, MountOptions, Mounted, ProfiledFile, Union};
 use skiff_fs::{ChunkCache, Digest};
 
-use crate::image::ImageError;
+use crate::image::{ImageError, StoredImage, PROFILE_ANNOTATION};
 use crate::layers::{open_layers, OpenedLayer};
 use crate::registry::Client;
-use crate::store::{write_atomic, ImageRecord, Store, StoreError};
+use crate::store::{parse_profile, write_atomic, ImageRecord, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -169,7 +169,7 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
         union.record_reads();
     }
     if req.profile.prefetch {
-        if let Some(files) = req.store.read_profile(&req.image.manifest) {
+        if let Some(files) = req.store.read_profile(&req.image.manifest).or_else(|| embedded_profile(&req)) {
             let union = union.clone();
             std::thread::Builder::new()
                 .name("skiff-prefetch".into())
@@ -209,6 +209,20 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
         profile,
         usage,
     })
+}
+
+/// The profile `skiff convert --prioritize` put in the image's manifest, if it did. One that
+/// does not parse is not used: the start goes on without a prefetch.
+fn embedded_profile(req: &MountRequest<'_>) -> Option<Vec<ProfiledFile>> {
+    let image = StoredImage::load(req.store, req.image).ok()?;
+    let json = image.manifest.annotations.get(PROFILE_ANNOTATION)?;
+    match parse_profile(json.as_bytes()) {
+        Ok(files) => Some(files),
+        Err(e) => {
+            tracing::warn!(image = %req.image.name, error = %e, "the profile in the manifest does not parse");
+            None
+        }
+    }
 }
 
 /// Whether `path` is a mount point of a skiff FUSE filesystem.

@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use skiff_fs::estargz::{self, ConvertOptions};
+use skiff_fs::union::ProfiledFile;
 use skiff_fs::Digest;
 
 use super::stream::open_layer;
@@ -36,14 +37,22 @@ pub struct ConvertReport {
     pub layers: Vec<ConvertedLayer>,
 }
 
+/// Manifest annotation holding a prefetch profile (the JSON of `store::parse_profile`): a
+/// mount of the image with no profile of its own prefetches this one.
+pub const PROFILE_ANNOTATION: &str = "io.skiff.prefetch-profile";
+/// Larger profiles are not put in the manifest, which registries limit (4 MiB is common).
+pub const MAX_PROFILE_ANNOTATION: usize = 512 << 10;
+
 /// Converts the stored image `record` into an eStargz image named `dest`, in the store.
-/// `prioritized` paths go first in whichever layers hold them.
+/// `prioritized` paths go first in whichever layers hold them. A `profile` (the reads it was
+/// made from) goes into the manifest, so that a first start anywhere prefetches it.
 pub fn convert(
     client: &Arc<Client>,
     store: &Store,
     record: &ImageRecord,
     dest: &Reference,
     options: &ConvertOptions,
+    profile: Option<&[ProfiledFile]>,
 ) -> Result<ConvertReport, ImageError> {
     let image = StoredImage::load(store, record)?;
     let config = image.config()?;
@@ -75,7 +84,7 @@ pub fn convert(
     config_json["rootfs"]["diff_ids"] = serde_json::json!(new_ids);
     let config_bytes = serde_json::to_vec(&config_json).expect("JSON serializes");
     let config_digest = Digest::of(&config_bytes);
-    let manifest = ImageManifest {
+    let mut manifest = ImageManifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.to_string()),
         config: Descriptor {
@@ -89,6 +98,14 @@ pub fn convert(
         layers: descriptors,
         annotations: image.manifest.annotations.clone(),
     };
+    if let Some(files) = profile {
+        let json = crate::store::profile_json(files);
+        if json.len() <= MAX_PROFILE_ANNOTATION {
+            manifest.annotations.insert(PROFILE_ANNOTATION.to_string(), json);
+        } else {
+            tracing::warn!(bytes = json.len(), "the profile is too large for the manifest; not embedded");
+        }
+    }
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let manifest_digest = Digest::of(&manifest_bytes);
     staged.push(stage(store, &config_bytes, "converted config")?);

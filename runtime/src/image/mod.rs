@@ -11,7 +11,9 @@ pub mod stream;
 use skiff_fs::Digest;
 
 pub use commit::{commit, CommitOptions, LayerCompression};
-pub use convert::{convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER};
+pub use convert::{
+    convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,
+};
 pub use format::LayerFormat;
 pub use inspect::{inspect, ImageDetails, LayerDetails};
 pub use pull::{pull, PullOptions, PullResult};

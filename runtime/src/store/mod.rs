@@ -192,11 +192,7 @@ impl Store {
         let path = self.profile_path(digest);
         let dir = path.parent().expect("profiles dir");
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let files = files
-            .iter()
-            .map(|f| ProfileEntry::Ranges { path: f.path.clone(), ranges: f.ranges.clone() })
-            .collect();
-        let bytes = serde_json::to_vec_pretty(&Profile { files }).expect("serializes");
+        let bytes = serde_json::to_vec_pretty(&Profile::of(files)).expect("serializes");
         write_atomic(&path, &bytes, 0o644).map_err(io_at(&path))
     }
 
@@ -225,9 +221,24 @@ pub fn parse_profile(bytes: &[u8]) -> Result<Vec<ProfiledFile>, serde_json::Erro
     Ok(profile.files.into_iter().map(ProfileEntry::into_file).collect())
 }
 
+/// `files` as one line of the JSON `parse_profile` reads.
+pub fn profile_json(files: &[ProfiledFile]) -> String {
+    serde_json::to_string(&Profile::of(files)).expect("serializes")
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Profile {
     files: Vec<ProfileEntry>,
+}
+
+impl Profile {
+    fn of(files: &[ProfiledFile]) -> Profile {
+        let files = files
+            .iter()
+            .map(|f| ProfileEntry::Ranges { path: f.path.clone(), ranges: f.ranges.clone() })
+            .collect();
+        Profile { files }
+    }
 }
 
 /// A profile's file: a bare path (the whole file) or a path with the ranges read.

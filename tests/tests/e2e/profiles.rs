@@ -92,6 +92,30 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
         .filter(|l| !l.ends_with('/'))
         .collect();
     assert_eq!(&files[..3], ["etc/app.conf", "data/blob-4.bin", ".prefetch.landmark"], "{files:?}");
+
+    // Converted with the profile itself, the image carries it: a first start on another
+    // machine (a fresh root, no profile of its own) prefetches it.
+    let profiled = format!("{}/profiles/app:profiled", f.registry.addr);
+    let profile_file = skiff.store().profile_path(&manifest);
+    converter.run(&["convert", "--prioritize", profile_file.to_str().unwrap(), &plain, &profiled]).ok();
+    let converted = converter.store().find_image(&profiled).unwrap();
+    let image = skiff::image::StoredImage::load(&converter.store(), &converted).unwrap();
+    let embedded = &image.manifest.annotations[skiff::image::PROFILE_ANNOTATION];
+    let files: Vec<String> =
+        skiff::store::parse_profile(embedded.as_bytes()).unwrap().into_iter().map(|f| f.path).collect();
+    assert_eq!(files, paths);
+    let elsewhere = dir.path().join("elsewhere");
+    let fresh = Skiff::new(&elsewhere);
+    let Some(m) = Mount::new(&elsewhere, &profiled) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache_bytes(&fresh.root) < 2 << 20 {
+        assert!(Instant::now() < deadline, "the image's profile was not prefetched");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cache_bytes(&fresh.root) < 4 << 20, "only the profile's files are prefetched");
+    assert_eq!(fs::read_to_string(m.p("etc/app.conf")).unwrap(), "answer = 42\n");
+    drop(m);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use skiff::registry::UploadOptions;
 use std::collections::HashMap;
 
 use skiff_fs::estargz::{read_cuts, ConvertOptions};
+use skiff_fs::union::ProfiledFile;
 
 use crate::context::Context;
 
@@ -36,12 +37,14 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--chunk-size must be more than 0");
     }
     let mut options = ConvertOptions { chunk_size: args.chunk_size, ..ConvertOptions::default() };
+    let mut profile = None;
     if let Some(path) = &args.prioritize {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the prioritized file list {}", path.display()))?;
-        prioritize(&mut options, &text).with_context(|| format!("reading the profile {}", path.display()))?;
+        profile = prioritize(&mut options, &text)
+            .with_context(|| format!("reading the profile {}", path.display()))?;
     }
-    let report = convert(&client, &store, &record, &dest, &options)
+    let report = convert(&client, &store, &record, &dest, &options, profile.as_deref())
         .with_context(|| format!("converting {} to eStargz", record.name))?;
     for layer in &report.layers {
         println!(
@@ -62,8 +65,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
 }
 
 /// Fills `options` from `--prioritize`'s file: a profile (JSON) gives the order and the cuts,
-/// a list of paths the order alone.
-fn prioritize(options: &mut ConvertOptions, text: &str) -> anyhow::Result<()> {
+/// and is returned to go into the manifest; a list of paths gives the order alone.
+fn prioritize(options: &mut ConvertOptions, text: &str) -> anyhow::Result<Option<Vec<ProfiledFile>>> {
     if !text.trim_start().starts_with('{') {
         options.prioritized = text
             .lines()
@@ -71,7 +74,7 @@ fn prioritize(options: &mut ConvertOptions, text: &str) -> anyhow::Result<()> {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(str::to_string)
             .collect();
-        return Ok(());
+        return Ok(None);
     }
     let files = skiff::store::parse_profile(text.as_bytes())?;
     let mut ranges: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
@@ -82,7 +85,7 @@ fn prioritize(options: &mut ConvertOptions, text: &str) -> anyhow::Result<()> {
         ranges.entry(&file.path).or_default().extend(&file.ranges);
     }
     options.cuts = ranges.into_iter().map(|(path, r)| (path.to_string(), read_cuts(&r))).collect();
-    Ok(())
+    Ok(Some(files))
 }
 
 #[cfg(test)]
@@ -97,13 +100,14 @@ mod tests {
             "etc/tool.conf",
             {"path": "usr/bin/tool", "ranges": [[1048576, 1179648]]}
         ]}"#;
-        prioritize(&mut options, profile).unwrap();
+        let files = prioritize(&mut options, profile).unwrap().expect("a profile");
+        assert_eq!(files.len(), 3);
         assert_eq!(options.prioritized, ["usr/bin/tool", "etc/tool.conf"]);
         assert_eq!(options.cuts["usr/bin/tool"], [4096, 1048576, 1179648]);
         assert_eq!(options.cuts["etc/tool.conf"], Vec::<u64>::new());
 
         let mut options = ConvertOptions::default();
-        prioritize(&mut options, "# start-up\nusr/bin/tool\n\n etc/tool.conf \n").unwrap();
+        assert_eq!(prioritize(&mut options, "# start-up\nusr/bin/tool\n\n etc/tool.conf \n").unwrap(), None);
         assert_eq!(options.prioritized, ["usr/bin/tool", "etc/tool.conf"]);
         assert!(options.cuts.is_empty());
 
