@@ -337,7 +337,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 }
 
 /// Records the profile of `w` on its eStargz image; for the optimized mode, converts the
-/// image with it and records the profile of that image too. The mode that failed, if one did.
+/// image with it (keeping a copy of the profile used). The mode that failed, if one did.
 fn record_profiles(
     runner: &Runner<'_>,
     builder: &Builder,
@@ -348,7 +348,7 @@ fn record_profiles(
 ) -> Result<(), (Mode, anyhow::Error)> {
     eprintln!("recording the prefetch profile of {}", w.name);
     let scratch = Scratch(work.join(format!("record-{}", w.name)));
-    runner.record_profile(w, Mode::Profile, &scratch.0).map_err(|e| (Mode::Profile, e))?;
+    runner.record_profile(w, &scratch.0).map_err(|e| (Mode::Profile, e))?;
     if !modes.contains(&Mode::Optimized) {
         return Ok(());
     }
@@ -359,9 +359,10 @@ fn record_profiles(
             .with_context(|| format!("no profile in {}", dir.display()))??
             .path();
         builder.optimize(runner.link, &runner.skiff, &cache_dir.join("convert-root"), w, &profile)?;
-        eprintln!("recording the prefetch profile of {} on {}", w.name, w.optimized_ref);
-        let scratch = Scratch(work.join(format!("record-{}-optimized", w.name)));
-        runner.record_profile(w, Mode::Optimized, &scratch.0)
+        let kept = runner.profile_dir(w, Mode::Optimized);
+        std::fs::create_dir_all(&kept)?;
+        std::fs::copy(&profile, kept.join("converted-with.json"))?;
+        Ok(())
     };
     optimize().map_err(|e| (Mode::Optimized, e))
 }

@@ -21,8 +21,10 @@ pub enum Mode {
     Lazy,
     /// As lazy, with the profile of an earlier recorded run prefetched.
     Profile,
-    /// As profile, on the image converted with that profile (`skiff convert --prioritize`):
-    /// the files read first in each layer, the bytes read in chunks of their own.
+    /// The image converted with that profile (`skiff convert --prioritize`): the files read
+    /// first in each layer, the bytes read in chunks of their own, the profile in the
+    /// manifest. Started from a root with no profile of its own, as on another machine: the
+    /// start prefetches the manifest's profile.
     Optimized,
     /// skiff run --pull-mode full on the gzip image: everything fetched and unpacked first.
     Full,
@@ -55,7 +57,7 @@ impl Mode {
         self != Mode::Podman
     }
 
-    /// Whether the mode prefetches a recorded profile.
+    /// Whether the mode needs a recorded profile.
     pub fn has_profile(self) -> bool {
         matches!(self, Mode::Profile | Mode::Optimized)
     }
@@ -137,8 +139,8 @@ pub struct Runner<'a> {
     /// `--network` of the containers.
     pub network: String,
     pub timeout: Duration,
-    /// Recorded profiles: `<dir>/<workload>/` (profile mode) and `<dir>/<workload>.optimized/`
-    /// (optimized mode) hold a skiff root's `profiles/` files.
+    /// Recorded profiles: `<dir>/<workload>/` holds a skiff root's `profiles/` files (profile
+    /// mode), `<dir>/<workload>.optimized/` the one its optimized image was converted with.
     pub profiles: PathBuf,
     /// Where podman's run roots go: podman refuses one longer than 50 characters.
     pub short_dir: PathBuf,
@@ -229,13 +231,13 @@ impl Runner<'_> {
         }
     }
 
-    /// Runs the workload once in `mode` with `--record-profile` from a scratch root and keeps
-    /// the profile it saved, for that mode's runs.
-    pub fn record_profile(&self, w: &Workload, mode: Mode, scratch: &Path) -> anyhow::Result<()> {
+    /// Runs the workload once with `--record-profile` from a scratch root and keeps the
+    /// profile it saved, for the profile mode's runs.
+    pub fn record_profile(&self, w: &Workload, scratch: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(scratch)?;
-        time_until_ready(&mut self.skiff_run(scratch, mode, w, true), &w.ready, self.timeout)
+        time_until_ready(&mut self.skiff_run(scratch, Mode::Profile, w, true), &w.ready, self.timeout)
             .with_context(|| format!("recording the profile of {}", w.name))?;
-        let dest = self.profile_dir(w, mode);
+        let dest = self.profile_dir(w, Mode::Profile);
         std::fs::create_dir_all(&dest)?;
         let src = scratch.join("profiles");
         let mut copied = 0;
@@ -250,10 +252,10 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Readies a fresh root for `mode` (a profile mode gets its profile, nothing else).
+    /// Readies a fresh root for `mode` (the profile mode gets its profile, nothing else).
     pub fn prepare_root(&self, root: &Path, mode: Mode, w: &Workload) -> anyhow::Result<()> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        if mode.has_profile() {
+        if mode == Mode::Profile {
             let dest = root.join("profiles");
             std::fs::create_dir_all(&dest)?;
             for entry in std::fs::read_dir(self.profile_dir(w, mode)).context("reading recorded profiles")? {
