@@ -217,7 +217,8 @@ impl Union {
     ///
     /// The chunks go in the profile's order (the order the workload first read them), in
     /// batches of about `PREFETCH_BATCH` compressed bytes, each batch fetched in blob order
-    /// (coalesced) across the layers it touches: what is needed first arrives first.
+    /// (coalesced), one request per layer it touches, the layer of its first chunk first:
+    /// what is needed first arrives first.
     pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
         let batches = self.prefetch_batches(files);
         for (layer, lower) in self.layers.iter().enumerate() {
@@ -233,13 +234,17 @@ impl Union {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(batch) = batches.get(i) else { break };
-                    for (layer, lower) in self.layers.iter().enumerate() {
+                    let mut layers: Vec<usize> = Vec::new();
+                    for &(layer, _) in batch {
+                        if !layers.contains(&layer) {
+                            layers.push(layer);
+                        }
+                    }
+                    for layer in layers {
                         let chunks: Vec<PrefetchChunk> =
                             batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
-                        if !chunks.is_empty() {
-                            let n = lower.prefetch(&chunks).unwrap_or(0);
-                            fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        }
+                        let n = self.layers[layer].prefetch(&chunks).unwrap_or(0);
+                        fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }

@@ -12,10 +12,11 @@ use crate::Digest;
 const CHUNK: u64 = 128 << 10;
 
 /// A lower layer of files in 128 KiB chunks whose bytes are zeros; it keeps what the union
-/// plans to prefetch.
+/// plans to prefetch, and each prefetch asked of it (in a log shared by the layers).
 struct Layer {
     index: LayerIndex,
     planned: Mutex<HashSet<Digest>>,
+    prefetches: Arc<Mutex<Vec<Vec<Digest>>>>,
 }
 
 impl Layer {
@@ -40,7 +41,7 @@ impl Layer {
                 offset += compressed;
             }
         }
-        Layer { index: b.finish(), planned: Mutex::default() }
+        Layer { index: b.finish(), planned: Mutex::default(), prefetches: Arc::default() }
     }
 }
 
@@ -57,6 +58,11 @@ impl LayerView for Layer {
 
     fn plan_prefetch(&self, chunks: HashSet<Digest>) {
         *self.planned.lock().unwrap() = chunks;
+    }
+
+    fn prefetch(&self, chunks: &[PrefetchChunk]) -> io::Result<u64> {
+        self.prefetches.lock().unwrap().push(chunks.iter().map(|(_, c)| c.digest).collect());
+        Ok(0)
     }
 }
 
@@ -125,4 +131,24 @@ fn a_prefetch_follows_the_profiles_order_in_batches() {
     union.prefetch(&profile);
     let planned: HashSet<Digest> = batches.iter().flatten().map(|(_, (_, c))| c.digest).collect();
     assert_eq!(*layer.planned.lock().unwrap(), planned, "the layer is told the plan");
+}
+
+#[test]
+fn a_batch_across_layers_asks_first_the_layer_of_its_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Layer::new(&[("etc/passwd", 1)], 1000);
+    let mut top = Layer::new(&[("usr/bin/tool", 2)], 1000);
+    top.prefetches = base.prefetches.clone();
+    let log = base.prefetches.clone();
+    let digest = |layer: &Layer, path: &str, i: u64| {
+        let node = layer.index.resolve(path).unwrap();
+        layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0].digest
+    };
+    let (passwd, tool0, tool1) =
+        (digest(&base, "etc/passwd", 0), digest(&top, "usr/bin/tool", 0), digest(&top, "usr/bin/tool", 1));
+    let lowers: Vec<Arc<dyn LayerView>> = vec![Arc::new(base), Arc::new(top)];
+    let union = Union::new(lowers, &dir.path().join("upper"), &dir.path().join("work")).unwrap();
+    // One batch: the base layer's file is read first, though the top layer is searched first.
+    union.prefetch(&[entry("etc/passwd", &[]), entry("usr/bin/tool", &[(CHUNK, CHUNK + 1), (0, 1)])]);
+    assert_eq!(*log.lock().unwrap(), [vec![passwd], vec![tool1, tool0]]);
 }
