@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub pull_mode: PullMode,
     /// `--record-profile`: save the files this run reads as the image's prefetch profile.
     pub record_profile: bool,
+    /// `--no-prefetch`: fetch only what is read, whatever profile the image has.
+    pub no_prefetch: bool,
     pub userns: Userns,
     /// `--stop-signal`, over the image's.
     pub stop_signal: Option<String>,
@@ -67,6 +69,7 @@ impl Default for RunOptions {
             auto_remove: false,
             pull_mode: PullMode::Lazy,
             record_profile: false,
+            no_prefetch: false,
             userns: Userns::Host,
             stop_signal: None,
         }

@@ -260,6 +260,7 @@ impl Containers {
             image: image.record.clone(),
             pull_mode: options.pull_mode,
             record_profile: options.record_profile,
+            no_prefetch: options.no_prefetch,
             created: Utc::now(),
             status: Status::Created,
             supervisor: None,

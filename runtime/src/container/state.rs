@@ -76,6 +76,9 @@ pub struct State {
     /// Save the files a run reads as the image's prefetch profile (lazy mode).
     #[serde(default)]
     pub record_profile: bool,
+    /// Prefetch no profile (lazy mode).
+    #[serde(default)]
+    pub no_prefetch: bool,
     pub created: DateTime<Utc>,
     pub status: Status,
     /// The `skiff` process that supervises the container while it runs.

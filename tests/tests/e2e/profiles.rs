@@ -116,6 +116,14 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     assert!(cache_bytes(&fresh.root) < 4 << 20, "only the profile's files are prefetched");
     assert_eq!(fs::read_to_string(m.p("etc/app.conf")).unwrap(), "answer = 42\n");
     drop(m);
+
+    // Unless told not to.
+    let elsewhere = dir.path().join("elsewhere-no-prefetch");
+    let Some(m) = Mount::with_flags(&elsewhere, &profiled, &["--no-prefetch"]) else { return };
+    assert_eq!(fs::read_to_string(m.p("etc/app.conf")).unwrap(), "answer = 42\n");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cache_bytes(&Skiff::new(&elsewhere).root) < 1 << 20, "--no-prefetch prefetched");
+    drop(m);
 }
 
 #[test]

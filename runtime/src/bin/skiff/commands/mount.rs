@@ -15,7 +15,8 @@ pub struct Args {
     /// Record which files are read while mounted, as the image's prefetch profile.
     #[arg(long)]
     record_profile: bool,
-    /// Do not prefetch the files of the image's profile.
+    /// Do not prefetch the image's profile (the one recorded here, else the one in its
+    /// manifest): fetch only what is read.
     #[arg(long)]
     no_prefetch: bool,
     /// Serve the mount from a background process and return once it is up.

@@ -104,6 +104,10 @@ pub struct Args {
     /// prefetch them in the background from the start.
     #[arg(long)]
     record_profile: bool,
+    /// Do not prefetch the image's profile (the one recorded here, else the one in its
+    /// manifest): fetch only what is read.
+    #[arg(long)]
+    no_prefetch: bool,
     /// The image, pulled first when it is not stored.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -161,6 +165,7 @@ impl Args {
             auto_remove: self.rm,
             pull_mode: self.pull_mode,
             record_profile: self.record_profile,
+            no_prefetch: self.no_prefetch,
             userns: self.userns()?,
             stop_signal: self.stop_signal.clone(),
         })
@@ -202,7 +207,7 @@ pub fn provider(ctx: &Context, state: &State) -> anyhow::Result<Box<dyn RootfsPr
     Ok(match state.pull_mode {
         PullMode::Full => Box::new(UnpackedRootfs::new(ctx.client()?, ctx.store()?)),
         PullMode::Lazy => {
-            let profile = ProfileMode { record: state.record_profile, prefetch: true };
+            let profile = ProfileMode { record: state.record_profile, prefetch: !state.no_prefetch };
             let ids = state.spec.user_namespace.clone().unwrap_or_default();
             Box::new(LazyRootfs::new(ctx.client()?, ctx.store()?, ctx.cache()?, profile, ids))
         }
