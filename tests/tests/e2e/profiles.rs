@@ -22,6 +22,18 @@ fn cache_bytes(root: &std::path::Path) -> u64 {
     walk(&root.join("cache/sha256"))
 }
 
+/// Waits until the cache under `root` holds at least `least` bytes, then a little more for a
+/// prefetch to overrun if it would; the bytes it then holds.
+fn cache_after_prefetch(root: &std::path::Path, least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache_bytes(root) < least {
+        assert!(Instant::now() < deadline, "nothing was prefetched into {}", root.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    cache_bytes(root)
+}
+
 #[test]
 fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     let Some(f) = fixtures::shared() else { return };
@@ -66,12 +78,7 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     skiff.run(&["cache", "prune"]).ok();
     assert!(cache_bytes(&skiff.root) < 1 << 20);
     let Some(m) = Mount::new(&base, &lazy) else { return };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cache_bytes(&skiff.root) < 2 << 20 {
-        assert!(Instant::now() < deadline, "the profile was not prefetched");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(cache_bytes(&skiff.root) < 4 << 20, "only the profile's files are prefetched");
+    assert!(cache_after_prefetch(&skiff.root, 2 << 20) < 4 << 20, "only the profile's files are prefetched");
     assert_eq!(fs::read(m.p("data/blob-4.bin")).unwrap(), fixtures::noise(2 << 20, 204));
     drop(m);
 
@@ -107,13 +114,7 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     let elsewhere = dir.path().join("elsewhere");
     let fresh = Skiff::new(&elsewhere);
     let Some(m) = Mount::new(&elsewhere, &profiled) else { return };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cache_bytes(&fresh.root) < 2 << 20 {
-        assert!(Instant::now() < deadline, "the image's profile was not prefetched");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(cache_bytes(&fresh.root) < 4 << 20, "only the profile's files are prefetched");
+    assert!(cache_after_prefetch(&fresh.root, 2 << 20) < 4 << 20, "only the profile's files are prefetched");
     assert_eq!(fs::read_to_string(m.p("etc/app.conf")).unwrap(), "answer = 42\n");
     drop(m);
 
@@ -165,13 +166,7 @@ fn a_profile_of_part_of_a_large_file_prefetches_only_the_chunks_read() {
     // The next mount prefetches the chunks those ranges touch, not the file.
     skiff.run(&["cache", "prune"]).ok();
     let Some(m) = Mount::new(&base, &lazy) else { return };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cache_bytes(&skiff.root) < 1 << 20 {
-        assert!(Instant::now() < deadline, "the profile was not prefetched");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let cached = cache_bytes(&skiff.root);
+    let cached = cache_after_prefetch(&skiff.root, 1 << 20);
     assert!(cached <= read + (2 << 20), "prefetched {cached} bytes for {read} read");
     drop(m);
 
