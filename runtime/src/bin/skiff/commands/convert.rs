@@ -1,8 +1,8 @@
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 use skiff::image::{convert, push, Quiet};
 use skiff::registry::UploadOptions;
-use std::collections::HashMap;
-
 use skiff_fs::estargz::{read_cuts, ConvertOptions};
 use skiff_fs::union::ProfiledFile;
 
@@ -32,7 +32,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let client = ctx.client()?;
     let dest = super::parse_reference(&args.destination)?;
-    let record = super::stored_or_pulled(&store, &client, &args.source)?;
     if args.chunk_size == 0 {
         anyhow::bail!("--chunk-size must be more than 0");
     }
@@ -44,6 +43,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         profile = prioritize(&mut options, &text)
             .with_context(|| format!("reading the profile {}", path.display()))?;
     }
+    let record = super::stored_or_pulled(&store, &client, &args.source)?;
     let report = convert(&client, &store, &record, &dest, &options, profile.as_deref())
         .with_context(|| format!("converting {} to eStargz", record.name))?;
     for layer in &report.layers {
@@ -111,7 +111,9 @@ mod tests {
         assert_eq!(options.prioritized, ["usr/bin/tool", "etc/tool.conf"]);
         assert!(options.cuts.is_empty());
 
-        let err = prioritize(&mut ConvertOptions::default(), r#"{"files": [{"path": 3}]}"#).unwrap_err();
-        assert!(!err.to_string().is_empty());
+        // JSON that is not a profile is an error, not a list of odd paths.
+        for bad in [r#"{"files": [{"path": 3}]}"#, r#"{"files": ["etc/tool.conf""#, "{}"] {
+            assert!(prioritize(&mut ConvertOptions::default(), bad).is_err(), "{bad}");
+        }
     }
 }
