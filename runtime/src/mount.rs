@@ -169,7 +169,12 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
         union.record_reads();
     }
     if req.profile.prefetch {
-        if let Some(files) = req.store.read_profile(&req.image.manifest).or_else(|| embedded_profile(&req)) {
+        let files = req
+            .store
+            .read_profile(&req.image.manifest)
+            .or_else(|| embedded_profile(&req))
+            .or_else(|| landmark_profile(&layers));
+        if let Some(files) = files {
             let union = union.clone();
             std::thread::Builder::new()
                 .name("skiff-prefetch".into())
@@ -223,6 +228,30 @@ fn embedded_profile(req: &MountRequest<'_>) -> Option<Vec<ProfiledFile>> {
             None
         }
     }
+}
+
+/// The files eStargz layers place before their `.prefetch.landmark` (as `skiff convert
+/// --prioritize` and stargz-snapshotter's optimizer do), whole: what such an image says a
+/// start reads, for images with no profile. Layers are interleaved by how far into its
+/// prioritized part each file is, which keeps each layer's order.
+fn landmark_profile(layers: &[OpenedLayer]) -> Option<Vec<ProfiledFile>> {
+    let mut files: Vec<(f64, String)> = Vec::new();
+    for opened in layers {
+        let index = opened.layer.index();
+        let prioritized = index.prioritized_files();
+        let Some(&(last, _)) = prioritized.last() else { continue };
+        for (offset, id) in prioritized {
+            files.push((offset as f64 / (last + 1) as f64, index.path_of(id)));
+        }
+    }
+    files.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut seen = std::collections::HashSet::new();
+    let files: Vec<ProfiledFile> = files
+        .into_iter()
+        .filter(|(_, path)| seen.insert(path.clone()))
+        .map(|(_, path)| ProfiledFile { path, ranges: Vec::new() })
+        .collect();
+    (!files.is_empty()).then_some(files)
 }
 
 /// Whether `path` is a mount point of a skiff FUSE filesystem.

@@ -451,6 +451,16 @@ fn prioritized_files_come_first_then_the_prefetch_landmark() {
         assert!(reader.chunks(name).unwrap().iter().all(|c| c.compressed_range().end <= end), "{name}");
     }
     assert!(reader.chunks("bin/b.txt").unwrap()[0].compressed_offset >= end);
+
+    // The layer's index keeps where they end, through its JSON too, and lists them.
+    let index = crate::lazy::index_estargz(&reader, "test blob").unwrap();
+    let index = crate::index::LayerIndex::from_json(&index.to_json()).unwrap();
+    let prioritized: Vec<String> =
+        index.prioritized_files().into_iter().map(|(_, id)| index.path_of(id)).collect();
+    assert_eq!(prioritized, ["bin/big", "bin/a.txt", "etc/hosts"], "files only, the hardlink's target once");
+    let (blob, result) = convert_specs(&specs, &options());
+    let plain = EstargzReader::open(&MemSource(blob), Some(&result.toc_digest)).unwrap();
+    assert!(crate::lazy::index_estargz(&plain, "test blob").unwrap().prioritized_files().is_empty());
 }
 
 #[test]

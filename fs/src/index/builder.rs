@@ -231,7 +231,7 @@ impl IndexBuilder {
                 node.chunks = chunks;
             }
         }
-        LayerIndex { nodes: self.nodes, chunks: self.chunks }
+        LayerIndex { nodes: self.nodes, chunks: self.chunks, prefetch_end: None }
     }
 
     /// Whether `id` is still named (a replaced entry's node is not reachable from its parent).

@@ -100,6 +100,9 @@ impl ChunkRef {
 pub struct LayerIndex {
     nodes: Vec<Node>,
     chunks: Vec<ChunkRef>,
+    /// Where the blob's prioritized files end (an eStargz `.prefetch.landmark`), if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefetch_end: Option<u64>,
 }
 
 impl LayerIndex {
@@ -163,6 +166,25 @@ impl LayerIndex {
     /// Every chunk of the layer, in blob order.
     pub fn all_chunks(&self) -> &[ChunkRef] {
         &self.chunks
+    }
+
+    /// Marks the blob's first `end` bytes as its prioritized files (`None`: there are none).
+    pub fn set_prefetch_end(&mut self, end: Option<u64>) {
+        self.prefetch_end = end.filter(|&e| e > 0);
+    }
+
+    /// The prioritized files (those whose content starts before the landmark), each with
+    /// where it starts in the blob, in blob order.
+    pub fn prioritized_files(&self) -> Vec<(u64, NodeId)> {
+        let Some(end) = self.prefetch_end else { return Vec::new() };
+        let mut files: Vec<(u64, NodeId)> = self
+            .ids()
+            .filter(|&id| self.node(id).kind == Kind::File && self.node(id).link.is_none())
+            .filter_map(|id| self.file_chunks(id).first().map(|c| (c.offset, id)))
+            .filter(|&(offset, _)| offset < end)
+            .collect();
+        files.sort_unstable();
+        files
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -65,5 +65,7 @@ pub fn index_estargz(reader: &EstargzReader, blob: &str) -> Result<LayerIndex, L
             builder.push_chunk(id, chunk).map_err(|e| bad(e.to_string()))?;
         }
     }
-    Ok(builder.finish())
+    let mut index = builder.finish();
+    index.set_prefetch_end(reader.prefetch_end());
+    Ok(index)
 }

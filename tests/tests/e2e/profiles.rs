@@ -99,6 +99,12 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
         .filter(|l| !l.ends_with('/'))
         .collect();
     assert_eq!(&files[..3], ["etc/app.conf", "data/blob-4.bin", ".prefetch.landmark"], "{files:?}");
+    // With no profile anywhere, a start prefetches the files before the landmark.
+    let landmarked = dir.path().join("landmarked");
+    let Some(m) = Mount::new(&landmarked, &ordered) else { return };
+    let cached = cache_after_prefetch(&Skiff::new(&landmarked).root, 2 << 20);
+    assert!(cached < 4 << 20, "only the files before the landmark are prefetched: {cached}");
+    drop(m);
 
     // Converted with the profile itself, the image carries it: a first start on another
     // machine (a fresh root, no profile of its own) prefetches it.
