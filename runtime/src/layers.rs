@@ -17,6 +17,7 @@ use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 use crate::image::stream::open_layer;
 use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
+use crate::plan::{PrefetchPlan, PREFETCH_PLAN_ANNOTATION};
 use crate::reference::Reference;
 use crate::registry::{Client, FetchStats};
 use crate::store::{ImageRecord, Store, StoreError};
@@ -53,6 +54,18 @@ pub fn open_layers(
     cache: &ChunkCache,
     record: &ImageRecord,
 ) -> Result<Vec<OpenedLayer>, ImageError> {
+    open_layers_prefetching(client, store, cache, record, false)
+}
+
+/// As [`open_layers`]; with `early`, the first batches of the manifest's prefetch plan (if
+/// it has one) are fetched while the layers' tables of contents download.
+pub fn open_layers_prefetching(
+    client: &Arc<Client>,
+    store: &Store,
+    cache: &ChunkCache,
+    record: &ImageRecord,
+    early: bool,
+) -> Result<Vec<OpenedLayer>, ImageError> {
     let image = StoredImage::load(store, record)?;
     let config = image.config()?;
     let source: Reference = format!("{}@{}", record.source, record.manifest)
@@ -62,19 +75,61 @@ pub fn open_layers(
         config.rootfs().diff_ids().iter().map(|d| d.parse().expect("checked by config()")).collect();
     let layers = &image.manifest.layers;
     let priority = Arc::new(Priority::default());
+    let blobs: Vec<LayerSource> =
+        layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
+    if early {
+        let plan =
+            image.manifest.annotations.get(PREFETCH_PLAN_ANNOTATION).map(|j| PrefetchPlan::from_json(j));
+        match plan {
+            Some(Ok(plan)) => {
+                tracing::debug!(batches = plan.batches.len(), "prefetching before the tables of contents");
+                let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
+                plan.fetch_early(&sources, cache, &priority);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(image = %record.name, error = %e, "the prefetch plan in the manifest does not parse")
+            }
+            None => {}
+        }
+    }
     std::thread::scope(|scope| {
         let handles: Vec<_> = layers
             .iter()
             .zip(&diff_ids)
-            .map(|(desc, diff_id)| {
+            .zip(blobs)
+            .map(|((desc, diff_id), blob)| {
                 let (source, priority) = (&source, priority.clone());
-                scope.spawn(move || open_layer_lazily(client, store, cache, source, desc, *diff_id, priority))
+                scope.spawn(move || {
+                    open_layer_lazily(client, store, cache, source, desc, *diff_id, blob, priority)
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()
     })
 }
 
+/// Where a layer's bytes come from: the store when it holds the blob, else the registry
+/// (with what was fetched from it).
+type LayerSource = (Arc<dyn BlobSource>, Option<Arc<FetchStats>>);
+
+fn layer_source(
+    client: &Arc<Client>,
+    store: &Store,
+    source_ref: &Reference,
+    desc: &Descriptor,
+) -> Result<LayerSource, ImageError> {
+    if store.has(&desc.digest) {
+        let path = store.path_of(&desc.digest);
+        let file = FileSource::open(&path).map_err(|source| StoreError::Io { path, source })?;
+        Ok((Arc::new(file), None))
+    } else {
+        let blob = client.blob_source(source_ref, desc.digest, desc.size);
+        let stats = blob.stats();
+        Ok((Arc::new(blob), Some(stats)))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn open_layer_lazily(
     client: &Arc<Client>,
     store: &Store,
@@ -82,17 +137,9 @@ fn open_layer_lazily(
     source_ref: &Reference,
     desc: &Descriptor,
     diff_id: Digest,
+    (source, fetched): LayerSource,
     priority: Arc<Priority>,
 ) -> Result<OpenedLayer, ImageError> {
-    let (source, fetched): (Arc<dyn BlobSource>, Option<Arc<FetchStats>>) = if store.has(&desc.digest) {
-        let path = store.path_of(&desc.digest);
-        let file = FileSource::open(&path).map_err(|source| StoreError::Io { path, source })?;
-        (Arc::new(file), None)
-    } else {
-        let blob = client.blob_source(source_ref, desc.digest, desc.size);
-        let stats = blob.stats();
-        (Arc::new(blob), Some(stats))
-    };
     let what = format!("layer {} of {}", desc.digest, source_ref.name());
     let invalid = |why: String| ImageError::Invalid { what: what.clone(), why };
     let stored = store.read_layer_index(&desc.digest);

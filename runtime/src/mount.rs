@@ -12,7 +12,7 @@ use skiff_fs::union::{self, LayerView, MountOptions, Mounted, ProfiledFile, Unio
 use skiff_fs::{ChunkCache, Digest};
 
 use crate::image::{ImageError, StoredImage, PROFILE_ANNOTATION};
-use crate::layers::{open_layers, OpenedLayer};
+use crate::layers::{open_layers_prefetching, OpenedLayer};
 use crate::registry::Client;
 use crate::store::{parse_profile, write_atomic, ImageRecord, Store, StoreError};
 
@@ -153,8 +153,9 @@ pub fn open_union(
     cache: &ChunkCache,
     image: &ImageRecord,
     paths: &MountPaths,
+    early_prefetch: bool,
 ) -> Result<(Vec<OpenedLayer>, Arc<Union>), MountError> {
-    let layers = open_layers(client, store, cache, image)?;
+    let layers = open_layers_prefetching(client, store, cache, image, early_prefetch)?;
     let lowers: Vec<Arc<dyn LayerView>> =
         layers.iter().map(|l| l.layer.clone() as Arc<dyn LayerView>).collect();
     let union = Arc::new(Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?);
@@ -164,16 +165,16 @@ pub fn open_union(
 pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     clean_stale_mounts(req.store.root());
     let paths = &req.paths;
-    let (layers, union) = open_union(req.client, req.store, req.cache, req.image, paths)?;
+    // A profile recorded here wins over the image's; without one, the first batches of the
+    // image's plan start on their way with the tables of contents.
+    let local = req.profile.prefetch.then(|| req.store.read_profile(&req.image.manifest)).flatten();
+    let early = req.profile.prefetch && local.is_none();
+    let (layers, union) = open_union(req.client, req.store, req.cache, req.image, paths, early)?;
     if req.profile.record {
         union.record_reads();
     }
     if req.profile.prefetch {
-        let files = req
-            .store
-            .read_profile(&req.image.manifest)
-            .or_else(|| embedded_profile(&req))
-            .or_else(|| landmark_profile(&layers));
+        let files = local.or_else(|| embedded_profile(&req)).or_else(|| landmark_profile(&layers));
         if let Some(files) = files {
             let union = union.clone();
             std::thread::Builder::new()

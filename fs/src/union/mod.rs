@@ -254,7 +254,7 @@ impl Union {
 
     /// The chunks of a profile's lower files, each once, in the profile's order, cut into
     /// batches of about `PREFETCH_BATCH` compressed bytes; each chunk with its layer.
-    fn prefetch_batches(&self, files: &[ProfiledFile]) -> Vec<Vec<(usize, PrefetchChunk)>> {
+    pub fn prefetch_batches(&self, files: &[ProfiledFile]) -> Vec<Vec<(usize, PrefetchChunk)>> {
         let mut batches = Vec::new();
         let mut batch = Vec::new();
         let mut batch_bytes = 0;

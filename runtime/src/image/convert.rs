@@ -6,13 +6,16 @@
 use std::io;
 use std::sync::Arc;
 
-use skiff_fs::estargz::{self, ConvertOptions};
+use skiff_fs::estargz::{self, ConvertOptions, EstargzReader};
+use skiff_fs::index::LayerIndex;
+use skiff_fs::lazy::index_estargz;
 use skiff_fs::union::ProfiledFile;
 use skiff_fs::Digest;
 
 use super::stream::open_layer;
 use super::{ImageError, StoredImage};
 use crate::manifest::{Descriptor, ImageManifest, OCI_CONFIG, OCI_MANIFEST};
+use crate::plan::{PrefetchPlan, PREFETCH_PLAN_ANNOTATION};
 use crate::reference::Reference;
 use crate::registry::Client;
 use crate::store::{ImageRecord, Store, StoreError, Verified};
@@ -40,7 +43,8 @@ pub struct ConvertReport {
 /// Manifest annotation holding a prefetch profile (the JSON of `store::parse_profile`): a
 /// mount of the image with no profile of its own prefetches this one.
 pub const PROFILE_ANNOTATION: &str = "io.skiff.prefetch-profile";
-/// Larger profiles are not put in the manifest, which registries limit (4 MiB is common).
+/// Larger profiles (with their plan) are not put in the manifest, which registries limit
+/// (4 MiB is common).
 pub const MAX_PROFILE_ANNOTATION: usize = 512 << 10;
 
 /// Converts the stored image `record` into an eStargz image named `dest`, in the store.
@@ -62,10 +66,12 @@ pub fn convert(
     let mut staged: Vec<Verified> = Vec::new();
     let mut layers = Vec::new();
     let mut descriptors = Vec::new();
+    let mut indexes = Vec::new();
     for (desc, diff_id) in image.manifest.layers.iter().zip(config.rootfs().diff_ids()) {
         let diff_id: Digest = diff_id.parse().expect("checked by config()");
-        let (verified, converted, annotations) =
+        let (verified, converted, annotations, index) =
             convert_layer(client, store, &source, desc, diff_id, options)?;
+        indexes.push(index);
         descriptors.push(Descriptor {
             media_type: ESTARGZ_LAYER.to_string(),
             digest: converted.to,
@@ -100,10 +106,17 @@ pub fn convert(
     };
     if let Some(files) = profile {
         let json = crate::store::profile_json(files);
-        if json.len() <= MAX_PROFILE_ANNOTATION {
+        let plan = PrefetchPlan::resolve(&indexes, files)
+            .map_err(|e| ImageError::Invalid { what: dest.to_string(), why: format!("prefetch plan: {e}") })?
+            .to_json();
+        if json.len() + plan.len() <= MAX_PROFILE_ANNOTATION {
             manifest.annotations.insert(PROFILE_ANNOTATION.to_string(), json);
+            manifest.annotations.insert(PREFETCH_PLAN_ANNOTATION.to_string(), plan);
         } else {
-            tracing::warn!(bytes = json.len(), "the profile is too large for the manifest; not embedded");
+            tracing::warn!(
+                bytes = json.len() + plan.len(),
+                "the profile is too large for the manifest; not embedded"
+            );
         }
     }
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
@@ -126,7 +139,7 @@ pub fn convert(
     Ok(ConvertReport { record, layers: report_layers })
 }
 
-type LayerOutput = (Verified, ConvertedLayer, std::collections::BTreeMap<String, String>);
+type LayerOutput = (Verified, ConvertedLayer, std::collections::BTreeMap<String, String>, Arc<LayerIndex>);
 
 fn convert_layer(
     client: &Client,
@@ -147,6 +160,13 @@ fn convert_layer(
         .map_err(|e| ImageError::Invalid { what: what.clone(), why: e.to_string() })?;
     let verified = staged.finish(Some(&result.blob_digest), Some(result.compressed_size), &what)?;
     let annotations = result.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // The new layer's index, as a mount would build it from the TOC: for the prefetch plan.
+    let index = EstargzReader::from_toc_json(&what, &result.toc.to_json(), result.toc_offset, None)
+        .map_err(|e| ImageError::Invalid { what: what.clone(), why: e.to_string() })
+        .and_then(|reader| {
+            index_estargz(&reader, &what)
+                .map_err(|e| ImageError::Invalid { what: what.clone(), why: e.to_string() })
+        })?;
     let converted = ConvertedLayer {
         from: desc.digest,
         to: result.blob_digest,
@@ -155,7 +175,7 @@ fn convert_layer(
         uncompressed_size: result.uncompressed_size,
         missing_prioritized: result.missing_prioritized,
     };
-    Ok((verified, converted, annotations))
+    Ok((verified, converted, annotations, Arc::new(index)))
 }
 
 fn stage(store: &Store, bytes: &[u8], what: &str) -> Result<Verified, StoreError> {

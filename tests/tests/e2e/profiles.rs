@@ -117,6 +117,33 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     let files: Vec<String> =
         skiff::store::parse_profile(embedded.as_bytes()).unwrap().into_iter().map(|f| f.path).collect();
     assert_eq!(files, paths);
+    assert!(image.manifest.annotations.contains_key(skiff::plan::PREFETCH_PLAN_ANNOTATION));
+
+    // With its plan, the first batch is on its way before the tables of contents are in:
+    // opening the layers alone (no mount, no profile prefetch) brings it into the cache.
+    for early in [false, true] {
+        let opener = Skiff::new(&dir.path().join(format!("opener-{early}")));
+        opener.run(&["pull", &profiled]).ok();
+        let record = opener.store().find_image(&profiled).unwrap();
+        let cache = skiff_fs::ChunkCache::open(&opener.root.join("cache"), 64 << 20).unwrap();
+        let layers = skiff::layers::open_layers_prefetching(
+            &skiff_tests::fixtures::client(),
+            &opener.store(),
+            &cache,
+            &record,
+            early,
+        )
+        .unwrap();
+        if early {
+            // The first batch: app.conf and the first 512 KiB chunk of blob-4.
+            let cached = cache_after_prefetch(&opener.root, 512 << 10);
+            assert!(cached < 2 << 20, "only the first batch comes early: {cached}");
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(cache_bytes(&opener.root), 0, "no plan, no early prefetch");
+        }
+        drop(layers);
+    }
     let elsewhere = dir.path().join("elsewhere");
     let fresh = Skiff::new(&elsewhere);
     let Some(m) = Mount::new(&elsewhere, &profiled) else { return };

@@ -64,7 +64,7 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<()> {
     let (record, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
-    let (_, union) = open_union(&ctx.client()?, &ctx.store()?, &ctx.cache()?, &record, &paths)?;
+    let (_, union) = open_union(&ctx.client()?, &ctx.store()?, &ctx.cache()?, &record, &paths, false)?;
     for change in union.changes().with_context(|| format!("reading {}", paths.upper.display()))? {
         println!("{change}");
     }
@@ -75,7 +75,7 @@ pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
     let (base, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
     let dest = super::parse_reference(&args.new_image)?;
     let store = ctx.store()?;
-    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &base, &paths)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &base, &paths, false)?;
     let compression = if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz };
     let options = CommitOptions { compression, message: args.message, author: args.author };
     let record = commit(&store, &base, &union, &dest, &options)

@@ -1,0 +1,203 @@
+//! A prefetch plan: the chunks a profile's prefetch fetches, resolved against an image's
+//! layers, in the prefetch's batches. `skiff convert` puts one in the manifest next to the
+//! profile, so that a start can fetch the first batches while the layers' tables of contents
+//! are still on their way (the link is otherwise idle then).
+
+use std::io;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
+use skiff_fs::lazy::{LazyLayer, Priority};
+use skiff_fs::union::{LayerView, ProfiledFile, Union};
+use skiff_fs::{BlobSource, ChunkCache, Digest};
+
+/// Manifest annotation holding a [`PrefetchPlan`] as JSON.
+pub const PREFETCH_PLAN_ANNOTATION: &str = "io.skiff.prefetch-plan";
+
+/// How many of a plan's batches a start fetches before the tables of contents are in: about
+/// what the link can carry while they download. The union's prefetch does the rest.
+pub const EARLY_BATCHES: usize = 1;
+
+/// A planned chunk larger than this, inflated or not, makes the plan invalid: eStargz chunks
+/// are a few MiB at most, and the plan comes from the manifest, not from a verified TOC.
+pub const MAX_PLANNED_CHUNK: u64 = 64 << 20;
+
+/// One chunk: its layer (0 = the manifest's first), where its gzip member starts and how many
+/// bytes to fetch from there, where it starts in the inflated member, its length, its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedChunk(pub usize, pub u64, pub u64, pub u64, pub u64, pub Digest);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefetchPlan {
+    pub batches: Vec<Vec<PlannedChunk>>,
+}
+
+/// A layer known by its index alone: enough to resolve paths through a union.
+struct IndexOnly(Arc<LayerIndex>);
+
+impl LayerView for IndexOnly {
+    fn index(&self) -> &LayerIndex {
+        &self.0
+    }
+
+    fn read(&self, _node: NodeId, _offset: u64, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::other("an index-only layer has no bytes"))
+    }
+}
+
+impl PrefetchPlan {
+    /// Resolves `files` through the union of `layers` (bottom first, as in a manifest) into
+    /// the batches a mount's prefetch of that profile fetches.
+    pub fn resolve(layers: &[Arc<LayerIndex>], files: &[ProfiledFile]) -> io::Result<PrefetchPlan> {
+        let scratch = tempfile::tempdir()?;
+        let lowers: Vec<Arc<dyn LayerView>> =
+            layers.iter().map(|i| Arc::new(IndexOnly(i.clone())) as Arc<dyn LayerView>).collect();
+        let union = Union::new(lowers, &scratch.path().join("upper"), &scratch.path().join("work"))?;
+        let top = layers.len().saturating_sub(1);
+        let batches = union
+            .prefetch_batches(files)
+            .into_iter()
+            .map(|batch| {
+                batch
+                    .into_iter()
+                    .map(|(layer, (_, c))| {
+                        PlannedChunk(top - layer, c.offset, c.compressed_len, c.inner_offset, c.len, c.digest)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(PrefetchPlan { batches })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serializes")
+    }
+
+    pub fn from_json(json: &str) -> Result<PrefetchPlan, String> {
+        let plan: PrefetchPlan = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        match plan.batches.iter().flatten().find(|c| c.2 > MAX_PLANNED_CHUNK || c.4 > MAX_PLANNED_CHUNK) {
+            Some(c) => Err(format!("chunk {} is over {MAX_PLANNED_CHUNK} bytes", c.5)),
+            None => Ok(plan),
+        }
+    }
+
+    /// Fetches the first [`EARLY_BATCHES`] batches into `cache` in the background, one
+    /// thread each, from `sources` (one per layer, as in the manifest), yielding to
+    /// foreground reads as a prefetch does. Chunks cached or on their way are skipped.
+    pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
+        let empty = Arc::new(IndexBuilder::new().finish());
+        let layers: Vec<LazyLayer> = sources
+            .iter()
+            .map(|s| LazyLayer::new(empty.clone(), cache.clone(), s.clone()).with_priority(priority.clone()))
+            .collect();
+        let layers = Arc::new(layers);
+        for batch in self.batches.iter().take(EARLY_BATCHES) {
+            let (batch, layers, priority) = (batch.clone(), layers.clone(), priority.clone());
+            let spawned = std::thread::Builder::new().name("skiff-early-prefetch".into()).spawn(move || {
+                let mut order: Vec<usize> = Vec::new();
+                for c in &batch {
+                    if !order.contains(&c.0) {
+                        order.push(c.0);
+                    }
+                }
+                for layer in order {
+                    let Some(lazy) = layers.get(layer) else { continue };
+                    let chunks: Vec<(NodeId, ChunkRef)> = batch
+                        .iter()
+                        .filter(|c| c.0 == layer)
+                        .map(|c| {
+                            let chunk = ChunkRef {
+                                digest: c.5,
+                                file_offset: 0,
+                                len: c.4,
+                                codec: Codec::Gzip,
+                                offset: c.1,
+                                compressed_len: c.2,
+                                inner_offset: c.3,
+                            };
+                            (0, chunk)
+                        })
+                        .collect();
+                    if let Err(e) = lazy.prefetch_chunks(&chunks, &priority) {
+                        tracing::debug!(error = %e, "early prefetch stopped");
+                        return;
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::debug!(error = %e, "no early prefetch");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_fs::index::{EntryMeta, Kind};
+
+    const CHUNK: u64 = 128 << 10;
+
+    /// A layer of `files` (path, chunks), each chunk 1000 bytes in the blob, named by path
+    /// and number.
+    fn layer(tag: &str, files: &[(&str, u64)]) -> Arc<LayerIndex> {
+        let mut b = IndexBuilder::new();
+        let mut offset = 0;
+        for &(path, chunks) in files {
+            let meta = EntryMeta {
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: chunks * CHUNK,
+                mtime: 0,
+                target: None,
+                rdev: (0, 0),
+                xattrs: Default::default(),
+            };
+            let node = b.add(path, meta).unwrap();
+            for i in 0..chunks {
+                let digest = Digest::of(format!("{tag} {path} {i}").as_bytes());
+                let chunk = ChunkRef {
+                    digest,
+                    file_offset: i * CHUNK,
+                    len: CHUNK,
+                    codec: Codec::Gzip,
+                    offset,
+                    compressed_len: 1000,
+                    inner_offset: 0,
+                };
+                b.push_chunk(node, chunk).unwrap();
+                offset += 1000;
+            }
+        }
+        Arc::new(b.finish())
+    }
+
+    #[test]
+    fn a_plan_names_the_chunks_a_mount_reads_by_manifest_layer_and_survives_json() {
+        let base = layer("base", &[("etc/passwd", 1), ("usr/bin/tool", 2)]);
+        let top = layer("top", &[("usr/bin/tool", 2), ("app", 1)]);
+        let files = [
+            ProfiledFile { path: "etc/passwd".into(), ranges: Vec::new() },
+            ProfiledFile { path: "usr/bin/tool".into(), ranges: vec![(CHUNK, CHUNK + 1)] },
+            ProfiledFile { path: "app".into(), ranges: Vec::new() },
+        ];
+        let plan = PrefetchPlan::resolve(&[base, top], &files).unwrap();
+        let named: Vec<(usize, u64, Digest)> =
+            plan.batches.concat().iter().map(|c| (c.0, c.1, c.5)).collect();
+        let d = |s: &str| Digest::of(s.as_bytes());
+        // The top layer's tool shadows the base's; layer 0 is the manifest's first.
+        assert_eq!(
+            named,
+            [(0, 0, d("base etc/passwd 0")), (1, 1000, d("top usr/bin/tool 1")), (1, 2000, d("top app 0"))]
+        );
+        assert_eq!(PrefetchPlan::from_json(&plan.to_json()).unwrap(), plan);
+        assert!(PrefetchPlan::from_json(r#"{"batches": [[[0, 1]]]}"#).is_err());
+        let mut huge = plan.clone();
+        huge.batches[0][0].4 = MAX_PLANNED_CHUNK + 1;
+        let err = PrefetchPlan::from_json(&huge.to_json()).unwrap_err();
+        assert!(err.contains(&d("base etc/passwd 0").to_string()), "{err}");
+    }
+}
