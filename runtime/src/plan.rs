@@ -135,44 +135,12 @@ impl PrefetchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_fs::index::{EntryMeta, Kind};
 
     const CHUNK: u64 = 128 << 10;
 
-    /// A layer of `files` (path, chunks), each chunk 1000 bytes in the blob, named by path
-    /// and number.
+    /// A layer of `files` (path, chunks), each chunk 1000 bytes in the blob.
     fn layer(tag: &str, files: &[(&str, u64)]) -> Arc<LayerIndex> {
-        let mut b = IndexBuilder::new();
-        let mut offset = 0;
-        for &(path, chunks) in files {
-            let meta = EntryMeta {
-                kind: Kind::File,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                size: chunks * CHUNK,
-                mtime: 0,
-                target: None,
-                rdev: (0, 0),
-                xattrs: Default::default(),
-            };
-            let node = b.add(path, meta).unwrap();
-            for i in 0..chunks {
-                let digest = Digest::of(format!("{tag} {path} {i}").as_bytes());
-                let chunk = ChunkRef {
-                    digest,
-                    file_offset: i * CHUNK,
-                    len: CHUNK,
-                    codec: Codec::Gzip,
-                    offset,
-                    compressed_len: 1000,
-                    inner_offset: 0,
-                };
-                b.push_chunk(node, chunk).unwrap();
-                offset += 1000;
-            }
-        }
-        Arc::new(b.finish())
+        Arc::new(LayerIndex::of_test_files(tag, files, CHUNK, 1000))
     }
 
     #[test]

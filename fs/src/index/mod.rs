@@ -168,6 +168,44 @@ impl LayerIndex {
         &self.chunks
     }
 
+    /// An index of regular files made of whole chunks, for tests here and in other crates:
+    /// `files` by path and size in chunks of `chunk` bytes, each `compressed` bytes in the
+    /// blob, one after the other, with the digest of "`tag` `path` `i`".
+    #[doc(hidden)]
+    pub fn of_test_files(tag: &str, files: &[(&str, u64)], chunk: u64, compressed: u64) -> LayerIndex {
+        let mut b = IndexBuilder::new();
+        let mut offset = 0;
+        for &(path, chunks) in files {
+            let meta = EntryMeta {
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                size: chunks * chunk,
+                mtime: 0,
+                target: None,
+                rdev: (0, 0),
+                xattrs: Default::default(),
+            };
+            let node = b.add(path, meta).expect("a test path");
+            for i in 0..chunks {
+                let digest = Digest::of(format!("{tag} {path} {i}").as_bytes());
+                let chunk = ChunkRef {
+                    digest,
+                    file_offset: i * chunk,
+                    len: chunk,
+                    codec: Codec::Gzip,
+                    offset,
+                    compressed_len: compressed,
+                    inner_offset: 0,
+                };
+                b.push_chunk(node, chunk).expect("chunks in order");
+                offset += compressed;
+            }
+        }
+        b.finish()
+    }
+
     /// Marks the blob's first `end` bytes as its prioritized files (`None`: there are none).
     pub fn set_prefetch_end(&mut self, end: Option<u64>) {
         self.prefetch_end = end.filter(|&e| e > 0);

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Mutex;
 
 use super::*;
-use crate::index::{ChunkRef, Codec, EntryMeta, IndexBuilder, LayerIndex};
+use crate::index::LayerIndex;
 use crate::Digest;
 
 const CHUNK: u64 = 128 << 10;
@@ -22,26 +22,8 @@ struct Layer {
 impl Layer {
     /// `files` by path and size in chunks; each chunk weighs `compressed` in the blob.
     fn new(files: &[(&str, u64)], compressed: u64) -> Layer {
-        let mut b = IndexBuilder::new();
-        let mut offset = 0;
-        for &(path, chunks) in files {
-            let node = b.add(path, EntryMeta::for_test(Kind::File, chunks * CHUNK)).unwrap();
-            for i in 0..chunks {
-                let digest = Digest::of(format!("{path} {i}").as_bytes());
-                let chunk = ChunkRef {
-                    digest,
-                    file_offset: i * CHUNK,
-                    len: CHUNK,
-                    codec: Codec::Gzip,
-                    offset,
-                    compressed_len: compressed,
-                    inner_offset: 0,
-                };
-                b.push_chunk(node, chunk).unwrap();
-                offset += compressed;
-            }
-        }
-        Layer { index: b.finish(), planned: Mutex::default(), prefetches: Arc::default() }
+        let index = LayerIndex::of_test_files("", files, CHUNK, compressed);
+        Layer { index, planned: Mutex::default(), prefetches: Arc::default() }
     }
 }
 
