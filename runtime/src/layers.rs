@@ -17,7 +17,7 @@ use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 use crate::image::stream::open_layer;
 use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
-use crate::plan::{PrefetchPlan, PREFETCH_PLAN_ANNOTATION};
+use crate::plan::PrefetchPlan;
 use crate::reference::Reference;
 use crate::registry::{Client, FetchStats};
 use crate::store::{ImageRecord, Store, StoreError};
@@ -54,19 +54,19 @@ pub fn open_layers(
     cache: &ChunkCache,
     record: &ImageRecord,
 ) -> Result<Vec<OpenedLayer>, ImageError> {
-    open_layers_prefetching(client, store, cache, record, false)
+    open_image_layers(client, store, cache, &StoredImage::load(store, record)?, None)
 }
 
-/// As [`open_layers`]; with `early`, the first batches of the manifest's prefetch plan (if
-/// it has one) are fetched while the layers' tables of contents download.
-pub fn open_layers_prefetching(
+/// As [`open_layers`], for an image already loaded; with an `early` plan, its first batches
+/// are fetched while the layers' tables of contents download.
+pub fn open_image_layers(
     client: &Arc<Client>,
     store: &Store,
     cache: &ChunkCache,
-    record: &ImageRecord,
-    early: bool,
+    image: &StoredImage,
+    early: Option<&PrefetchPlan>,
 ) -> Result<Vec<OpenedLayer>, ImageError> {
-    let image = StoredImage::load(store, record)?;
+    let record = &image.record;
     let config = image.config()?;
     let source: Reference = format!("{}@{}", record.source, record.manifest)
         .parse()
@@ -77,20 +77,10 @@ pub fn open_layers_prefetching(
     let priority = Arc::new(Priority::default());
     let blobs: Vec<LayerSource> =
         layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
-    if early {
-        let plan =
-            image.manifest.annotations.get(PREFETCH_PLAN_ANNOTATION).map(|j| PrefetchPlan::from_json(j));
-        match plan {
-            Some(Ok(plan)) => {
-                tracing::debug!(batches = plan.batches.len(), "prefetching before the tables of contents");
-                let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
-                plan.fetch_early(&sources, cache, &priority);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(image = %record.name, error = %e, "the prefetch plan in the manifest does not parse")
-            }
-            None => {}
-        }
+    if let Some(plan) = early {
+        tracing::debug!(batches = plan.batches.len(), "prefetching before the tables of contents");
+        let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
+        plan.fetch_early(&sources, cache, &priority);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = layers

@@ -12,7 +12,8 @@ use skiff_fs::union::{self, LayerView, MountOptions, Mounted, ProfiledFile, Unio
 use skiff_fs::{ChunkCache, Digest};
 
 use crate::image::{ImageError, StoredImage, PROFILE_ANNOTATION};
-use crate::layers::{open_layers_prefetching, OpenedLayer};
+use crate::layers::{open_image_layers, OpenedLayer};
+use crate::plan::{PrefetchPlan, PREFETCH_PLAN_ANNOTATION};
 use crate::registry::Client;
 use crate::store::{parse_profile, write_atomic, ImageRecord, Store, StoreError};
 
@@ -151,11 +152,11 @@ pub fn open_union(
     client: &Arc<Client>,
     store: &Store,
     cache: &ChunkCache,
-    image: &ImageRecord,
+    image: &StoredImage,
     paths: &MountPaths,
-    early_prefetch: bool,
+    early: Option<&PrefetchPlan>,
 ) -> Result<(Vec<OpenedLayer>, Arc<Union>), MountError> {
-    let layers = open_layers_prefetching(client, store, cache, image, early_prefetch)?;
+    let layers = open_image_layers(client, store, cache, image, early)?;
     let lowers: Vec<Arc<dyn LayerView>> =
         layers.iter().map(|l| l.layer.clone() as Arc<dyn LayerView>).collect();
     let union = Arc::new(Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?);
@@ -165,16 +166,17 @@ pub fn open_union(
 pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     clean_stale_mounts(req.store.root());
     let paths = &req.paths;
+    let image = StoredImage::load(req.store, req.image)?;
     // A profile recorded here wins over the image's; without one, the first batches of the
     // image's plan start on their way with the tables of contents.
     let local = req.profile.prefetch.then(|| req.store.read_profile(&req.image.manifest)).flatten();
-    let early = req.profile.prefetch && local.is_none();
-    let (layers, union) = open_union(req.client, req.store, req.cache, req.image, paths, early)?;
+    let early = (req.profile.prefetch && local.is_none()).then(|| embedded_plan(&image)).flatten();
+    let (layers, union) = open_union(req.client, req.store, req.cache, &image, paths, early.as_ref())?;
     if req.profile.record {
         union.record_reads();
     }
     if req.profile.prefetch {
-        let files = local.or_else(|| embedded_profile(&req)).or_else(|| landmark_profile(&layers));
+        let files = local.or_else(|| embedded_profile(&image)).or_else(|| landmark_profile(&layers));
         if let Some(files) = files {
             let union = union.clone();
             std::thread::Builder::new()
@@ -219,16 +221,20 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
 
 /// The profile `skiff convert --prioritize` put in the image's manifest, if it did. One that
 /// does not parse is not used: the start goes on without a prefetch.
-fn embedded_profile(req: &MountRequest<'_>) -> Option<Vec<ProfiledFile>> {
-    let image = StoredImage::load(req.store, req.image).ok()?;
+fn embedded_profile(image: &StoredImage) -> Option<Vec<ProfiledFile>> {
     let json = image.manifest.annotations.get(PROFILE_ANNOTATION)?;
-    match parse_profile(json.as_bytes()) {
-        Ok(files) => Some(files),
-        Err(e) => {
-            tracing::warn!(image = %req.image.name, error = %e, "the profile in the manifest does not parse");
-            None
-        }
-    }
+    parse_profile(json.as_bytes())
+        .inspect_err(|e| tracing::warn!(image = %image.record.name, error = %e, "the profile in the manifest does not parse"))
+        .ok()
+}
+
+/// The prefetch plan `skiff convert --prioritize` put in the image's manifest, if it did
+/// and it parses.
+fn embedded_plan(image: &StoredImage) -> Option<PrefetchPlan> {
+    let json = image.manifest.annotations.get(PREFETCH_PLAN_ANNOTATION)?;
+    PrefetchPlan::from_json(json)
+        .inspect_err(|e| tracing::warn!(image = %image.record.name, error = %e, "the prefetch plan in the manifest does not parse"))
+        .ok()
 }
 
 /// The files eStargz layers place before their `.prefetch.landmark` (as `skiff convert

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
 use skiff_fs::lazy::{LazyLayer, Priority};
-use skiff_fs::union::{LayerView, ProfiledFile, Union};
+use skiff_fs::union::{prefetch_batch, LayerView, PrefetchChunk, ProfiledFile, Union};
 use skiff_fs::{BlobSource, ChunkCache, Digest};
 
 /// Manifest annotation holding a [`PrefetchPlan`] as JSON.
@@ -87,47 +87,41 @@ impl PrefetchPlan {
     /// foreground reads as a prefetch does. Chunks cached or on their way are skipped.
     pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
         let empty = Arc::new(IndexBuilder::new().finish());
-        let layers: Vec<LazyLayer> = sources
-            .iter()
-            .map(|s| LazyLayer::new(empty.clone(), cache.clone(), s.clone()).with_priority(priority.clone()))
-            .collect();
-        let layers = Arc::new(layers);
+        let layers: Arc<Vec<Arc<dyn LayerView>>> = Arc::new(
+            sources
+                .iter()
+                .map(|s| {
+                    let layer = LazyLayer::new(empty.clone(), cache.clone(), s.clone())
+                        .with_priority(priority.clone());
+                    Arc::new(layer) as Arc<dyn LayerView>
+                })
+                .collect(),
+        );
         for batch in self.batches.iter().take(EARLY_BATCHES) {
-            let (batch, layers, priority) = (batch.clone(), layers.clone(), priority.clone());
-            let spawned = std::thread::Builder::new().name("skiff-early-prefetch".into()).spawn(move || {
-                let mut order: Vec<usize> = Vec::new();
-                for c in &batch {
-                    if !order.contains(&c.0) {
-                        order.push(c.0);
-                    }
-                }
-                for layer in order {
-                    let Some(lazy) = layers.get(layer) else { continue };
-                    let chunks: Vec<(NodeId, ChunkRef)> = batch
-                        .iter()
-                        .filter(|c| c.0 == layer)
-                        .map(|c| {
-                            let chunk = ChunkRef {
-                                digest: c.5,
-                                file_offset: 0,
-                                len: c.4,
-                                codec: Codec::Gzip,
-                                offset: c.1,
-                                compressed_len: c.2,
-                                inner_offset: c.3,
-                            };
-                            (0, chunk)
-                        })
-                        .collect();
-                    if let Err(e) = lazy.prefetch_chunks(&chunks, &priority) {
-                        tracing::debug!(error = %e, "early prefetch stopped");
-                        return;
-                    }
-                }
-            });
+            // Chunks of no file the (empty) index knows: errors name the layer's root.
+            let batch: Vec<(usize, PrefetchChunk)> = batch.iter().map(|c| (c.0, (0, c.chunk()))).collect();
+            let layers = layers.clone();
+            let spawned = std::thread::Builder::new()
+                .name("skiff-early-prefetch".into())
+                .spawn(move || prefetch_batch(&layers, &batch));
             if let Err(e) = spawned {
                 tracing::debug!(error = %e, "no early prefetch");
             }
+        }
+    }
+}
+
+impl PlannedChunk {
+    /// The chunk, as an index would describe it (its place in its file aside).
+    fn chunk(&self) -> ChunkRef {
+        ChunkRef {
+            digest: self.5,
+            file_offset: 0,
+            len: self.4,
+            codec: Codec::Gzip,
+            offset: self.1,
+            compressed_len: self.2,
+            inner_offset: self.3,
         }
     }
 }

@@ -152,6 +152,25 @@ pub struct ProfiledFile {
     pub ranges: Vec<(u64, u64)>,
 }
 
+/// Fetches one prefetch batch (chunks with the index of their layer in `layers`): one
+/// request per layer it touches, the layer of its first chunk first. Returns the bytes
+/// fetched; a layer that fails is skipped (it logs why).
+pub fn prefetch_batch(layers: &[Arc<dyn LayerView>], batch: &[(usize, PrefetchChunk)]) -> u64 {
+    let mut order: Vec<usize> = Vec::new();
+    for &(layer, _) in batch {
+        if !order.contains(&layer) {
+            order.push(layer);
+        }
+    }
+    let mut fetched = 0;
+    for layer in order {
+        let Some(lower) = layers.get(layer) else { continue };
+        let chunks: Vec<PrefetchChunk> = batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
+        fetched += lower.prefetch(&chunks).unwrap_or(0);
+    }
+    fetched
+}
+
 impl Union {
     /// A union of `lowers` (bottom layer first, as in a manifest) under the writable `upper`
     /// directory; `work` is an empty directory on the same filesystem as `upper`.
@@ -234,18 +253,8 @@ impl Union {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(batch) = batches.get(i) else { break };
-                    let mut layers: Vec<usize> = Vec::new();
-                    for &(layer, _) in batch {
-                        if !layers.contains(&layer) {
-                            layers.push(layer);
-                        }
-                    }
-                    for layer in layers {
-                        let chunks: Vec<PrefetchChunk> =
-                            batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
-                        let n = self.layers[layer].prefetch(&chunks).unwrap_or(0);
-                        fetched.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    fetched
+                        .fetch_add(prefetch_batch(&self.layers, batch), std::sync::atomic::Ordering::Relaxed);
                 });
             }
         });

@@ -125,13 +125,18 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
         let opener = Skiff::new(&dir.path().join(format!("opener-{early}")));
         opener.run(&["pull", &profiled]).ok();
         let record = opener.store().find_image(&profiled).unwrap();
+        let image = skiff::image::StoredImage::load(&opener.store(), &record).unwrap();
+        let plan = skiff::plan::PrefetchPlan::from_json(
+            &image.manifest.annotations[skiff::plan::PREFETCH_PLAN_ANNOTATION],
+        )
+        .unwrap();
         let cache = skiff_fs::ChunkCache::open(&opener.root.join("cache"), 64 << 20).unwrap();
-        let layers = skiff::layers::open_layers_prefetching(
+        let layers = skiff::layers::open_image_layers(
             &skiff_tests::fixtures::client(),
             &opener.store(),
             &cache,
-            &record,
-            early,
+            &image,
+            early.then_some(&plan),
         )
         .unwrap();
         if early {

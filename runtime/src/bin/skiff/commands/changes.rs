@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use skiff::image::{commit, CommitOptions, LayerCompression};
+use skiff::image::{commit, CommitOptions, LayerCompression, StoredImage};
 use skiff::mount::{mounts, open_union, MountPaths};
 use skiff::store::ImageRecord;
 
@@ -64,7 +64,9 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<()> {
     let (record, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
-    let (_, union) = open_union(&ctx.client()?, &ctx.store()?, &ctx.cache()?, &record, &paths, false)?;
+    let store = ctx.store()?;
+    let image = StoredImage::load(&store, &record)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None)?;
     for change in union.changes().with_context(|| format!("reading {}", paths.upper.display()))? {
         println!("{change}");
     }
@@ -75,7 +77,8 @@ pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
     let (base, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
     let dest = super::parse_reference(&args.new_image)?;
     let store = ctx.store()?;
-    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &base, &paths, false)?;
+    let image = StoredImage::load(&store, &base)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None)?;
     let compression = if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz };
     let options = CommitOptions { compression, message: args.message, author: args.author };
     let record = commit(&store, &base, &union, &dest, &options)
