@@ -130,6 +130,12 @@ fn write_id_maps(pid: Pid, ids: &skiff_fs::IdMap) -> Result<(), Error> {
 /// namespaces, forks PID 1, reports its pid and later its exit status.
 fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
     reset_signals();
+    // The signals the supervisor forwards stay blocked here: a Ctrl-C in a terminal (or
+    // `timeout`) signals the whole process group, and an intermediate killed by it would
+    // take PID 1 down with it (its parent-death signal) and lose its exit status. PID 1
+    // unblocks them; the supervisor relays them to it.
+    let forwarded: SigSet = super::signals::FORWARDED.into_iter().collect();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded), None);
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Descriptors above 9 so that moving them onto 0, 1, 2 later cannot clobber each other.
     let stdio: Vec<(RawFd, OwnedFd)> = [(0, stdio.stdin), (1, stdio.stdout), (2, stdio.stderr)]
@@ -199,6 +205,7 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
     match forked {
         Err(e) => fail(init::InitError::Syscall { step: "fork of the container's init", source: e }),
         Ok(ForkResult::Child) => {
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
             for (target, fd) in &stdio {
                 let moved = match target {

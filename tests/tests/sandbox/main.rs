@@ -1,6 +1,7 @@
 //! The sandbox launcher in real namespaces: what a container sees (through the probe), what it
 //! cannot do, how it ends, and what it leaves behind. Needs root and /bin/busybox.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use skiff::sandbox::{self, CapabilityOptions, ExitStatus, Signal, Volume};
@@ -305,31 +306,34 @@ fn cgroup_is_removed_afterwards() {
     }
 }
 
-/// The half of `sigterm_to_the_supervisor_is_forwarded` that runs in a child process (so that
-/// SIGTERM hits no other test): a container whose PID 1 traps SIGTERM and exits 42.
+/// The half of the forwarding tests that runs in a child process (so that the signal hits no
+/// other test): a container whose PID 1 traps SIGTERM and SIGINT and exits 42.
 #[test]
-#[ignore = "run by sigterm_to_the_supervisor_is_forwarded in a process of its own"]
-fn forwarded_sigterm_child() {
+#[ignore = "run by the forwarding tests below in a process of its own"]
+fn forwarded_signal_child() {
     let Some(dir) = std::env::var_os("SKIFF_FORWARD_DIR") else { return };
     let root = TestRootfs::new();
     let ready = Path::new(&dir).join("ready");
     let mut spec =
-        root.spec(&["sh", "-c", "trap 'exit 42' TERM; touch /out/ready; while :; do sleep 0.1; done"]);
+        root.spec(&["sh", "-c", "trap 'exit 42' TERM INT; touch /out/ready; while :; do sleep 0.1; done"]);
     spec.volumes = vec![Volume { host: dir.into(), container: "/out".into(), read_only: false }];
     let out = run(&root, &spec).unwrap();
     assert!(ready.exists());
     assert_eq!(out.status, ExitStatus::Exited(42), "{out:?}");
 }
 
-#[test]
-fn sigterm_to_the_supervisor_is_forwarded() {
+/// Runs `forwarded_signal_child` in a process group of its own, sends `kill` the `target`
+/// arguments once its container is up (`{pid}` is the child's pid), and checks that the
+/// container got the signal and the supervisor its exit status.
+fn forward_to_child(signal: &str, target: &str) {
     if !available() {
         return;
     }
     let dir = skiff_tests::temp_dir();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "forwarded_sigterm_child", "--ignored", "--nocapture"])
+        .args(["--exact", "forwarded_signal_child", "--ignored", "--nocapture"])
         .env("SKIFF_FORWARD_DIR", dir.path())
+        .process_group(0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -339,8 +343,8 @@ fn sigterm_to_the_supervisor_is_forwarded() {
         assert!(std::time::Instant::now() < deadline, "the container never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let killed =
-        std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let target = target.replace("{pid}", &child.id().to_string());
+    let killed = std::process::Command::new("kill").args([signal, "--", &target]).status().unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     let mut output = String::new();
@@ -349,4 +353,17 @@ fn sigterm_to_the_supervisor_is_forwarded() {
     child.stderr.take().unwrap().read_to_string(&mut output).unwrap();
     assert!(status.success(), "the child supervisor failed: {output}");
     assert!(output.contains("1 passed"), "{output}");
+}
+
+#[test]
+fn sigterm_to_the_supervisor_is_forwarded() {
+    forward_to_child("-TERM", "{pid}");
+}
+
+/// A Ctrl-C in a terminal signals the whole foreground process group: the supervisor and the
+/// sandbox's intermediate process alike. The container still gets it once, through the
+/// supervisor, and its exit status comes back.
+#[test]
+fn sigint_to_the_supervisors_process_group_is_forwarded() {
+    forward_to_child("-INT", "-{pid}");
 }
