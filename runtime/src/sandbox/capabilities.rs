@@ -72,8 +72,9 @@ pub fn resolve(options: &CapabilityOptions) -> Result<CapsHashSet, CapabilityErr
     Ok(set)
 }
 
-/// `None` for `ALL`.
-fn parse(name: &str) -> Result<Option<Capability>, CapabilityError> {
+/// A capability by name, as docker takes it (`NET_ADMIN`, `cap_net_admin`); `None` for
+/// `ALL`.
+pub fn parse(name: &str) -> Result<Option<Capability>, CapabilityError> {
     let upper = name.to_ascii_uppercase();
     if upper == "ALL" {
         return Ok(None);

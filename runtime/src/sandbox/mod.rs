@@ -39,7 +39,7 @@ use std::path::PathBuf;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-pub use capabilities::{CapabilityError, DOCKER_DEFAULT};
+pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
 pub use cgroups::CgroupError;
 pub use etc::EtcError;
 pub use exec::exec;

@@ -213,5 +213,10 @@ fn unknown_hosts_invalid_references_and_wrong_flags_fail_cleanly() {
     let err = skiff.run(&["pull", "--no-such-flag", "busybox"]);
     assert_eq!(err.code, 2, "usage errors exit 2, as in clap and docker");
     assert!(skiff.run(&["inspect", "never-pulled"]).failed().contains("no such image"));
+    // A capability that does not exist is refused before anything is pulled or created.
+    let err = skiff.run(&["run", "--cap-add", "bogus", "busybox", "true"]);
+    assert_eq!(err.code, 2, "{}", err.stderr);
+    assert!(err.stderr.contains("unknown capability \"bogus\""), "{}", err.stderr);
+    assert_eq!(skiff.run(&["ps", "-a", "-q"]).ok().trim(), "", "no container was created");
     assert_store_empty(&skiff);
 }

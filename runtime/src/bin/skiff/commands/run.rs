@@ -64,9 +64,12 @@ pub struct Args {
     /// Network: none (own namespace with lo) or host.
     #[arg(long, default_value = "none", value_parser = parse_network)]
     network: Network,
-    #[arg(long = "cap-add")]
+    /// Add a capability to docker's default set (NET_ADMIN or CAP_NET_ADMIN; ALL for every
+    /// one); repeatable.
+    #[arg(long = "cap-add", value_parser = check_capability)]
     cap_add: Vec<String>,
-    #[arg(long = "cap-drop")]
+    /// Drop a capability from the set (ALL for every one); repeatable.
+    #[arg(long = "cap-drop", value_parser = check_capability)]
     cap_drop: Vec<String>,
     /// All capabilities, no seccomp filter, no masked paths.
     #[arg(long)]
@@ -121,6 +124,11 @@ fn parse_network(s: &str) -> Result<Network, String> {
         "host" => Ok(Network::Host),
         other => Err(format!("unsupported network {other:?} (expected none or host)")),
     }
+}
+
+/// A capability name, checked before any container is created.
+fn check_capability(s: &str) -> Result<String, String> {
+    skiff::sandbox::parse_capability(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
 impl Args {
