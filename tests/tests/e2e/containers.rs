@@ -52,6 +52,10 @@ fn detached_container_logs_stops_and_is_removed() {
     assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("hello\n", "oops\n"));
     let ps = env.run(&["ps"]).ok().to_string();
     assert!(ps.contains(&id[..12]) && ps.contains("Up ") && ps.contains("web"), "{ps}");
+    // Columns line up under their headings, however long the image's name.
+    let lines: Vec<Vec<char>> = ps.lines().map(|l| l.chars().collect()).collect();
+    let names = ps.lines().next().unwrap().split("NAMES").next().unwrap().chars().count();
+    assert_eq!(lines[1][names..].iter().collect::<String>(), "web", "{ps}");
     assert!(env.run(&["run", "--name", "web", &f.busybox_ref, "true"]).failed().contains("already in use"));
     // rm refuses a running container.
     assert!(env.run(&["rm", "web"]).failed().contains("running"));

@@ -55,12 +55,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             ago(r.created.as_deref()),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..5).map(|i| table.iter().map(|row| row[i].len()).max().unwrap_or(0)).collect();
-    for row in table {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    super::print_table(&table);
     Ok(())
 }
 

@@ -20,6 +20,17 @@ pub mod start;
 pub mod stop;
 pub mod tag;
 
+/// Prints `rows` (the header first) as docker does: each column as wide as its widest cell,
+/// three spaces apart.
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let widths: Vec<usize> =
+        (0..N).map(|i| rows.iter().map(|row| row[i].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
 /// Parses a user's image reference, with the error naming it.
 pub fn parse_reference(input: &str) -> anyhow::Result<skiff::Reference> {
     Ok(input.parse::<skiff::Reference>()?)

@@ -43,21 +43,19 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!(
-        "{:<14} {:<30} {:<24} {:<16} {:<28} NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
-    );
+    let mut table =
+        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
     for s in &list {
-        println!(
-            "{:<14} {:<30} {:<24} {:<16} {:<28} {}",
+        table.push([
             id(s),
-            s.image.name,
+            s.image.name.clone(),
             format!("\"{}\"", truncate(&command(s), 20)),
             format!("{} ago", ago(s.created, now)),
             status(s, now),
-            s.name
-        );
+            s.name.clone(),
+        ]);
     }
+    super::print_table(&table);
     Ok(())
 }
 
