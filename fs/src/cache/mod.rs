@@ -12,11 +12,14 @@
 //!   is the caller's own error type): each looks again, one becomes the new fetcher with its
 //!   own `fill`, the rest wait on it. Every caller's `fill` runs at most once.
 //! - **Verification.** Filled bytes are hashed before anything is written; a mismatch stores
-//!   nothing. A chunk on disk is hashed once per process, at its first use, and then trusted
-//!   (a cheap length check still runs on every open): FUSE reads come 128 KiB to 1 MiB at a
+//!   nothing. A chunk on disk is hashed at its first use by a process, and then trusted (a
+//!   cheap length check still runs on every open): FUSE reads come 128 KiB to 1 MiB at a
 //!   time, so hashing a 4 MiB chunk on each read would cost up to 32 hashes per chunk read
-//!   through. A chunk that fails is deleted and reported as a miss, so the caller fetches it
-//!   again. Since anything a crash could tear is caught this way, fills are not fsynced.
+//!   through. A chunk written or hashed earlier in the same boot, and not written since, is
+//!   not hashed again (the store marks it; see `store`): every container start is a new
+//!   process, and hashing all it reads cost a warm start of a JDK about 40 ms. A chunk that
+//!   fails is deleted and reported as a miss, so the caller fetches it again. Since anything
+//!   a crash could tear is caught this way (a crash means a new boot), fills are not fsynced.
 //! - **Budget.** Bytes of chunk files never exceed the budget at rest: a commit first evicts
 //!   least-recently-used unpinned chunks to make room. When even that cannot make room (the
 //!   rest is pinned, or the chunk is larger than the budget), the chunk is served from memory

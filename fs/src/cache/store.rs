@@ -4,23 +4,36 @@
 //! The store knows nothing of pins, budgets or flights (`state` does). It takes an exclusive
 //! lock on `<dir>/lock` for its life, because byte accounting and temp-file cleanup assume a
 //! single process owns the directory.
+//!
+//! A chunk file whose bytes this store wrote or hashed carries a mark (the extended attribute
+//! `user.skiff.verified`): the boot it happened in and the file's mtime then. Later processes
+//! of the same boot trust a file whose mark matches instead of hashing it again. Chunk files
+//! are not fsynced, and only losing the page cache (a crash, so a new boot) can tear one
+//! without touching its mtime; any write through the filesystem changes the mtime. Where
+//! extended attributes are not supported, every process hashes each chunk at its first use.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fs2::FileExt;
+use xattr::FileExt as _;
 
 use super::CacheError;
 use crate::{Digest, Sha256Writer};
+
+/// The extended attribute marking a chunk file as verified: `<boot id> <mtime in ns>`.
+const VERIFIED_XATTR: &str = "user.skiff.verified";
 
 /// The chunk files of one cache directory.
 pub(super) struct ChunkStore {
     dir: PathBuf,
     chunks: PathBuf,
     tmp: PathBuf,
+    /// This boot's id; none where the kernel does not tell it (nothing is then marked).
+    boot: Option<String>,
     /// Held open for the store's life: closing it releases the directory lock.
     _lock: File,
     next_temp: AtomicU64,
@@ -72,7 +85,14 @@ impl ChunkStore {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(source) => return Err(CacheError::Setup { path: lock_path, source }),
         };
-        let store = ChunkStore { dir: dir.into(), chunks, tmp, _lock: lock, next_temp: AtomicU64::new(0) };
+        let store = ChunkStore {
+            dir: dir.into(),
+            chunks,
+            tmp,
+            boot: boot_id(),
+            _lock: lock,
+            next_temp: AtomicU64::new(0),
+        };
         if alone {
             store.remove_temp_files()?;
         }
@@ -91,8 +111,9 @@ impl ChunkStore {
         self.chunks.join(&hex[..2]).join(hex)
     }
 
-    /// Writes `bytes` to a new temporary file. No fsync: a chunk left by an earlier process is
-    /// hashed before its first use, so bytes torn by a crash are caught there.
+    /// Writes `bytes` (hashed already, by the caller) to a new temporary file, marked verified.
+    /// No fsync: a chunk from an earlier boot is hashed before its first use, so bytes torn by
+    /// a crash are caught there.
     pub(super) fn write_temp(&self, digest: &Digest, bytes: &[u8]) -> Result<TempChunk, CacheError> {
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{}.{}.{n}", digest.hex(), std::process::id()));
@@ -108,6 +129,7 @@ impl ChunkStore {
         let temp = TempChunk { path, file: Some(file) };
         let mut writer = temp.file.as_ref().expect("a new temp chunk has its file");
         writer.write_all(bytes).map_err(|e| write_err(&temp.path, e))?;
+        self.mark_verified(writer);
         Ok(temp)
     }
 
@@ -135,19 +157,43 @@ impl ChunkStore {
         (file.metadata().ok()?.len() == len).then_some(file)
     }
 
-    /// Hashes a chunk file and returns it, open, if it holds exactly the `len` bytes of
-    /// `digest`; `None` if it is missing, unreadable or wrong. A good file's mtime is set to
-    /// now, which is how the next process orders chunks by last use.
+    /// Returns a chunk file, open, if it holds exactly the `len` bytes of `digest`: hashed,
+    /// unless this boot's mark on it says it was already (see the module's doc). `None` if it
+    /// is missing, unreadable or wrong. A good file's mtime is set to now, which is how the
+    /// next process orders chunks by last use.
     pub(super) fn verify(&self, digest: &Digest, len: u64) -> Option<File> {
         let mut file = File::open(self.chunk_path(digest)).ok()?;
-        let mut hasher = Sha256Writer::new(io::sink());
-        io::copy(&mut file, &mut hasher).ok()?;
-        if hasher.written() != len || hasher.finish().0 != *digest {
+        let meta = file.metadata().ok()?;
+        if meta.len() != len {
             return None;
         }
-        // Best effort: a failure only makes the recovered LRU order less accurate.
-        let _ = file.set_modified(SystemTime::now());
+        if !self.marked_verified(&file, &meta) {
+            let mut hasher = Sha256Writer::new(io::sink());
+            io::copy(&mut file, &mut hasher).ok()?;
+            if hasher.written() != len || hasher.finish().0 != *digest {
+                return None;
+            }
+        }
+        self.mark_verified(&file);
         Some(file)
+    }
+
+    /// Sets the mtime of `file`, whose bytes are known good, to now (precisely, so that no
+    /// later write can leave it as it was) and marks it verified in this boot. Best effort:
+    /// without the mark the next process hashes the file again, and without the mtime the
+    /// recovered LRU order is less accurate.
+    fn mark_verified(&self, file: &File) {
+        let _ = file.set_modified(SystemTime::now());
+        let Some(boot) = &self.boot else { return };
+        if let Ok(mtime) = file.metadata().and_then(|m| m.modified()) {
+            let _ = file.set_xattr(VERIFIED_XATTR, mark(boot, mtime).as_bytes());
+        }
+    }
+
+    /// Whether `file` (whose metadata is `meta`) carries this boot's mark for its mtime.
+    fn marked_verified(&self, file: &File, meta: &fs::Metadata) -> bool {
+        let (Some(boot), Ok(mtime)) = (&self.boot, meta.modified()) else { return false };
+        matches!(file.get_xattr(VERIFIED_XATTR), Ok(Some(v)) if v == mark(boot, mtime).as_bytes())
     }
 
     /// Deletes a chunk file; one already gone is not an error.
@@ -208,6 +254,18 @@ impl ChunkStore {
         }
         Ok(found)
     }
+}
+
+/// This boot's id, as the kernel tells it.
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+/// A chunk file's verified mark: the boot and the file's mtime in nanoseconds.
+fn mark(boot: &str, mtime: SystemTime) -> String {
+    let ns = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{boot} {ns}")
 }
 
 #[cfg(test)]

@@ -301,6 +301,63 @@ fn a_chunk_corrupted_on_disk_is_detected_deleted_and_refilled() {
     assert_eq!((stats.corrupt, stats.chunks, stats.bytes_used), (1, 1, 500));
 }
 
+/// Whether the filesystem under `dir` keeps user extended attributes (tmpfs before 6.6 does
+/// not): without them every process hashes, and there is no mark to test.
+fn keeps_user_xattrs(dir: &Path) -> bool {
+    let probe = dir.join("xattr-probe");
+    fs::write(&probe, b"").unwrap();
+    let kept = xattr::set(&probe, "user.skiff.probe", b"1").is_ok();
+    fs::remove_file(&probe).unwrap();
+    kept
+}
+
+/// Changes a chunk file's bytes (same length) and puts its mtime back, as only losing the page
+/// cache could: a process that trusts the file's mark serves the new bytes, one that hashes it
+/// finds the damage.
+fn damage_behind_the_mark(path: &Path) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    bytes[250] ^= 1;
+    fs::write(path, &bytes).unwrap();
+    fs::File::options().write(true).open(path).unwrap().set_modified(mtime).unwrap();
+}
+
+#[test]
+fn a_chunk_hashed_in_this_boot_is_not_hashed_again_by_the_next_process() {
+    let dir = tempfile::tempdir().unwrap();
+    if !keeps_user_xattrs(dir.path()) {
+        eprintln!("skipped: {} keeps no user extended attributes", dir.path().display());
+        return;
+    }
+    let (digest, bytes) = chunk(42, 500);
+    let path = {
+        let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+        drop(cache.get_or_fill(&digest, filled(&bytes)).unwrap());
+        cache.shared.store.chunk_path(&digest)
+    };
+    // Written (and so hashed) by the first process: the second trusts the mark.
+    damage_behind_the_mark(&path);
+    let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+    let served = cache.get_or_fill(&digest, filled(&bytes)).unwrap().to_vec().unwrap();
+    assert_ne!(served, bytes, "the mark was not trusted");
+    assert_eq!(cache.stats().corrupt, 0);
+    drop(cache);
+
+    // A mark from another boot is not trusted: the damage is found and the chunk refilled.
+    let mark = xattr::get(&path, "user.skiff.verified").unwrap().unwrap();
+    let (_, mtime) = std::str::from_utf8(&mark).unwrap().split_once(' ').unwrap();
+    xattr::set(&path, "user.skiff.verified", format!("another-boot {mtime}").as_bytes()).unwrap();
+    let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(cache.get_or_fill(&digest, filled(&bytes)).unwrap().to_vec().unwrap(), bytes);
+    assert_eq!(cache.stats().corrupt, 1);
+    drop(cache);
+
+    // Refilled by that process, so marked again: trusted by the next one.
+    damage_behind_the_mark(&path);
+    let cache = ChunkCache::open(dir.path(), 1 << 20).unwrap();
+    assert_ne!(cache.get_or_fill(&digest, filled(&bytes)).unwrap().to_vec().unwrap(), bytes);
+}
+
 #[test]
 fn a_chunk_truncated_while_open_is_verified_again_and_refilled() {
     let dir = tempfile::tempdir().unwrap();
