@@ -213,10 +213,18 @@ fn unknown_hosts_invalid_references_and_wrong_flags_fail_cleanly() {
     let err = skiff.run(&["pull", "--no-such-flag", "busybox"]);
     assert_eq!(err.code, 2, "usage errors exit 2, as in clap and docker");
     assert!(skiff.run(&["inspect", "never-pulled"]).failed().contains("no such image"));
-    // A capability that does not exist is refused before anything is pulled or created.
-    let err = skiff.run(&["run", "--cap-add", "bogus", "busybox", "true"]);
-    assert_eq!(err.code, 2, "{}", err.stderr);
-    assert!(err.stderr.contains("unknown capability \"bogus\""), "{}", err.stderr);
+    // A capability that does not exist, or a limit docker refuses, is refused before
+    // anything is pulled or created.
+    for (flag, value, message) in [
+        ("--cap-add", "bogus", "unknown capability \"bogus\""),
+        ("--cpus", "5000", "the CPUs range from 0.01 to"),
+        ("--cpus", "-1", "the CPUs range from 0.01 to"),
+        ("--memory", "1M", "the least memory limit allowed is 6M"),
+    ] {
+        let err = skiff.run(&["run", flag, value, "busybox", "true"]);
+        assert_eq!(err.code, 2, "{flag} {value}: {}", err.stderr);
+        assert!(err.stderr.contains(message), "{flag} {value}: {}", err.stderr);
+    }
     assert_eq!(skiff.run(&["ps", "-a", "-q"]).ok().trim(), "", "no container was created");
     assert_store_empty(&skiff);
 }

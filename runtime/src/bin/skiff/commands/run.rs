@@ -74,15 +74,15 @@ pub struct Args {
     /// All capabilities, no seccomp filter, no masked paths.
     #[arg(long)]
     privileged: bool,
-    /// Memory limit (K, M, G suffixes).
-    #[arg(short, long, value_parser = skiff::size::parse_size)]
+    /// Memory limit (K, M, G suffixes; at least 6M; 0 for none).
+    #[arg(short, long, value_parser = parse_memory)]
     memory: Option<u64>,
-    /// Number of CPUs (fractional).
-    #[arg(long)]
+    /// Number of CPUs (fractional, from 0.01 to the CPUs available; 0 for no limit).
+    #[arg(long, value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<f64>,
-    /// Most processes the container may have.
-    #[arg(long)]
-    pids_limit: Option<u64>,
+    /// Most processes the container may have (0 or -1 for no limit).
+    #[arg(long, allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
     /// Run a minimal init as PID 1 that forwards signals and reaps zombies.
     #[arg(long)]
     init: bool,
@@ -126,6 +126,28 @@ fn parse_network(s: &str) -> Result<Network, String> {
     }
 }
 
+/// The least memory limit docker accepts.
+const MIN_MEMORY: u64 = 6 << 20;
+
+/// `--memory`: a size of at least [`MIN_MEMORY`], or 0 for none.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    match skiff::size::parse_size(s).map_err(|e| e.to_string())? {
+        m if m > 0 && m < MIN_MEMORY => Err("the least memory limit allowed is 6M".to_string()),
+        m => Ok(m),
+    }
+}
+
+/// `--cpus`: from 0.01 to the CPUs this machine has, or 0 for no limit.
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    let cpus: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of CPUs"))?;
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if cpus == 0.0 || (0.01..=available).contains(&cpus) {
+        Ok(cpus)
+    } else {
+        Err(format!("the CPUs range from 0.01 to {available:.2}, as there are {available} available"))
+    }
+}
+
 /// A capability name, checked before any container is created.
 fn check_capability(s: &str) -> Result<String, String> {
     skiff::sandbox::parse_capability(s).map(|_| s.to_string()).map_err(|e| e.to_string())
@@ -166,7 +188,12 @@ impl Args {
                 drop: self.cap_drop.clone(),
                 privileged: self.privileged,
             },
-            resources: Resources { memory: self.memory, cpus: self.cpus, pids: self.pids_limit },
+            // 0 means no limit, as in docker (and -1 for processes).
+            resources: Resources {
+                memory: self.memory.filter(|&m| m > 0),
+                cpus: self.cpus.filter(|&c| c > 0.0),
+                pids: self.pids_limit.filter(|&p| p > 0).map(|p| p as u64),
+            },
             init: self.init,
             tty: self.tty,
             interactive: self.interactive,
