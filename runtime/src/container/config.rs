@@ -88,6 +88,8 @@ pub enum ConfigError {
     BadName { name: String },
     #[error("invalid stop signal {value:?}")]
     StopSignal { value: String },
+    #[error("invalid environment variable {value:?}: it has no name")]
+    EnvNoName { value: String },
     #[error("a user namespace (--userns, --uidmap) needs --pull-mode lazy: a full pull's unpacked files belong to host root")]
     UsernsNeedsLazy,
 }
@@ -160,14 +162,7 @@ pub fn resolve(
         given.extend(read_env_file(path)?);
     }
     given.extend(options.env.iter().cloned());
-    for entry in given {
-        let entry = match entry.split_once('=') {
-            Some(_) => entry,
-            None => match host_env(&entry) {
-                Some(value) => format!("{entry}={value}"),
-                None => continue,
-            },
-        };
+    for entry in given_env(&given, host_env)? {
         set_env(&mut env, entry);
     }
     let cwd = match options.workdir.as_deref().or(c.working_dir().as_deref()).filter(|w| !w.is_empty()) {
@@ -188,6 +183,25 @@ pub fn resolve(
         }
     };
     Ok(Process { args, env, cwd, user, stop_signal })
+}
+
+/// `-e` entries as `KEY=VALUE`: a bare `KEY` takes its value from `host_env` (skiff's own
+/// environment) and is left out when that has none; an entry with no name is an error.
+pub fn given_env(
+    entries: &[String],
+    host_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut env = Vec::new();
+    for entry in entries {
+        if entry.is_empty() || entry.starts_with('=') {
+            return Err(ConfigError::EnvNoName { value: entry.clone() });
+        }
+        match entry.split_once('=') {
+            Some(_) => env.push(entry.clone()),
+            None => env.extend(host_env(entry).map(|value| format!("{entry}={value}"))),
+        }
+    }
+    Ok(env)
 }
 
 /// `KEY=VALUE` replacing an earlier value of `KEY`.
@@ -304,6 +318,13 @@ mod tests {
         assert_eq!(p.stop_signal, "SIGQUIT");
         let options = RunOptions { workdir: Some("rel".into()), ..Default::default() };
         assert!(matches!(resolve("img", &config, &options, &host), Err(ConfigError::RelativeWorkdir { .. })));
+        for nameless in ["=x", ""] {
+            let options = RunOptions { env: vec![nameless.into()], ..Default::default() };
+            assert!(
+                matches!(resolve("img", &config, &options, &host), Err(ConfigError::EnvNoName { .. })),
+                "{nameless:?}"
+            );
+        }
         let options =
             RunOptions { user: Some("1000:1000".into()), workdir: Some("/w".into()), ..Default::default() };
         let p = resolve("img", &config, &options, &host).unwrap();

@@ -33,14 +33,10 @@ pub fn exec(state: &State, request: &ExecRequest) -> Result<ExitStatus, Containe
         .ok_or_else(|| ContainerError::NotRunning { id: id.clone() })?;
     let mut spec = state.spec.clone();
     spec.args = request.args.clone();
-    for entry in &request.env {
-        let entry = match entry.split_once('=') {
-            Some(_) => entry.clone(),
-            None => match std::env::var(entry) {
-                Ok(value) => format!("{entry}={value}"),
-                Err(_) => continue,
-            },
-        };
+    let host_env = |key: &str| std::env::var(key).ok();
+    let given = config::given_env(&request.env, &host_env)
+        .map_err(|source| ContainerError::Config { id: id.clone(), source })?;
+    for entry in given {
         config::set_env(&mut spec.env, entry);
     }
     if let Some(cwd) = &request.workdir {
