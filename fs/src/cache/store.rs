@@ -153,8 +153,14 @@ impl ChunkStore {
     /// Opens a chunk file after a cheap check that it still has `len` bytes. `None` means the
     /// file is missing or changed and must be verified again.
     pub(super) fn open_chunk(&self, digest: &Digest, len: u64) -> Option<File> {
+        self.open_sized(digest, len).map(|(file, _)| file)
+    }
+
+    /// The chunk file of `digest` and its metadata, if it has `len` bytes.
+    fn open_sized(&self, digest: &Digest, len: u64) -> Option<(File, fs::Metadata)> {
         let file = File::open(self.chunk_path(digest)).ok()?;
-        (file.metadata().ok()?.len() == len).then_some(file)
+        let meta = file.metadata().ok()?;
+        (meta.len() == len).then_some((file, meta))
     }
 
     /// Returns a chunk file, open, if it holds exactly the `len` bytes of `digest`: hashed,
@@ -162,11 +168,7 @@ impl ChunkStore {
     /// is missing, unreadable or wrong. A good file's mtime is set to now, which is how the
     /// next process orders chunks by last use.
     pub(super) fn verify(&self, digest: &Digest, len: u64) -> Option<File> {
-        let mut file = File::open(self.chunk_path(digest)).ok()?;
-        let meta = file.metadata().ok()?;
-        if meta.len() != len {
-            return None;
-        }
+        let (mut file, meta) = self.open_sized(digest, len)?;
         if !self.marked_verified(&file, &meta) {
             let mut hasher = Sha256Writer::new(io::sink());
             io::copy(&mut file, &mut hasher).ok()?;

@@ -26,12 +26,12 @@ fn run_prints_output_and_exits_with_the_commands_code() {
     let Some((f, env)) = env() else { return };
     let out = env.run(&["run", "--rm", &f.busybox_ref, "sh", "-c", "echo out; echo err >&2; exit 3"]);
     assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (3, "out\n", "err\n"), "{out:?}");
-    // Exec failures: docker's 127 for a missing command, 126 for one that cannot run.
     // 0 is no limit, as in docker (and -1 for processes): the container runs as without them.
     for limits in [["--memory", "0"], ["--cpus", "0"], ["--pids-limit", "0"], ["--pids-limit", "-1"]] {
         let out = env.run(&["run", "--rm", limits[0], limits[1], &f.busybox_ref, "sh", "-c", "echo ok"]);
         assert_eq!((out.code, out.stdout.as_str()), (0, "ok\n"), "{limits:?}: {}", out.stderr);
     }
+    // Exec failures: docker's 127 for a missing command, 126 for one that cannot run.
     let out = env.run(&["run", "--rm", &f.busybox_ref, "/no/such/command"]);
     assert_eq!(out.code, 127, "{out:?}");
     let out = env.run(&["run", "--rm", &f.busybox_ref, "/etc/passwd"]);
