@@ -133,6 +133,31 @@ fn rm_flag_leaves_no_trace() {
 }
 
 #[test]
+fn a_closed_stderr_neither_stops_nor_strands_a_run() {
+    let Some((f, env)) = env() else { return };
+    // As in `skiff run … 2>&1 | head -1`: skiff's stderr is a pipe nobody reads any more, and
+    // at debug level every thread logs (the FUSE workers, the prefetch, the unmount).
+    let closed_stderr = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let out = env
+        .skiff
+        .command()
+        .args(["--log-level", "debug", "run", "--rm", &f.busybox_ref, "sh", "-c", "echo out"])
+        .stderr(closed_stderr())
+        .output()
+        .unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "out\n"));
+    assert!(mounts_under(&env.skiff.root).is_empty(), "{:?}", mounts_under(&env.skiff.root));
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty());
+    // An error it cannot print still gives its exit code.
+    let out = env.skiff.command().args(["rm", "no-such-container"]).stderr(closed_stderr()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     let Some((f, env)) = env() else { return };
     let script =

@@ -94,6 +94,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colours only on a terminal: not into logs, pipes or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr a closed pipe, as in `2>&1 | head`) is
+        // dropped. Reporting it would print to that stderr and panic whichever thread logged,
+        // a FUSE worker or the thread that unmounts.
+        .log_internal_errors(false)
         .init();
     let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
     let result = match cli.command {
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            commands::print_error(format_args!("{e:#}"));
             ExitCode::FAILURE
         }
     }

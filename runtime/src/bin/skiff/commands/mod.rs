@@ -20,6 +20,13 @@ pub mod start;
 pub mod stop;
 pub mod tag;
 
+/// Prints `Error: {message}` on stderr. A stderr that cannot take it (a closed pipe) is no
+/// reason to panic: the exit code still tells.
+pub fn print_error(message: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "Error: {message}");
+}
+
 /// Prints `rows` (the header first) as docker does: each column as wide as its widest cell,
 /// three spaces apart.
 pub fn print_table<const N: usize>(rows: &[[String; N]]) {

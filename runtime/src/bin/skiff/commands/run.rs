@@ -263,7 +263,7 @@ pub fn failed(error: anyhow::Error) -> ExitCode {
             message = if message.is_empty() { cause } else { format!("{message}: {cause}") };
         }
     }
-    eprintln!("Error: {message}");
+    super::print_error(format_args!("{message}"));
     let container = error.chain().find_map(|e| e.downcast_ref::<ContainerError>());
     code(container.map_or(RUNTIME_ERROR as i32, exit_code))
 }
@@ -316,7 +316,7 @@ pub fn start_detached(ctx: &Context, containers: &Containers, state: &State) -> 
         };
         match (current.status, &current.error) {
             (Status::Exited, Some(error)) => {
-                eprintln!("Error: {error}");
+                super::print_error(format_args!("{error}"));
                 return Ok(code(current.exit_code.unwrap_or(RUNTIME_ERROR as i32)));
             }
             (Status::Running | Status::Exited, _) => break,
