@@ -13,6 +13,13 @@ use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_ima
 use skiff_tests::fixtures::{self, Fixtures};
 use skiff_tests::{sandbox, wait_for};
 
+/// The writing end of a pipe whose reader is gone, as `| head` leaves it.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
 /// The shared fixtures and a skiff root of the test's own; `None` (skip) without root.
 fn env() -> Option<(&'static Fixtures, Root)> {
     if !sandbox::available() {
@@ -66,6 +73,11 @@ fn detached_container_logs_stops_and_is_removed() {
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();
     assert_eq!(env.run(&["logs", "web"]).stdout, "hello\nbye\n");
+    // A reader that stops early (`logs | head -1`) ends `logs` quietly, as a shell expects
+    // (the container's stderr line comes first when the log recorded it first).
+    let out = env.skiff.command().args(["logs", "web"]).stdout(closed_pipe()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(0) && ["", "oops\n"].contains(&stderr.as_ref()), "{out:?}");
     let ps = env.run(&["ps", "-a"]).ok().to_string();
     assert!(ps.contains("Exited (0)"), "{ps}");
     assert!(!env.run(&["ps"]).ok().contains(&id[..12]));
@@ -137,23 +149,18 @@ fn a_closed_stderr_neither_stops_nor_strands_a_run() {
     let Some((f, env)) = env() else { return };
     // As in `skiff run … 2>&1 | head -1`: skiff's stderr is a pipe nobody reads any more, and
     // at debug level every thread logs (the FUSE workers, the prefetch, the unmount).
-    let closed_stderr = || {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        writer
-    };
     let out = env
         .skiff
         .command()
         .args(["--log-level", "debug", "run", "--rm", &f.busybox_ref, "sh", "-c", "echo out"])
-        .stderr(closed_stderr())
+        .stderr(closed_pipe())
         .output()
         .unwrap();
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "out\n"));
     assert!(mounts_under(&env.skiff.root).is_empty(), "{:?}", mounts_under(&env.skiff.root));
     assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty());
     // An error it cannot print still gives its exit code.
-    let out = env.skiff.command().args(["rm", "no-such-container"]).stderr(closed_stderr()).output().unwrap();
+    let out = env.skiff.command().args(["rm", "no-such-container"]).stderr(closed_pipe()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
