@@ -454,7 +454,7 @@ fn prioritized_files_come_first_then_the_prefetch_landmark() {
 
     // The layer's index keeps where they end, through its JSON too, and lists them.
     let index = crate::lazy::index_estargz(&reader, "test blob").unwrap();
-    let index = crate::index::LayerIndex::from_json(&index.to_json()).unwrap();
+    let index = crate::index::LayerIndex::from_bytes(&index.to_bytes()).unwrap();
     let prioritized: Vec<String> =
         index.prioritized_files().into_iter().map(|(_, id)| index.path_of(id)).collect();
     assert_eq!(prioritized, ["bin/big", "bin/a.txt", "etc/hosts"], "files only, the hardlink's target once");

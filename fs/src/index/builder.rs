@@ -343,7 +343,7 @@ mod tests {
         let names: Vec<&str> = idx.node(0).children.iter().map(|c| idx.node(*c).name.as_str()).collect();
         assert_eq!(names, ["etc", "usr"]);
 
-        let round = LayerIndex::from_json(&idx.to_json()).unwrap();
+        let round = LayerIndex::from_bytes(&idx.to_bytes()).unwrap();
         assert_eq!(round, idx);
     }
 

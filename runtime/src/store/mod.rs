@@ -5,6 +5,8 @@
 //!   appears under its name only after it was written whole to `tmp/`, synced and verified, so
 //!   a crash leaves at worst a stray temp file, never an object that looks valid and is not.
 //! - `refs.json`: image name → [`ImageRecord`], replaced atomically under `refs.lock`.
+//! - `indexes/<hex>.bin`: the index of each layer opened lazily (its tree and chunks), in a
+//!   compact binary form read at every mount; built again when missing or damaged.
 
 mod refs;
 
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use skiff_fs::index::LayerIndex;
 use skiff_fs::union::ProfiledFile;
 use skiff_fs::{Digest, Sha256Writer};
 
@@ -152,33 +155,36 @@ impl Store {
 
     /// Where the index of layer `digest` is kept once built.
     pub fn layer_index_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("indexes").join(format!("{}.bin", digest.hex()))
+    }
+
+    /// Where versions before the binary form kept it, as JSON.
+    fn json_layer_index_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("indexes").join(format!("{}.json", digest.hex()))
     }
 
     /// The stored index of layer `digest`, if there is a valid one; a damaged file is removed.
-    pub fn read_layer_index(&self, digest: &Digest) -> Option<skiff_fs::index::LayerIndex> {
+    /// One an earlier version stored as JSON is kept in the binary form from now on.
+    pub fn read_layer_index(&self, digest: &Digest) -> Option<LayerIndex> {
         let path = self.layer_index_path(digest);
-        let bytes = fs::read(&path).ok()?;
-        match skiff_fs::index::LayerIndex::from_json(&bytes).ok().filter(|i| i.validate().is_ok()) {
-            Some(index) => Some(index),
-            None => {
-                tracing::warn!(path = %path.display(), "removing a damaged layer index");
-                let _ = fs::remove_file(&path);
-                None
-            }
+        if let Ok(bytes) = fs::read(&path) {
+            return valid_index(&path, LayerIndex::from_bytes(&bytes).ok());
         }
+        let json = self.json_layer_index_path(digest);
+        let bytes = fs::read(&json).ok()?;
+        let index = valid_index(&json, LayerIndex::from_json(&bytes).ok())?;
+        if self.write_layer_index(digest, &index).is_ok() {
+            let _ = fs::remove_file(&json);
+        }
+        Some(index)
     }
 
     /// Keeps the index of layer `digest` for the next mount.
-    pub fn write_layer_index(
-        &self,
-        digest: &Digest,
-        index: &skiff_fs::index::LayerIndex,
-    ) -> Result<(), StoreError> {
+    pub fn write_layer_index(&self, digest: &Digest, index: &LayerIndex) -> Result<(), StoreError> {
         let path = self.layer_index_path(digest);
         let dir = path.parent().expect("indexes dir");
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        write_atomic(&path, &index.to_json(), 0o644).map_err(io_at(&path))
+        write_atomic(&path, &index.to_bytes(), 0o644).map_err(io_at(&path))
     }
 
     /// The prefetch profile recorded for image manifest `digest`: the byte ranges of files
@@ -212,6 +218,17 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// `index` as read from `path` if it parsed and holds together; else the file is removed
+/// (the next mount builds the index again).
+fn valid_index(path: &Path, index: Option<LayerIndex>) -> Option<LayerIndex> {
+    let index = index.filter(|i| i.validate().is_ok());
+    if index.is_none() {
+        tracing::warn!(path = %path.display(), "removing a damaged layer index");
+        let _ = fs::remove_file(path);
+    }
+    index
 }
 
 /// A prefetch profile as `write_profile` saves it: `{"files": [...]}`, each file a path with
@@ -370,4 +387,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Opens `path` for appending-only use as a lock file.
 fn open_lock(path: &Path) -> io::Result<File> {
     fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer index as versions before the binary form stored it: JSON, empty fields left out.
+    const JSON_INDEX: &str = r#"{"nodes":[{"name":"","parent":0,"kind":"Dir","mode":493,"uid":0,"gid":0,"size":0,"mtime":0,"rdev":[0,0],"children":[1],"chunks":{"start":0,"end":0},"nlink":2},{"name":"hello","parent":0,"kind":"File","mode":420,"uid":0,"gid":0,"size":5,"mtime":1778563047,"rdev":[0,0],"chunks":{"start":0,"end":1},"nlink":1}],"chunks":[{"digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","file_offset":0,"len":5,"codec":"Gzip","offset":126,"compressed_len":25,"inner_offset":0}],"prefetch_end":151}"#;
+
+    #[test]
+    fn a_layer_index_an_earlier_version_stored_as_json_is_read_and_kept_in_the_binary_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = Digest::of(b"layer");
+        let json = store.json_layer_index_path(&layer);
+        fs::create_dir_all(json.parent().unwrap()).unwrap();
+        fs::write(&json, JSON_INDEX).unwrap();
+        let index = store.read_layer_index(&layer).expect("the JSON index is read");
+        let hello = index.resolve("hello").unwrap();
+        assert_eq!((index.node(hello).size, index.file_chunks(hello)[0].digest), (5, Digest::of(b"hello")));
+        assert!(!json.exists() && store.layer_index_path(&layer).exists());
+        assert_eq!(store.read_layer_index(&layer).as_ref(), Some(&index), "the binary form reads the same");
+        // A damaged index is removed: the next mount builds it again.
+        fs::write(store.layer_index_path(&layer), b"\x07damaged").unwrap();
+        assert_eq!(store.read_layer_index(&layer), None);
+        assert!(!store.layer_index_path(&layer).exists());
+    }
 }
