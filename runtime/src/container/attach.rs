@@ -100,7 +100,7 @@ impl Wired {
 }
 
 /// Copies `from` to the log (as `stream`) and to this process's `echo` stream, until EOF (or
-/// EIO: a pty whose every slave is closed).
+/// EIO: a pty whose every slave is closed), or until the reader of `echo` is gone.
 fn relay(from: OwnedFd, echo: Option<Stream>, log: Option<Arc<LogFile>>, stream: Stream) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut from = File::from(from);
@@ -117,8 +117,13 @@ fn relay(from: OwnedFd, echo: Option<Stream>, log: Option<Arc<LogFile>>, stream:
                 Some(Stream::Stderr) => write_out(&mut io::stderr().lock(), bytes),
                 None => Ok(()),
             };
-            if let Err(e) = echoed {
-                tracing::debug!(error = %e, "writing the container's output to the terminal");
+            match echoed {
+                // Whoever read this output is gone (`skiff run … | head`): so is the reading
+                // end of the container's, as in a pipeline on the host. Its next write fails
+                // (EPIPE, or SIGPIPE) instead of going on, unread, into the log without end.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
+                Err(e) => tracing::debug!(error = %e, "writing the container's output to the terminal"),
+                Ok(()) => {}
             }
             if let Some(log) = &mut log {
                 if let Err(e) = log.feed(bytes) {

@@ -165,6 +165,37 @@ fn a_closed_stderr_neither_stops_nor_strands_a_run() {
 }
 
 #[test]
+fn a_reader_that_leaves_ends_the_containers_output_as_in_a_pipeline() {
+    let Some((f, env)) = env() else { return };
+    // `skiff run … | head -1`: once the reader is gone, the container's writes fail as on
+    // the host and the run ends. It went on for good, writing its log until the disk was full.
+    let mut run = env
+        .skiff
+        .command()
+        .args(["run", "--rm", &f.busybox_ref, "sh", "-c", "while echo y; do :; done; exit 3"])
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match run.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if status.is_none() {
+        let _ = run.kill();
+        let _ = run.wait();
+    }
+    // PID 1 ignores SIGPIPE: its echo fails with EPIPE, which ends the loop.
+    assert_eq!(status.expect("the run ended").code(), Some(3));
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty());
+    assert!(mounts_under(&env.skiff.root).is_empty());
+}
+
+#[test]
 fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     let Some((f, env)) = env() else { return };
     let script =
