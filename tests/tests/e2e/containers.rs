@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,13 @@ fn detached_container_logs_stops_and_is_removed() {
     let out = env.skiff.command().args(["logs", "web"]).stdout(closed_pipe()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.code() == Some(0) && ["", "oops\n"].contains(&stderr.as_ref()), "{out:?}");
+    // So do the listings, as `ls | head` ends: by SIGPIPE, saying nothing (not with a panic).
+    for list in ["ps", "images"] {
+        let out = env.skiff.command().arg(list).stdout(closed_pipe()).output().unwrap();
+        let sigpipe = nix::sys::signal::Signal::SIGPIPE as i32;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.signal(), stderr.as_ref()), (Some(sigpipe), ""), "{list}");
+    }
     let ps = env.run(&["ps", "-a"]).ok().to_string();
     assert!(ps.contains("Exited (0)"), "{ps}");
     assert!(!env.run(&["ps"]).ok().contains(&id[..12]));

@@ -99,6 +99,12 @@ fn main() -> ExitCode {
         // a FUSE worker or the thread that unmounts.
         .log_internal_errors(false)
         .init();
+    if matches!(
+        cli.command,
+        Command::Images(_) | Command::Inspect(_) | Command::Diff(_) | Command::Ps(_) | Command::Cache(_)
+    ) {
+        end_on_closed_stdout();
+    }
     let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
     let result = match cli.command {
         Command::Pull(a) => commands::pull::run(&ctx, a),
@@ -132,4 +138,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Lets a closed stdout (`skiff diff c | head`) end the process by SIGPIPE, silently, as it
+/// ends `ls` or `docker images`; with SIGPIPE ignored (Rust's default) the next `println!`
+/// panics. Only for commands that print and hold nothing a sudden end would leave behind.
+fn end_on_closed_stdout() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: the default action replaces no handler of this program, and nothing has
+    // started a thread yet.
+    #[allow(unsafe_code)]
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
