@@ -155,12 +155,16 @@ impl Store {
 
     /// Where the index of layer `digest` is kept once built.
     pub fn layer_index_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("indexes").join(format!("{}.bin", digest.hex()))
+        self.index_file(digest, "bin")
     }
 
     /// Where versions before the binary form kept it, as JSON.
     fn json_layer_index_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("indexes").join(format!("{}.json", digest.hex()))
+        self.index_file(digest, "json")
+    }
+
+    fn index_file(&self, digest: &Digest, extension: &str) -> PathBuf {
+        self.root.join("indexes").join(format!("{}.{extension}", digest.hex()))
     }
 
     /// The stored index of layer `digest`, if there is a valid one; a damaged file is removed.

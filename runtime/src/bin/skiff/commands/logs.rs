@@ -22,20 +22,19 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let path = containers.paths(&state.id).log;
     let running = || containers.load(&state.id).is_ok_and(|s| s.supervisor.is_some_and(|p| p.is_alive()));
     let follow: Option<&dyn Fn() -> bool> = if args.follow { Some(&running) } else { None };
-    let mut reader_gone = false;
     let read = log::read(&path, follow, &mut |record| {
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         let sink: &mut dyn Write = match record.stream {
             Stream::Stdout => &mut out,
             Stream::Stderr => &mut err,
         };
-        let written = sink.write_all(record.log.as_bytes()).and_then(|()| sink.flush());
-        reader_gone = written.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
-        written
+        sink.write_all(record.log.as_bytes())?;
+        sink.flush()
     });
     match read {
         // Whoever read the output stopped (`logs | head`): so does `logs`, as a shell expects.
-        Err(_) if reader_gone => Ok(()),
+        // Only a write can fail so: reading a file never does.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         read => read.with_context(|| format!("reading the log of {}", args.container)),
     }
 }
