@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use skiff_fs::index::Kind;
 use skiff_fs::union::{self, LayerView, MountOptions, Mounted, ProfiledFile, Union};
 use skiff_fs::{ChunkCache, Digest};
 
@@ -145,6 +146,9 @@ pub struct MountRequest<'a> {
     pub profile: ProfileMode,
     /// The user namespace of the mount's users (identity for none).
     pub ids: skiff_fs::IdMap,
+    /// Where a container runtime will mount things (see [`Union::with_mount_points`]); empty
+    /// for a plain mount.
+    pub mount_points: &'a [(&'a str, Kind)],
 }
 
 /// The union of an image's layers under `upper`, not mounted (for diff and commit).
@@ -155,12 +159,13 @@ pub fn open_union(
     image: &StoredImage,
     paths: &MountPaths,
     early: Option<&PrefetchPlan>,
+    mount_points: &[(&str, Kind)],
 ) -> Result<(Vec<OpenedLayer>, Arc<Union>), MountError> {
     let layers = open_image_layers(client, store, cache, image, early)?;
     let lowers: Vec<Arc<dyn LayerView>> =
         layers.iter().map(|l| l.layer.clone() as Arc<dyn LayerView>).collect();
-    let union = Arc::new(Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?);
-    Ok((layers, union))
+    let union = Union::new(lowers, &paths.upper, &paths.work).map_err(io_at(&paths.upper))?;
+    Ok((layers, Arc::new(union.with_mount_points(mount_points))))
 }
 
 pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
@@ -171,7 +176,8 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     // image's plan start on their way with the tables of contents.
     let local = req.profile.prefetch.then(|| req.store.read_profile(&req.image.manifest)).flatten();
     let early = (req.profile.prefetch && local.is_none()).then(|| embedded_plan(&image)).flatten();
-    let (layers, union) = open_union(req.client, req.store, req.cache, &image, paths, early.as_ref())?;
+    let (layers, union) =
+        open_union(req.client, req.store, req.cache, &image, paths, early.as_ref(), req.mount_points)?;
     if req.profile.record {
         union.record_reads();
     }

@@ -40,8 +40,8 @@ impl EntryMeta {
         EntryMeta { kind, mode: 0o644, size, ..EntryMeta::implicit_dir() }
     }
 
-    /// A directory created because an entry below it came first.
-    fn implicit_dir() -> EntryMeta {
+    /// A directory created because an entry below it came first: mode 0755, owned by root.
+    pub(crate) fn implicit_dir() -> EntryMeta {
         EntryMeta {
             kind: Kind::Dir,
             mode: 0o755,

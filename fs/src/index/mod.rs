@@ -206,6 +206,12 @@ impl LayerIndex {
         b.finish()
     }
 
+    /// Sets the link count of `id` (for a directory copied from another layer, whose count
+    /// counts subdirectories this index does not hold).
+    pub(crate) fn set_nlink(&mut self, id: NodeId, nlink: u32) {
+        self.nodes[id as usize].nlink = nlink;
+    }
+
     /// Marks the blob's first `end` bytes as its prioritized files (`None`: there are none).
     pub fn set_prefetch_end(&mut self, end: Option<u64>) {
         self.prefetch_end = end.filter(|&e| e > 0);

@@ -72,7 +72,7 @@ impl Union {
     }
 
     /// `path` as the lower layers alone resolve it (the upper ignored).
-    fn resolve_lower_only(&self, path: &str) -> Option<super::resolve::Resolved> {
+    pub(super) fn resolve_lower_only(&self, path: &str) -> Option<super::resolve::Resolved> {
         let mut scope = self.resolve_root().lowers;
         let mut found = None;
         for name in path.split('/').filter(|c| !c.is_empty()) {

@@ -6,6 +6,7 @@ mod backing;
 mod export;
 mod fuse;
 mod generation;
+mod init_layer;
 mod inodes;
 mod listing;
 mod resolve;
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use export::Change;
 pub use fuse::{mount, MountOptions, Mounted};
+pub use init_layer::{init_entries, InitEntry, Shown};
 pub use inodes::{Ino, ROOT_INO};
 pub use view::{LayerView, PrefetchChunk};
 pub use write::{Owner, RenameFlags, SetAttr};

@@ -134,3 +134,31 @@ fn a_batch_across_layers_asks_first_the_layer_of_its_first_chunk() {
     union.prefetch(&[entry("etc/passwd", &[]), entry("usr/bin/tool", &[(CHUNK, CHUNK + 1), (0, 1)])]);
     assert_eq!(*log.lock().unwrap(), [vec![passwd], vec![tool1, tool0]]);
 }
+
+#[test]
+fn mount_points_come_from_an_init_layer_and_leave_the_upper_alone() {
+    let layer = Layer::new(&[("etc/passwd", 1), ("usr/bin/sh", 1)], 100);
+    let dir = tempfile::tempdir().unwrap();
+    let lower: Arc<dyn LayerView> = Arc::new(layer);
+    let plain = Union::new(vec![lower.clone()], &dir.path().join("u1"), &dir.path().join("w1")).unwrap();
+    let etc_before = plain.lookup(ROOT_INO, "etc").unwrap();
+    let points = [("/etc/hosts", Kind::File), ("/proc", Kind::Dir), ("/usr/bin/sh", Kind::File)];
+    let union = Union::new(vec![lower], &dir.path().join("upper"), &dir.path().join("work"))
+        .unwrap()
+        .with_mount_points(&points);
+
+    let etc = union.lookup(ROOT_INO, "etc").unwrap();
+    let same = |a: &Attr| (a.kind, a.perm, a.uid, a.gid, a.mtime, a.nlink);
+    assert_eq!(same(&etc), same(&etc_before), "/etc shows as the image has it");
+    let hosts = union.lookup(etc.ino, "hosts").unwrap();
+    assert_eq!((hosts.kind, hosts.size, hosts.upper), (Kind::File, 0, false));
+    assert_eq!(union.lookup(ROOT_INO, "proc").unwrap().kind, Kind::Dir);
+    assert!(union.lookup(etc.ino, "passwd").is_ok(), "the image's /etc is still merged beneath");
+    let sh = union.lookup(union.lookup(ROOT_INO, "usr").unwrap().ino, "bin").unwrap();
+    assert_eq!(union.lookup(sh.ino, "sh").unwrap().size, CHUNK, "an image's file is not replaced");
+    let names: Vec<String> = union.readdir(etc.ino, 0, 100).unwrap().into_iter().map(|e| e.name).collect();
+    assert!(names.contains(&"hosts".to_string()) && names.contains(&"passwd".to_string()), "{names:?}");
+
+    assert_eq!(std::fs::read_dir(dir.path().join("upper")).unwrap().count(), 0, "nothing in the upper");
+    assert_eq!(union.changes().unwrap(), []);
+}

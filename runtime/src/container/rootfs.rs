@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,9 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
+use skiff_fs::estargz::RESERVED_NAMES;
+use skiff_fs::index::{EntryMeta, Kind};
+use skiff_fs::union::init_entries;
 use skiff_fs::{ChunkCache, Digest};
 
 use super::unpack::{apply_layer, UnpackError};
@@ -28,6 +32,7 @@ use crate::manifest::Descriptor;
 use crate::mount::{mount_image, ImageMount, MountPaths, MountRequest, ProfileMode};
 use crate::reference::Reference;
 use crate::registry::Client;
+use crate::sandbox::{MountPointKind, MOUNT_POINTS};
 use crate::store::{Staged, Store, StoreError};
 
 /// Makes an image's root filesystem available to a container.
@@ -137,7 +142,12 @@ impl UnpackedRootfs {
                 staged = Some(stage);
                 tar
             };
-            apply_layer(std::os::fd::AsFd::as_fd(&root), &what, &mut tar)?;
+            // Lazily mounted, an eStargz layer does not show these either.
+            let leave_out: &[&str] = match LayerFormat::declared(desc) {
+                LayerFormat::Estargz { .. } => &RESERVED_NAMES,
+                _ => &[],
+            };
+            apply_layer(std::os::fd::AsFd::as_fd(&root), &what, &mut tar, leave_out)?;
             drop(tar);
             if let Some(staged) = staged {
                 let staged = Arc::try_unwrap(staged).ok().expect("the stream is gone").into_inner();
@@ -268,6 +278,7 @@ impl RootfsProvider for UnpackedRootfs {
         target: &Path,
     ) -> Result<Box<dyn MountedRootfs>, RootfsError> {
         let lower = self.unpacked(image)?;
+        let init = init_layer(&lower, upper)?;
         let work = work_dir(upper);
         for dir in [upper, &work] {
             fs::create_dir_all(dir).map_err(|source| RootfsError::Io {
@@ -276,13 +287,18 @@ impl RootfsProvider for UnpackedRootfs {
                 source,
             })?;
         }
-        for path in [&lower, upper, &work, target] {
+        for path in [&init, &lower, upper, &work, target] {
             if path.to_string_lossy().contains([',', ':']) {
                 return Err(RootfsError::OverlayPath(path.to_path_buf()));
             }
         }
-        let data =
-            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        let data = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            init.display(),
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
         nix::mount::mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
             .map_err(|source| RootfsError::Overlay {
                 lower,
@@ -296,8 +312,87 @@ impl RootfsProvider for UnpackedRootfs {
 
 /// The scratch directory overlayfs (kernel or skiff's) needs beside an upper directory.
 pub fn work_dir(upper: &Path) -> PathBuf {
+    beside(upper, "skiff-work")
+}
+
+/// A hidden directory beside `upper`, named after it.
+fn beside(upper: &Path, suffix: &str) -> PathBuf {
     let name = upper.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    upper.parent().unwrap_or(Path::new("/")).join(format!(".{name}.skiff-work"))
+    upper.parent().unwrap_or(Path::new("/")).join(format!(".{name}.{suffix}"))
+}
+
+/// The sandbox's mount points, as skiff-fs names their kinds.
+fn mount_points() -> Vec<(&'static str, Kind)> {
+    let kind = |k| match k {
+        MountPointKind::Dir => Kind::Dir,
+        MountPointKind::File => Kind::File,
+    };
+    MOUNT_POINTS.iter().map(|&(path, k)| (path, kind(k))).collect()
+}
+
+/// A container's init layer over the unpacked `tree`, as a directory beside `upper` (made
+/// afresh): the mount points the tree lacks (see [`init_entries`]), for overlayfs to put
+/// above the tree.
+fn init_layer(tree: &Path, upper: &Path) -> Result<PathBuf, RootfsError> {
+    let dir = beside(upper, "skiff-init");
+    let io = |step, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Io { step, path, source }
+    };
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+    }
+    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    // `init_entries` asks about each path's parents first, and only below directories: no
+    // lstat here passes through a symlink of the image.
+    let entries = init_entries(&mount_points(), |path| {
+        let m = fs::symlink_metadata(tree.join(path)).ok()?;
+        let kind = if m.is_dir() {
+            Kind::Dir
+        } else if m.file_type().is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::File
+        };
+        let meta = EntryMeta {
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            size: m.size(),
+            mtime: m.mtime(),
+            target: None,
+            rdev: (0, 0),
+            xattrs: Default::default(),
+        };
+        Some((meta, m.nlink() as u32))
+    });
+    for e in &entries {
+        let path = dir.join(&e.path);
+        match e.meta.kind {
+            Kind::Dir => fs::create_dir(&path).map(drop),
+            _ => fs::File::create(&path).map(drop),
+        }
+        .map_err(io("creating", &path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.mode))
+            .map_err(io("setting the mode of", &path))?;
+        std::os::unix::fs::lchown(&path, Some(e.meta.uid), Some(e.meta.gid))
+            .map_err(io("setting the owner of", &path))?;
+    }
+    // Times last, children first: making an entry changes its directory's.
+    for e in entries.iter().rev() {
+        let path = dir.join(&e.path);
+        let time = nix::sys::time::TimeSpec::new(e.meta.mtime, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &time,
+            &time,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| io("setting the times of", &path)(e.into()))?;
+    }
+    Ok(dir)
 }
 
 /// A kernel mount on the target.
@@ -360,6 +455,7 @@ impl RootfsProvider for LazyRootfs {
             paths,
             profile: self.profile,
             ids: self.ids.clone(),
+            mount_points: &mount_points(),
         })?;
         Ok(Box::new(FuseRootfs { _mount: mount, target: target.to_path_buf() }))
     }

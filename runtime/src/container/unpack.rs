@@ -50,7 +50,14 @@ pub struct LayerStats {
 
 /// Applies the layer `tar` (named `layer` in errors) on top of the directory `root`, then
 /// reads `tar` to its end, so that a digest check at the end of the stream is never skipped.
-pub fn apply_layer(root: BorrowedFd<'_>, layer: &str, tar: &mut dyn Read) -> Result<LayerStats, UnpackError> {
+/// Entries at the top named in `leave_out` are not applied (an eStargz layer's table of
+/// contents and landmarks, which are not the image's files).
+pub fn apply_layer(
+    root: BorrowedFd<'_>,
+    layer: &str,
+    tar: &mut dyn Read,
+    leave_out: &[&str],
+) -> Result<LayerStats, UnpackError> {
     let read_err = |source| UnpackError::Read { layer: layer.to_string(), source };
     let mut apply = Apply {
         root,
@@ -60,6 +67,7 @@ pub fn apply_layer(root: BorrowedFd<'_>, layer: &str, tar: &mut dyn Read) -> Res
         parent: None,
         buf: vec![0; COPY_BUFFER],
         stats: LayerStats::default(),
+        leave_out,
     };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(read_err)? {
@@ -82,6 +90,7 @@ struct Apply<'a> {
     parent: Option<(PathBuf, OwnedFd)>,
     buf: Vec<u8>,
     stats: LayerStats,
+    leave_out: &'a [&'a str],
 }
 
 /// An entry's metadata, taken from its header and PAX records.
@@ -112,6 +121,9 @@ impl Apply<'_> {
             .into_owned();
         let Some(path) = clean(&raw) else { return Ok(()) };
         let (parent, name) = split(&path);
+        if parent.as_os_str().is_empty() && self.leave_out.iter().any(|n| name == *n) {
+            return Ok(());
+        }
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE.as_bytes() {
             return self.opaque(&parent);

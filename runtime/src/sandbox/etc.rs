@@ -79,6 +79,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_file_is_a_mount_point_the_init_layer_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(dir.path(), "c1", Network::None).unwrap();
+        for (target, _) in files.mounts() {
+            assert!(
+                super::super::MOUNT_POINTS.contains(&(target, super::super::paths::Kind::File)),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
     fn loopback_nameservers_are_dropped() {
         let text = "nameserver 127.0.0.53\nnameserver 10.0.0.1\noptions edns0\n";
         assert_eq!(without_loopback_nameservers(text), "nameserver 10.0.0.1\noptions edns0\n");

@@ -48,9 +48,10 @@ pub use masks::{MASKED, READ_ONLY};
 pub use namespaces::NamespaceError;
 pub use nix::errno::Errno;
 pub use nix::sys::signal::Signal;
-pub use paths::PathError;
+pub use paths::{Kind as MountPointKind, PathError};
 pub use process::Container;
 pub use pty::PtyError;
+pub use rootfs::MOUNT_POINTS;
 pub use seccomp::SeccompError;
 pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{

@@ -33,6 +33,19 @@ pub enum RootfsError {
     Path(#[from] PathError),
 }
 
+/// The mount points [`setup`] needs in every container besides those of its volumes,
+/// `--tmpfs` mounts and working directory. Docker keeps these in an "init layer" above the
+/// image, and skiff's rootfs providers do too, so that they show in no diff and go into no
+/// commit; the others are made in the container's own layer, as docker makes them.
+pub const MOUNT_POINTS: [(&str, Kind); 6] = [
+    ("/proc", Kind::Dir),
+    ("/dev", Kind::Dir),
+    ("/sys", Kind::Dir),
+    ("/etc/hostname", Kind::File),
+    ("/etc/hosts", Kind::File),
+    ("/etc/resolv.conf", Kind::File),
+];
+
 /// What the mount namespace is built from.
 pub struct RootfsPlan<'a> {
     pub rootfs: &'a Path,

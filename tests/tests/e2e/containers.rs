@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use skiff::sandbox::pty::{self, Pty};
 use skiff_tests::containers::{cgroup_dirs, hostile_layer, mounts_under, push_image, Root};
 use skiff_tests::fixtures::{self, Fixtures};
-use skiff_tests::{sandbox, wait_for};
+use skiff_tests::{sandbox, tree, wait_for};
 
 /// The writing end of a pipe whose reader is gone, as `| head` leaves it.
 fn closed_pipe() -> std::os::fd::OwnedFd {
@@ -451,8 +451,26 @@ fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
         for line in ["A /added", "C /etc/passwd", "D /bin/ls", "A /srv/app", "C /bin"] {
             assert!(diff.lines().any(|l| l == line), "{line} missing from:\n{diff}");
         }
+        // The mount points the runtime adds (/etc/hosts and the rest, which this image lacks)
+        // are not the container's changes, as under docker.
+        for point in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+            assert!(!diff.contains(point), "{mode}: {point} in:\n{diff}");
+        }
         let image = format!("{}/committed/{mode}:v1", f.registry.addr);
         env.run(&["commit", &name, &image]).ok();
+        let store = env.skiff.store();
+        let committed = skiff::image::StoredImage::load(&store, &store.find_image(&image).unwrap()).unwrap();
+        let layer = committed.manifest.layers.last().unwrap();
+        let entries = tree::from_tar(&store.path_of(&layer.digest));
+        assert!(entries.contains_key("added") && entries.contains_key("etc/passwd"), "{entries:?}");
+        assert!(
+            !entries.contains_key("etc/hosts") && !entries.contains_key("etc/resolv.conf"),
+            "{entries:?}"
+        );
+        // A container that changes nothing has nothing to show.
+        let quiet = format!("quiet-{mode}");
+        env.run(&["run", "--name", &quiet, "--pull-mode", mode, &f.busybox_ref, "true"]).ok();
+        assert_eq!(env.run(&["diff", &quiet]).ok(), "", "{mode}");
         let out = env.run(&[
             "run",
             "--rm",

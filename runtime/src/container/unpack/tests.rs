@@ -40,9 +40,13 @@ impl Layer {
     }
 
     fn apply(&mut self, root: &Path) {
+        self.apply_leaving_out(root, &[]);
+    }
+
+    fn apply_leaving_out(&mut self, root: &Path, leave_out: &[&str]) {
         let bytes = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new())).into_inner().unwrap();
         let fd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        apply_layer(fd.as_fd(), "test layer", &mut bytes.as_slice()).unwrap();
+        apply_layer(fd.as_fd(), "test layer", &mut bytes.as_slice(), leave_out).unwrap();
     }
 }
 
@@ -131,4 +135,18 @@ fn symlinks_and_dotdot_cannot_lead_outside_the_root() {
     assert_eq!(names(outside.path()), ["victim"]);
     let inside = root.path().join(o.trim_start_matches('/'));
     assert_eq!(names(&inside), ["through", "through-rel"]);
+}
+
+#[test]
+fn an_estargz_layers_toc_and_landmark_are_left_out_at_the_top_only() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    Layer::new()
+        .file(".prefetch.landmark", b"\x0f")
+        .dir("etc")
+        .file("etc/stargz.index.json", b"an image's own file")
+        .file("stargz.index.json", b"{}")
+        .apply_leaving_out(r, &skiff_fs::estargz::RESERVED_NAMES);
+    assert_eq!(names(r), ["etc"]);
+    assert_eq!(names(&r.join("etc")), ["stargz.index.json"]);
 }

@@ -66,7 +66,7 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<()> {
     let (record, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
     let store = ctx.store()?;
     let image = StoredImage::load(&store, &record)?;
-    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
     for change in union.changes().with_context(|| format!("reading {}", paths.upper.display()))? {
         println!("{change}");
     }
@@ -78,7 +78,7 @@ pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
     let dest = super::parse_reference(&args.new_image)?;
     let store = ctx.store()?;
     let image = StoredImage::load(&store, &base)?;
-    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
     let compression = if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz };
     let options = CommitOptions { compression, message: args.message, author: args.author };
     let record = commit(&store, &base, &union, &dest, &options)

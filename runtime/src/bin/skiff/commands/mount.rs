@@ -61,6 +61,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         paths,
         profile,
         ids: skiff_fs::IdMap::default(),
+        mount_points: &[],
     })?;
     println!("Mounted {} at {} (changes in {})", record.name, target.display(), upper.display());
     // Serve until asked to stop, or until `skiff umount` unmounts us.
