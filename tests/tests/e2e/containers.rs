@@ -476,6 +476,11 @@ fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
         let out = env.run(&["run", "--rm", "--pull-mode", mode, &image, "sh", "-c", script]);
         assert_eq!(out.ok(), "new\nmore\ngone\n0\n");
     }
+    let out = env.run(&["diff", "no-such"]);
+    assert_eq!(
+        (out.code, out.stderr.trim()),
+        (1, "Error: no such container: no-such (nor a directory of that name)")
+    );
 }
 
 #[test]

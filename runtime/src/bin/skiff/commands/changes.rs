@@ -50,7 +50,13 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
             return Ok((state.image, MountPaths { upper, work, record: PathBuf::new() }));
         }
     }
-    let path = source.canonicalize().with_context(|| format!("{}", source.display()))?;
+    let path = match source.canonicalize() {
+        Ok(path) => path,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !name.contains('/') => {
+            bail!("no such container: {name} (nor a directory of that name)")
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}", source.display())),
+    };
     if let Some((_, m)) = mounts(ctx.root()).into_iter().find(|(_, m)| m.target == path) {
         let record = store.find_image(&m.image)?;
         return Ok((record, MountPaths { upper: m.upper, work: m.work, record: PathBuf::new() }));
