@@ -554,4 +554,9 @@ fn image_volumes_are_anonymous_volumes_filled_from_the_image() {
         assert!(!volumes.exists(), "{mode}: rm leaves the volumes behind");
         std::fs::remove_file(given.join("new")).unwrap();
     }
+    let missing = given.join("missing");
+    let out = env.run(&["run", "--rm", "-v", &format!("{}:/m", missing.display()), &image, "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains(&format!("{} does not exist on the host", missing.display())), "{out:?}");
+    assert!(!missing.exists() && env.run(&["ps", "-aq"]).ok().is_empty(), "nothing made");
 }

@@ -170,6 +170,16 @@ impl Args {
     }
 
     fn options(&self) -> anyhow::Result<RunOptions> {
+        // Checked before anything is made, with the flag named (the mount would fail later,
+        // with only the errno).
+        if let Some(v) = self.volumes.iter().find(|v| !v.host.exists()) {
+            bail!(
+                "-v {}:{}: {} does not exist on the host",
+                v.host.display(),
+                v.container.display(),
+                v.host.display()
+            );
+        }
         Ok(RunOptions {
             name: self.name.clone(),
             command: self.command.clone(),
