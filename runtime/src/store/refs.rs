@@ -137,9 +137,10 @@ impl Store {
         Self::save_refs(&locked)
     }
 
-    /// Removes names; then deletes every object no remaining name reaches. Returns the
+    /// Removes names; then deletes every object that neither a remaining name nor `in_use`
+    /// (the manifests of images containers were made from, named or not) reaches. Returns the
     /// digests of the deleted objects.
-    pub fn remove_images(&self, names: &[String]) -> Result<Vec<Digest>, StoreError> {
+    pub fn remove_images(&self, names: &[String], in_use: &[Digest]) -> Result<Vec<Digest>, StoreError> {
         let mut locked = self.lock_refs()?;
         for name in names {
             if !locked.refs.images.iter().any(|r| &r.name == name) {
@@ -152,6 +153,9 @@ impl Store {
         for record in &locked.refs.images {
             self.mark(record.digest, &mut reachable);
             self.mark(record.manifest, &mut reachable);
+        }
+        for &digest in in_use {
+            self.mark(digest, &mut reachable);
         }
         let mut removed = Vec::new();
         for digest in self.objects()? {

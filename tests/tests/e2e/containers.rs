@@ -560,3 +560,22 @@ fn image_volumes_are_anonymous_volumes_filled_from_the_image() {
     assert!(out.stderr.contains(&format!("{} does not exist on the host", missing.display())), "{out:?}");
     assert!(!missing.exists() && env.run(&["ps", "-aq"]).ok().is_empty(), "nothing made");
 }
+
+#[test]
+fn rmi_keeps_an_image_its_containers_need() {
+    let Some((f, env)) = env() else { return };
+    env.run(&["pull", &f.busybox_ref]).ok();
+    env.run(&["tag", &f.busybox_ref, "local/used:v1"]).ok();
+    env.run(&["run", "--name", "user", "local/used:v1", "cat", "/etc/group"]).ok();
+    // Another name remains: only this one goes.
+    env.run(&["rmi", &f.busybox_ref]).ok();
+    let out = env.run(&["rmi", "local/used:v1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("(user) uses it"), "{out:?}");
+    assert!(env.run(&["images", "-q"]).ok().lines().count() == 1, "the name is kept");
+    // Forced, the name goes but the image stays for its container, which starts again.
+    env.run(&["rmi", "-f", "local/used:v1"]).ok();
+    assert_eq!(env.run(&["images", "-q"]).ok(), "");
+    assert_eq!(env.run(&["start", "-a", "user"]).ok(), "root:x:0:\nnogroup:x:65534:\n");
+    env.run(&["rm", "user"]).ok();
+}

@@ -11,6 +11,10 @@ pub struct Args {
     /// Show full digests.
     #[arg(long)]
     no_trunc: bool,
+    /// Print only the digests (12 hex digits, as docker prints image ids, unless --no-trunc),
+    /// one per name.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Serialize)]
@@ -42,6 +46,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     if args.format == "json" {
         println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if args.quiet {
+        for r in &rows {
+            println!("{}", if args.no_trunc { &r.digest } else { &r.digest["sha256:".len()..][..12] });
+        }
         return Ok(());
     }
     let mut table = vec![["REPOSITORY", "TAG", "DIGEST", "SIZE", "CREATED"].map(String::from)];

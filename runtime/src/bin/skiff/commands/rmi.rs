@@ -1,3 +1,6 @@
+use anyhow::bail;
+use skiff::Digest;
+
 use crate::context::Context;
 
 #[derive(clap::Args)]
@@ -5,6 +8,10 @@ pub struct Args {
     /// Images to remove, by name or digest prefix.
     #[arg(required = true)]
     images: Vec<String>,
+    /// Remove the last name of an image a container uses too (the image stays, unnamed, for
+    /// as long as a container uses it).
+    #[arg(short, long)]
+    force: bool,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
@@ -14,14 +21,33 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         names.push(store.find_image(input)?.name);
     }
     names.dedup();
-    let deleted = store.remove_images(&names)?;
+    let containers = super::run::containers(ctx)?;
+    let users = containers.list()?;
+    if !args.force {
+        let images = store.images()?;
+        for record in images.iter().filter(|r| names.contains(&r.name)) {
+            let named_still =
+                images.iter().any(|r| r.manifest == record.manifest && !names.contains(&r.name));
+            if let Some(user) =
+                users.iter().find(|c| c.image.manifest == record.manifest).filter(|_| !named_still)
+            {
+                bail!(
+                    "unable to remove {}: container {} ({}) uses it (remove the container first, or the name alone with -f)",
+                    record.name,
+                    &user.id[..12],
+                    user.name
+                );
+            }
+        }
+    }
+    let in_use: Vec<Digest> = users.iter().flat_map(|c| [c.image.digest, c.image.manifest]).collect();
+    let deleted = store.remove_images(&names, &in_use)?;
     for name in &names {
         println!("Untagged: {name}");
     }
     for digest in deleted {
         println!("Deleted: {digest}");
     }
-    let containers = super::run::containers(ctx)?;
     skiff::container::remove_unused_unpacked(&store, &containers)?;
     Ok(())
 }
