@@ -94,19 +94,24 @@ impl Drop for StreamLog {
     }
 }
 
-/// Reads the log at `path`, giving each record to `out`. With `follow`, keeps reading new
-/// records while `follow()` says the container runs, and returns once it has stopped and
-/// everything it wrote has been read.
+/// Reads the log at `path`, giving each record to `out`: all of them, or with `tail` the
+/// last so many. With `follow`, keeps reading new records while `follow()` says the
+/// container runs, and returns once it has stopped and everything it wrote has been read.
 pub fn read(
     path: &Path,
+    tail: Option<usize>,
     follow: Option<&dyn Fn() -> bool>,
     out: &mut dyn FnMut(&Record) -> io::Result<()>,
 ) -> io::Result<()> {
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound && follow.is_none() => return Ok(()),
         Err(e) => return Err(e),
     };
+    if let Some(n) = tail {
+        let start = tail_start(&file, n)?;
+        file.seek(SeekFrom::Start(start))?;
+    }
     let mut reader = BufReader::new(file);
     let mut line = String::new();
     loop {
@@ -135,6 +140,30 @@ pub fn read(
     }
 }
 
+/// Where the last `n` whole records of the log start, found from its end (a record still
+/// being written, without its newline yet, is not one of them).
+fn tail_start(file: &File, n: usize) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut end = file.metadata()?.len();
+    // Newlines seen from the end: the first ends the last whole record; each one after it
+    // has one more whole record behind it.
+    let mut newlines = 0;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        for (i, _) in chunk.iter().enumerate().rev().filter(|(_, b)| **b == b'\n') {
+            if newlines == n {
+                return Ok(start + i as u64 + 1);
+            }
+            newlines += 1;
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +180,7 @@ mod tests {
         out.feed(b"o\nthree").unwrap();
         drop((out, err));
         let mut seen = Vec::new();
-        read(&path, None, &mut |r| {
+        read(&path, None, None, &mut |r| {
             seen.push((r.stream, r.log.clone()));
             Ok(())
         })
@@ -165,5 +194,34 @@ mod tests {
                 (Stream::Stdout, "three".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn tail_gives_the_last_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = LogFile::open(&path).unwrap();
+        let mut out = StreamLog::new(log, Stream::Stdout);
+        // Enough records that the search from the end crosses its 64 KiB blocks.
+        for i in 0..5000 {
+            out.feed(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        drop(out);
+        // A record half written: not a whole one yet.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"stream\":").unwrap();
+        let tail = |n| {
+            let mut seen = Vec::new();
+            read(&path, Some(n), None, &mut |r| {
+                seen.push(r.log.trim_end().to_string());
+                Ok(())
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(tail(2), ["line 4998", "line 4999"]);
+        assert_eq!(tail(0), Vec::<String>::new());
+        assert_eq!(tail(1200).first().map(String::as_str), Some("line 3800"));
+        assert_eq!(tail(1200).len(), 1200);
+        assert_eq!(tail(9999).len(), 5000);
     }
 }

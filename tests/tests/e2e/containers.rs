@@ -74,6 +74,13 @@ fn detached_container_logs_stops_and_is_removed() {
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();
     assert_eq!(env.run(&["logs", "web"]).stdout, "hello\nbye\n");
+    let tail = env.run(&["logs", "--tail", "1", "web"]);
+    assert_eq!((tail.ok(), tail.stderr.as_str()), ("bye\n", ""));
+    let stamped = env.run(&["logs", "-t", "-n", "2", "web"]);
+    let (time, line) = stamped.stderr.split_once(' ').unwrap_or_default();
+    assert_eq!(line, "oops\n", "{stamped:?}");
+    assert!(time.len() == 30 && time.starts_with("20") && time.ends_with('Z'), "{stamped:?}");
+    assert!(env.run(&["logs", "--tail", "x", "web"]).failed().contains("not a number of lines"));
     // A reader that stops early (`logs | head -1`) ends `logs` quietly, as a shell expects
     // (the container's stderr line comes first when the log recorded it first).
     let out = env.skiff.command().args(["logs", "web"]).stdout(closed_pipe()).output().unwrap();

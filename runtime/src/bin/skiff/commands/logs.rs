@@ -1,5 +1,5 @@
 //! `skiff logs`: a container's output, stdout to stdout and stderr to stderr; `-f` follows it
-//! until the container stops.
+//! until the container stops; `--tail N` gives only the last lines, `-t` their times.
 
 use std::io::Write;
 
@@ -13,7 +13,26 @@ pub struct Args {
     /// Keep printing new output until the container stops.
     #[arg(short, long)]
     follow: bool,
+    /// Print only the last N lines (`all`: every line).
+    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = parse_tail)]
+    tail: Tail,
+    /// Begin each line with the time it was written (RFC 3339, nanoseconds).
+    #[arg(short, long)]
+    timestamps: bool,
     container: String,
+}
+
+/// How much of the log `--tail` asks for.
+#[derive(Clone, Copy)]
+struct Tail(Option<usize>);
+
+fn parse_tail(s: &str) -> Result<Tail, String> {
+    match s {
+        "all" => Ok(Tail(None)),
+        n => {
+            n.parse().map(|n| Tail(Some(n))).map_err(|_| format!("{s:?} is not a number of lines, nor `all`"))
+        }
+    }
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
@@ -22,12 +41,16 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let path = containers.paths(&state.id).log;
     let running = || containers.load(&state.id).is_ok_and(|s| s.supervisor.is_some_and(|p| p.is_alive()));
     let follow: Option<&dyn Fn() -> bool> = if args.follow { Some(&running) } else { None };
-    let read = log::read(&path, follow, &mut |record| {
+    let read = log::read(&path, args.tail.0, follow, &mut |record| {
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         let sink: &mut dyn Write = match record.stream {
             Stream::Stdout => &mut out,
             Stream::Stderr => &mut err,
         };
+        if args.timestamps {
+            let time = record.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            write!(sink, "{time} ")?;
+        }
         sink.write_all(record.log.as_bytes())?;
         sink.flush()
     });
