@@ -70,6 +70,13 @@ fn detached_container_logs_stops_and_is_removed() {
     let names = ps.lines().next().unwrap().split("NAMES").next().unwrap().chars().count();
     assert_eq!(lines[1][names..].iter().collect::<String>(), "web", "{ps}");
     assert!(env.run(&["run", "--name", "web", &f.busybox_ref, "true"]).failed().contains("already in use"));
+    // inspect takes a container too, as docker's does.
+    let inspected: serde_json::Value = serde_json::from_str(env.run(&["inspect", "web"]).ok()).unwrap();
+    assert_eq!(
+        (inspected[0]["id"].as_str(), inspected[0]["name"].as_str()),
+        (Some(id.as_str()), Some("web"))
+    );
+    assert!(env.run(&["inspect", "no-such"]).failed().contains("no such image or container: no-such"));
     // rm refuses a running container.
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();
