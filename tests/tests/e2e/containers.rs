@@ -588,8 +588,12 @@ fn rmi_keeps_an_image_its_containers_need() {
     assert!(out.stderr.contains("(user) uses it"), "{out:?}");
     assert!(env.run(&["images", "-q"]).ok().lines().count() == 1, "the name is kept");
     // Forced, the name goes but the image stays for its container, which starts again.
+    let manifest = env.skiff.store().find_image("local/used:v1").unwrap().manifest;
     env.run(&["rmi", "-f", "local/used:v1"]).ok();
     assert_eq!(env.run(&["images", "-q"]).ok(), "");
     assert_eq!(env.run(&["start", "-a", "user"]).ok(), "root:x:0:\nnogroup:x:65534:\n");
+    assert!(env.skiff.store().has(&manifest));
+    // With its last container, the unnamed image goes.
     env.run(&["rm", "user"]).ok();
+    assert!(!env.skiff.store().has(&manifest));
 }

@@ -1,5 +1,4 @@
 use anyhow::bail;
-use skiff::Digest;
 
 use crate::context::Context;
 
@@ -40,8 +39,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let in_use: Vec<Digest> = users.iter().flat_map(|c| [c.image.digest, c.image.manifest]).collect();
-    let deleted = store.remove_images(&names, &in_use)?;
+    let deleted = store.remove_images(&names, &super::run::images_in_use(&users))?;
     for name in &names {
         println!("Untagged: {name}");
     }

@@ -230,6 +230,11 @@ pub fn containers(ctx: &Context) -> anyhow::Result<Containers> {
     Containers::open(ctx.root()).context("opening the containers directory")
 }
 
+/// What the images of `containers` reach must stay in the store, named or not.
+pub fn images_in_use(containers: &[State]) -> Vec<skiff::Digest> {
+    containers.iter().flat_map(|c| [c.image.digest, c.image.manifest]).collect()
+}
+
 /// Does `verb` to each container named in `inputs`, printing each name once done, as docker
 /// does; the first failure stops the loop and names its container.
 pub fn for_each_container(
