@@ -86,6 +86,8 @@ pub enum ConfigError {
     RelativeWorkdir { value: String },
     #[error("invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     BadName { name: String },
+    #[error("invalid hostname {name:?}: it must be at most 64 characters, in labels of letters, digits and inner hyphens, separated by dots")]
+    BadHostname { name: String },
     #[error("invalid stop signal {value:?}")]
     StopSignal { value: String },
     #[error("invalid environment variable {value:?}: it has no name")]
@@ -244,6 +246,22 @@ pub fn check_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Checks a `--hostname` as docker does: an RFC 1123 name of at most 64 characters (the
+/// kernel's limit).
+pub fn check_hostname(name: &str) -> Result<(), ConfigError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 64 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadHostname { name: name.to_string() })
+    }
+}
+
 const ADJECTIVES: [&str; 16] = [
     "brave", "calm", "eager", "fervent", "gallant", "happy", "jolly", "keen", "lucid", "nimble", "quirky",
     "serene", "sharp", "stoic", "vibrant", "zealous",
@@ -340,6 +358,12 @@ mod tests {
         assert!(check_name("web-1.a_b").is_ok());
         assert!(check_name("-x").is_err());
         assert!(check_name("a/b").is_err());
+        for good in ["web", "web-1.example.org", "a", &"x".repeat(64)] {
+            assert!(check_hostname(good).is_ok(), "{good}");
+        }
+        for bad in ["a/b", "", "-web", "web-", "a..b", "a_b", &"x".repeat(65)] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
+        }
         let name = generate_name(&|_| false);
         assert!(name.contains('_'));
     }

@@ -61,6 +61,9 @@ pub enum ContainerError {
     StopTimeout { id: String, seconds: u64 },
     #[error("container {id}: {source}")]
     Config { id: String, source: ConfigError },
+    /// A bad option found before any container was made.
+    #[error(transparent)]
+    Invalid(ConfigError),
     #[error("container {id}: {source}")]
     Rootfs { id: String, source: Box<RootfsError> },
     #[error("{}", named(id, source))]
@@ -202,12 +205,14 @@ impl Containers {
     /// Makes a new container of `image` (status created): its directory, record and name.
     pub fn create(&self, image: &StoredImage, options: &RunOptions) -> Result<State, ContainerError> {
         let id: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-        let config_err = |source| ContainerError::Config { id: id.clone(), source };
         let image_config = image.config()?;
         let process = config::resolve(&image.record.name, &image_config, options, &|k| std::env::var(k).ok())
-            .map_err(config_err)?;
+            .map_err(ContainerError::Invalid)?;
         if let Some(name) = &options.name {
-            config::check_name(name).map_err(config_err)?;
+            config::check_name(name).map_err(ContainerError::Invalid)?;
+        }
+        if let Some(hostname) = &options.hostname {
+            config::check_hostname(hostname).map_err(ContainerError::Invalid)?;
         }
         let paths = self.paths(&id);
         let mut spec = ContainerSpec::new(&id, &paths.rootfs, &paths.dir, process.args);
@@ -229,7 +234,7 @@ impl Containers {
         spec.tty = options.tty;
 
         if options.userns != Userns::Host && options.pull_mode == PullMode::Full {
-            return Err(config_err(ConfigError::UsernsNeedsLazy));
+            return Err(ContainerError::Invalid(ConfigError::UsernsNeedsLazy));
         }
         let _lock = self.lock()?;
         let taken = self.list()?;

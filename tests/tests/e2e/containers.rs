@@ -273,6 +273,14 @@ fn image_config_merges_with_flags_as_docker_does() {
     let out = env.run(&["run", "--rm", "--entrypoint", "", &image]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("no command"), "{out:?}");
+    // A bad option is named, with no id of a container that was never made.
+    let out = env.run(&["run", "--rm", "--hostname", "a/b", &image, "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert_eq!(
+        out.stderr.lines().next().unwrap_or_default().split(": invalid hostname").next(),
+        Some("Error: creating the container"),
+        "{out:?}"
+    );
     // The image's StopSignal is what stop sends first.
     let script = "trap 'echo usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done";
     let id = env.detach(&[&image, script]);
