@@ -224,6 +224,21 @@ fn owner(req: &Request, ids: &crate::IdMap) -> Owner {
     Owner { uid: ids.uid_from_host(req.uid()), gid: ids.gid_from_host(req.gid()) }
 }
 
+/// Runs the handler of one request. A panic in it (a bug) is logged and the request answered
+/// with EIO (fuser answers so a reply dropped unsent), and the worker thread goes on serving:
+/// a panic that ended the thread would leave the mount with one worker fewer, and hung once
+/// none were left.
+fn guarded(op: &'static str, handler: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(op, message, "a request's handler panicked: answered EIO");
+    }
+}
+
 impl Filesystem for FuseUnion {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(MAX_REQUEST);
@@ -249,22 +264,24 @@ impl Filesystem for FuseUnion {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name_or_reply!(name, reply);
-        match self.union.lookup(parent.0, name) {
-            // A negative entry (inode 0): the kernel remembers that the name is absent instead
-            // of asking again at every path search (the dynamic linker's, gcc's include path,
-            // python's sys.path). Every change to this tree comes through the kernel, which
-            // drops the entry when something takes the name.
-            Err(Errno(libc::ENOENT)) => reply.entry(&TTL, &ignored_attr(INodeNo(0)), Generation(0)),
-            result => entry(reply, &self.ids, result),
-        }
+        guarded("lookup", move || {
+            let name = name_or_reply!(name, reply);
+            match self.union.lookup(parent.0, name) {
+                // A negative entry (inode 0): the kernel remembers that the name is absent instead
+                // of asking again at every path search (the dynamic linker's, gcc's include path,
+                // python's sys.path). Every change to this tree comes through the kernel, which
+                // drops the entry when something takes the name.
+                Err(Errno(libc::ENOENT)) => reply.entry(&TTL, &ignored_attr(INodeNo(0)), Generation(0)),
+                result => entry(reply, &self.ids, result),
+            }
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
+        guarded("getattr", move || match self.union.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.ids)),
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn setattr(
@@ -285,26 +302,28 @@ impl Filesystem for FuseUnion {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr {
-            mode,
-            uid: uid.map(|u| self.ids.uid_from_host(u)),
-            gid: gid.map(|g| self.ids.gid_from_host(g)),
-            size,
-            atime: atime.map(time),
-            mtime: mtime.map(time),
-            fh: fh.map(|f| f.0),
-        };
-        match self.union.setattr(ino.0, set) {
-            Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.ids)),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded("setattr", move || {
+            let set = SetAttr {
+                mode,
+                uid: uid.map(|u| self.ids.uid_from_host(u)),
+                gid: gid.map(|g| self.ids.gid_from_host(g)),
+                size,
+                atime: atime.map(time),
+                mtime: mtime.map(time),
+                fh: fh.map(|f| f.0),
+            };
+            match self.union.setattr(ino.0, set) {
+                Ok(a) => reply.attr(ttl(&a), &file_attr(&a, &self.ids)),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.union.readlink(ino.0) {
+        guarded("readlink", move || match self.union.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn mknod(
@@ -317,32 +336,46 @@ impl Filesystem for FuseUnion {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let name = name_or_reply!(name, reply);
-        entry(reply, &self.ids, self.union.mknod(parent.0, name, mode, rdev as u64, owner(req, &self.ids)));
+        guarded("mknod", move || {
+            let name = name_or_reply!(name, reply);
+            entry(
+                reply,
+                &self.ids,
+                self.union.mknod(parent.0, name, mode, rdev as u64, owner(req, &self.ids)),
+            );
+        })
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let name = name_or_reply!(name, reply);
-        entry(reply, &self.ids, self.union.mkdir(parent.0, name, mode, owner(req, &self.ids)));
+        guarded("mkdir", move || {
+            let name = name_or_reply!(name, reply);
+            entry(reply, &self.ids, self.union.mkdir(parent.0, name, mode, owner(req, &self.ids)));
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name_or_reply!(name, reply);
-        empty(reply, self.union.unlink(parent.0, name));
+        guarded("unlink", move || {
+            let name = name_or_reply!(name, reply);
+            empty(reply, self.union.unlink(parent.0, name));
+        })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name_or_reply!(name, reply);
-        empty(reply, self.union.rmdir(parent.0, name));
+        guarded("rmdir", move || {
+            let name = name_or_reply!(name, reply);
+            empty(reply, self.union.rmdir(parent.0, name));
+        })
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let name = name_or_reply!(link_name, reply);
-        entry(
-            reply,
-            &self.ids,
-            self.union.symlink(parent.0, name, target.as_os_str(), owner(req, &self.ids)),
-        );
+        guarded("symlink", move || {
+            let name = name_or_reply!(link_name, reply);
+            entry(
+                reply,
+                &self.ids,
+                self.union.symlink(parent.0, name, target.as_os_str(), owner(req, &self.ids)),
+            );
+        })
     }
 
     fn rename(
@@ -355,44 +388,50 @@ impl Filesystem for FuseUnion {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let name = name_or_reply!(name, reply);
-        let newname = name_or_reply!(newname, reply);
-        let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
-        if !known.contains(flags) {
-            return reply.error(FuseErrno::EINVAL);
-        }
-        let flags = RenameFlags {
-            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
-            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
-        };
-        empty(reply, self.union.rename(parent.0, name, newparent.0, newname, flags));
+        guarded("rename", move || {
+            let name = name_or_reply!(name, reply);
+            let newname = name_or_reply!(newname, reply);
+            let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
+            if !known.contains(flags) {
+                return reply.error(FuseErrno::EINVAL);
+            }
+            let flags = RenameFlags {
+                noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+                exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+            };
+            empty(reply, self.union.rename(parent.0, name, newparent.0, newname, flags));
+        })
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let name = name_or_reply!(newname, reply);
-        entry(reply, &self.ids, self.union.link(ino.0, newparent.0, name));
+        guarded("link", move || {
+            let name = name_or_reply!(newname, reply);
+            entry(reply, &self.ids, self.union.link(ino.0, newparent.0, name));
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.open(ino.0, flags.0) {
-            Ok((fh, true)) => {
-                // A lower file's bytes never change: the kernel may keep them across opens.
-                self.backings.open_cached(ino.0, fh);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Ok((fh, false)) => {
-                // Never FOPEN_KEEP_CACHE with passthrough: the kernel fails reads with EIO.
-                let backing = self.backings.open_upper(ino.0, fh, || {
-                    let file = self.union.backing_file(ino.0).map_err(unbacked_file)?;
-                    reply.open_backing(&file).map_err(Unbacked::Kernel)
-                });
-                match backing {
-                    Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
-                    None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        guarded("open", move || {
+            match self.union.open(ino.0, flags.0) {
+                Ok((fh, true)) => {
+                    // A lower file's bytes never change: the kernel may keep them across opens.
+                    self.backings.open_cached(ino.0, fh);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
                 }
+                Ok((fh, false)) => {
+                    // Never FOPEN_KEEP_CACHE with passthrough: the kernel fails reads with EIO.
+                    let backing = self.backings.open_upper(ino.0, fh, || {
+                        let file = self.union.backing_file(ino.0).map_err(unbacked_file)?;
+                        reply.open_backing(&file).map_err(Unbacked::Kernel)
+                    });
+                    match backing {
+                        Some(b) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b),
+                        None => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    }
+                }
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn read(
@@ -406,10 +445,10 @@ impl Filesystem for FuseUnion {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size.min(MAX_REQUEST)) {
+        guarded("read", move || match self.union.read(fh.0, offset, size.min(MAX_REQUEST)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn write(
@@ -424,10 +463,10 @@ impl Filesystem for FuseUnion {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
+        guarded("write", move || match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn flush(
@@ -438,9 +477,11 @@ impl Filesystem for FuseUnion {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is buffered here: ENOSYS tells the kernel to send no more flushes, which
-        // saves a round trip at every close.
-        reply.error(FuseErrno::ENOSYS);
+        guarded("flush", move || {
+            // Nothing is buffered here: ENOSYS tells the kernel to send no more flushes, which
+            // saves a round trip at every close.
+            reply.error(FuseErrno::ENOSYS);
+        })
     }
 
     fn release(
@@ -453,44 +494,52 @@ impl Filesystem for FuseUnion {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.union.release(fh.0);
-        self.backings.release(fh.0);
-        reply.ok();
+        guarded("release", move || {
+            self.union.release(fh.0);
+            self.backings.release(fh.0);
+            reply.ok();
+        })
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.union.fsync(fh.0, datasync));
+        guarded("fsync", move || {
+            empty(reply, self.union.fsync(fh.0, datasync));
+        })
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.no_opendir {
-            // The kernel stops asking, and keeps listings across opens from then on.
-            return reply.error(FuseErrno::ENOSYS);
-        }
-        // Else the same by hand: the kernel keeps the listing it read, which it drops at every
-        // change to the directory (all go through this mount).
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+        guarded("opendir", move || {
+            if self.no_opendir {
+                // The kernel stops asking, and keeps listings across opens from then on.
+                return reply.error(FuseErrno::ENOSYS);
+            }
+            // Else the same by hand: the kernel keeps the listing it read, which it drops at every
+            // change to the directory (all go through this mount).
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+        })
     }
 
     // Offsets: `.` ends at 1, `..` at 2, an entry at its cookie (see `listing`).
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
-        for (name, end) in dots {
-            if reply.add(ino, end, FileType::Directory, name) {
-                return reply.ok();
+        guarded("readdir", move || {
+            let entries = match self.union.readdir(ino.0, offset, READDIR_BATCH) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
+            for (name, end) in dots {
+                if reply.add(ino, end, FileType::Directory, name) {
+                    return reply.ok();
+                }
             }
-        }
-        for e in &entries {
-            if reply.add(INodeNo(e.attr.ino), e.cookie, file_type(e.attr.kind), &e.name) {
-                break;
+            for e in &entries {
+                if reply.add(INodeNo(e.attr.ino), e.cookie, file_type(e.attr.kind), &e.name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        })
     }
 
     fn readdirplus(
@@ -501,24 +550,26 @@ impl Filesystem for FuseUnion {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
-        for (name, end) in dots {
-            // The kernel takes no attributes from `.` and `..`: it already has them.
-            if reply.add(ino, end, name, &TTL, &ignored_attr(ino), Generation(0)) {
-                return reply.ok();
+        guarded("readdirplus", move || {
+            let entries = match self.union.readdir(ino.0, offset, READDIRPLUS_BATCH) {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let dots = [(".", 1), ("..", 2)].into_iter().filter(|&(_, end)| end > offset);
+            for (name, end) in dots {
+                // The kernel takes no attributes from `.` and `..`: it already has them.
+                if reply.add(ino, end, name, &TTL, &ignored_attr(ino), Generation(0)) {
+                    return reply.ok();
+                }
             }
-        }
-        for e in &entries {
-            let attr = file_attr(&e.attr, &self.ids);
-            if reply.add(INodeNo(e.attr.ino), e.cookie, &e.name, ttl(&e.attr), &attr, Generation(0)) {
-                break;
+            for e in &entries {
+                let attr = file_attr(&e.attr, &self.ids);
+                if reply.add(INodeNo(e.attr.ino), e.cookie, &e.name, ttl(&e.attr), &attr, Generation(0)) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        })
     }
 
     fn releasedir(
@@ -529,16 +580,20 @@ impl Filesystem for FuseUnion {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.union.release(fh.0);
-        reply.ok();
+        guarded("releasedir", move || {
+            self.union.release(fh.0);
+            reply.ok();
+        })
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+        guarded("fsyncdir", move || {
+            reply.ok();
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.union.statfs() {
+        guarded("statfs", move || match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks(),
                 s.blocks_free(),
@@ -550,7 +605,7 @@ impl Filesystem for FuseUnion {
                 s.fragment_size() as u32,
             ),
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn setxattr(
@@ -563,20 +618,24 @@ impl Filesystem for FuseUnion {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let Some(name) = name.to_str() else { return reply.error(FuseErrno::EINVAL) };
-        empty(reply, self.union.setxattr(ino.0, name, value, flags));
+        guarded("setxattr", move || {
+            let Some(name) = name.to_str() else { return reply.error(FuseErrno::EINVAL) };
+            empty(reply, self.union.setxattr(ino.0, name, value, flags));
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
-        match self.union.getxattr(ino.0, name) {
-            Ok(v) => xattr_reply(reply, size, &v),
-            Err(e) => reply.error(errno(e)),
-        }
+        guarded("getxattr", move || {
+            let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
+            match self.union.getxattr(ino.0, name) {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.union.listxattr(ino.0) {
+        guarded("listxattr", move || match self.union.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -586,17 +645,21 @@ impl Filesystem for FuseUnion {
                 xattr_reply(reply, size, &buf)
             }
             Err(e) => reply.error(errno(e)),
-        }
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
-        empty(reply, self.union.removexattr(ino.0, name));
+        guarded("removexattr", move || {
+            let Some(name) = name.to_str() else { return reply.error(FuseErrno::ENODATA) };
+            empty(reply, self.union.removexattr(ino.0, name));
+        })
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // default_permissions: the kernel has checked the mode bits already.
-        empty(reply, self.union.getattr(ino.0, None).map(drop));
+        guarded("access", move || {
+            // default_permissions: the kernel has checked the mode bits already.
+            empty(reply, self.union.getattr(ino.0, None).map(drop));
+        })
     }
 
     fn create(
@@ -609,20 +672,22 @@ impl Filesystem for FuseUnion {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = name_or_reply!(name, reply);
-        let (a, fh) = match self.union.create(parent.0, name, mode, flags, owner(req, &self.ids)) {
-            Ok(created) => created,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let backing = self.backings.open_upper(a.ino, fh, || {
-            let file = self.union.backing_file(a.ino).map_err(unbacked_file)?;
-            reply.open_backing(&file).map_err(Unbacked::Kernel)
-        });
-        let (attr, fh, flags) = (file_attr(&a, &self.ids), FileHandle(fh), FopenFlags::empty());
-        match backing {
-            Some(b) => reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b),
-            None => reply.created(&TTL, &attr, Generation(0), fh, flags),
-        }
+        guarded("create", move || {
+            let name = name_or_reply!(name, reply);
+            let (a, fh) = match self.union.create(parent.0, name, mode, flags, owner(req, &self.ids)) {
+                Ok(created) => created,
+                Err(e) => return reply.error(errno(e)),
+            };
+            let backing = self.backings.open_upper(a.ino, fh, || {
+                let file = self.union.backing_file(a.ino).map_err(unbacked_file)?;
+                reply.open_backing(&file).map_err(Unbacked::Kernel)
+            });
+            let (attr, fh, flags) = (file_attr(&a, &self.ids), FileHandle(fh), FopenFlags::empty());
+            match backing {
+                Some(b) => reply.created_passthrough(&TTL, &attr, Generation(0), fh, flags, &b),
+                None => reply.created(&TTL, &attr, Generation(0), fh, flags),
+            }
+        })
     }
 
     fn fallocate(
@@ -635,7 +700,9 @@ impl Filesystem for FuseUnion {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+        guarded("fallocate", move || {
+            empty(reply, self.union.fallocate(fh.0, offset, length, mode));
+        })
     }
 
     // What follows the kernel asks only of filesystems that offer it. Answered here, quietly,
@@ -653,8 +720,10 @@ impl Filesystem for FuseUnion {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        // What a file on a disk filesystem answers to a terminal's or device's ioctl.
-        reply.error(FuseErrno::ENOTTY);
+        guarded("ioctl", move || {
+            // What a file on a disk filesystem answers to a terminal's or device's ioctl.
+            reply.error(FuseErrno::ENOTTY);
+        })
     }
 
     fn copy_file_range(
@@ -670,8 +739,10 @@ impl Filesystem for FuseUnion {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        // The kernel then copies through read and write, and stops asking.
-        reply.error(FuseErrno::ENOSYS);
+        guarded("copy_file_range", move || {
+            // The kernel then copies through read and write, and stops asking.
+            reply.error(FuseErrno::ENOSYS);
+        })
     }
 
     fn lseek(
@@ -683,8 +754,10 @@ impl Filesystem for FuseUnion {
         _whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        // SEEK_DATA and SEEK_HOLE then see one extent of data, as the kernel computes itself.
-        reply.error(FuseErrno::ENOSYS);
+        guarded("lseek", move || {
+            // SEEK_DATA and SEEK_HOLE then see one extent of data, as the kernel computes itself.
+            reply.error(FuseErrno::ENOSYS);
+        })
     }
 
     fn poll(
@@ -697,11 +770,15 @@ impl Filesystem for FuseUnion {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
-        // Files are always ready, as on a disk filesystem.
-        reply.error(FuseErrno::ENOSYS);
+        guarded("poll", move || {
+            // Files are always ready, as on a disk filesystem.
+            reply.error(FuseErrno::ENOSYS);
+        })
     }
 
     fn bmap(&self, _req: &Request, _ino: INodeNo, _blocksize: u32, _idx: u64, reply: fuser::ReplyBmap) {
-        reply.error(FuseErrno::ENOSYS);
+        guarded("bmap", move || {
+            reply.error(FuseErrno::ENOSYS);
+        })
     }
 }

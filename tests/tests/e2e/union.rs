@@ -371,3 +371,57 @@ fn a_directory_read_while_its_entries_are_removed_lists_each_entry_once() {
     assert_eq!(seen.len(), 600);
     fs::remove_dir(m.p("many")).unwrap();
 }
+
+/// A layer of two files whose reads of `boom` panic, as a bug in a layer would.
+struct PanickingLayer(skiff_fs::index::LayerIndex);
+
+impl skiff_fs::union::LayerView for PanickingLayer {
+    fn index(&self) -> &skiff_fs::index::LayerIndex {
+        &self.0
+    }
+
+    fn read(&self, node: skiff_fs::index::NodeId, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        assert_ne!(self.0.path_of(node), "boom", "a bug in the layer");
+        let n = (self.0.node(node).size.saturating_sub(offset) as usize).min(buf.len());
+        buf[..n].fill(7);
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_panic_serving_a_request_fails_that_request_and_the_mount_serves_on() {
+    if !Path::new("/dev/fuse").exists() || !skiff_tests::mount::nix_is_root() {
+        skiff_tests::skip::<()>("FUSE mounts need root and /dev/fuse");
+        return;
+    }
+    let dir = temp_dir();
+    let index = skiff_fs::index::LayerIndex::of_test_files("", &[("boom", 1), ("fine", 1)], 4096, 100);
+    let lower: std::sync::Arc<dyn skiff_fs::union::LayerView> = std::sync::Arc::new(PanickingLayer(index));
+    let union = skiff_fs::union::Union::new(vec![lower], &dir.path().join("upper"), &dir.path().join("work"))
+        .unwrap();
+    let target = dir.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    let options = skiff_fs::union::MountOptions { threads: 2, ..Default::default() };
+    let mounted = skiff_fs::union::mount(std::sync::Arc::new(union), &target, &options).unwrap();
+    // More panics than the mount has threads: a panic that ended its thread would leave
+    // none to answer the next request, and reads would hang.
+    let (boom, fine) = (target.join("boom"), target.join("fine"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let failed: Vec<Option<i32>> =
+            (0..4).map(|_| fs::read(&boom).err().and_then(|e| e.raw_os_error())).collect();
+        let _ = tx.send((failed, fs::read(&fine).map(|b| b.len())));
+    });
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(20));
+    if answer.is_err() {
+        // Free the reader (and this test's clean-up) by aborting the connection.
+        let dev = fs::metadata(&target).unwrap().dev();
+        let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+        let _ = fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let (failed, fine) = answer.expect("reads hung after panics in the mount's threads");
+    assert_eq!(failed, [Some(nix::libc::EIO); 4]);
+    assert_eq!(fine.unwrap(), 4096);
+    mounted.unmount().unwrap();
+}
