@@ -40,7 +40,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
-pub use cgroups::CgroupError;
+pub use cgroups::{CgroupError, Frozen};
 pub use etc::EtcError;
 pub use exec::exec;
 pub use init::NulError;
@@ -174,6 +174,13 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
         mode: init::InitMode::Create { etc, console },
     };
     process::start(&plan, cgroup, stdio)
+}
+
+/// Pauses the processes of running container `id` (docker's pause) until the guard is
+/// dropped; `None` when its cgroup has no freezer.
+pub fn freeze(id: &str) -> Result<Option<cgroups::Frozen>, CgroupError> {
+    let layout = cgroups::Layout::detect()?;
+    cgroups::Cgroup::existing(&layout, id, false)?.freeze()
 }
 
 /// Removes what is left of the cgroup of container `id` (after its supervisor died), killing

@@ -498,6 +498,18 @@ fn a_containers_changes_are_listed_and_committed_into_an_image_that_runs() {
         let out = env.run(&["run", "--rm", "--pull-mode", mode, &image, "sh", "-c", script]);
         assert_eq!(out.ok(), "new\nmore\ngone\n0\n");
     }
+    // A running container is paused while it is committed, and goes on afterwards.
+    let id = env.detach(&[&f.busybox_ref, "sh", "-c", "while :; do echo x >> /tmp/grow; sleep 0.01; done"]);
+    let grow = env.containers_dir().join(&id).join("upper/tmp/grow");
+    let size = || std::fs::metadata(&grow).map_or(0, |m| m.len());
+    wait_for("the container to write", || size() > 0);
+    let image = format!("{}/committed/live:v1", f.registry.addr);
+    let out = env.run(&["--log-level", "info", "commit", &id, &image]);
+    assert!(out.ok().starts_with("sha256:") && out.stderr.contains("paused for the commit"), "{out:?}");
+    let after = size();
+    wait_for("the container to go on after the commit", || size() > after);
+    env.run(&["commit", "--pause", "false", &id, &image]).ok();
+    env.run(&["rm", "-f", &id]).ok();
     let out = env.run(&["diff", "no-such"]);
     assert_eq!(
         (out.code, out.stderr.trim()),

@@ -367,3 +367,25 @@ fn sigterm_to_the_supervisor_is_forwarded() {
 fn sigint_to_the_supervisors_process_group_is_forwarded() {
     forward_to_child("-INT", "-{pid}");
 }
+
+#[test]
+fn a_frozen_container_makes_no_progress_until_thawed() {
+    if !available() {
+        return;
+    }
+    let root = TestRootfs::new();
+    let spec = root.spec(&["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done"]);
+    let (stdio, _, _) = capture(&root);
+    let mut container = sandbox::spawn(&spec, stdio).unwrap();
+    let counter = root.rootfs.join("tmp/n");
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    skiff_tests::wait_for("the counter", || !read().is_empty());
+    let frozen = sandbox::freeze(&spec.id).unwrap().expect("the container's cgroup has a freezer");
+    let before = read();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(read(), before, "a frozen container wrote");
+    drop(frozen);
+    skiff_tests::wait_for("the counter to go on", || read() != before);
+    container.signal(Signal::SIGKILL).unwrap();
+    assert_eq!(container.wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
+}

@@ -35,7 +35,12 @@ pub enum CgroupError {
     Remove { path: PathBuf, source: std::io::Error },
     #[error("no cgroup v1 hierarchy has the {controller} controller")]
     NoController { controller: &'static str },
+    #[error("the processes of cgroup {path} did not freeze within {seconds} seconds")]
+    FreezeTimeout { path: PathBuf, seconds: u64 },
 }
+
+/// How long [`Cgroup::freeze`] waits for every process to stop.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +155,36 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// Stops every process of the cgroup (the freezer: v1's `freezer.state`, v2's
+    /// `cgroup.freeze`) and waits until all have; they go on when the returned guard is
+    /// dropped. `None` when the cgroup has no freezer (a container made before skiff joined
+    /// the v1 freezer hierarchy).
+    pub fn freeze(&self) -> Result<Option<Frozen>, CgroupError> {
+        for dir in &self.dirs {
+            let (state, thawed, frozen) = if dir.join("freezer.state").exists() {
+                (dir.join("freezer.state"), "THAWED", "FROZEN")
+            } else if dir.join("cgroup.freeze").exists() {
+                (dir.join("cgroup.freeze"), "0", "1")
+            } else {
+                continue;
+            };
+            write(&state, frozen)?;
+            let guard = Frozen { state, thawed };
+            let deadline = Instant::now() + FREEZE_TIMEOUT;
+            while !guard.done(dir)? {
+                if Instant::now() > deadline {
+                    return Err(CgroupError::FreezeTimeout {
+                        path: dir.clone(),
+                        seconds: FREEZE_TIMEOUT.as_secs(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return Ok(Some(guard));
+        }
+        Ok(None)
+    }
+
     /// Kills what is left in the cgroup and removes its directories, waiting up to two seconds
     /// for exiting processes to leave.
     pub fn remove(&mut self) -> Result<(), CgroupError> {
@@ -202,7 +237,35 @@ fn own_cgroups() -> Result<Vec<(Vec<String>, String)>, CgroupError> {
         .collect())
 }
 
+/// A frozen cgroup, thawed when dropped.
+#[derive(Debug)]
+pub struct Frozen {
+    /// `freezer.state` (v1) or `cgroup.freeze` (v2).
+    state: PathBuf,
+    thawed: &'static str,
+}
+
+impl Frozen {
+    /// Whether every process of `dir` has stopped (v1 says FREEZING until then).
+    fn done(&self, dir: &Path) -> Result<bool, CgroupError> {
+        let v1 = self.thawed == "THAWED";
+        let path = if v1 { self.state.clone() } else { dir.join("cgroup.events") };
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+        Ok(if v1 { text.trim() == "FROZEN" } else { text.lines().any(|l| l == "frozen 1") })
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = write(&self.state, self.thawed) {
+            tracing::warn!("thawing: {e}");
+        }
+    }
+}
+
 fn kill_all(dir: &Path) {
+    // A frozen process (a `commit` killed while it paused the container) dies only thawed.
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
     let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else { return };
     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);

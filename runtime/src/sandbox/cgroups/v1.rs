@@ -89,6 +89,10 @@ pub fn create(
     let memory = dir_for("memory")?;
     let cpu = dir_for("cpu")?;
     let devices = if limits.restrict_devices { Some(dir_for("devices")?) } else { None };
+    // Joined where there is one, so `commit` can pause the container as docker's does.
+    if hierarchies.iter().any(|h| h.has("freezer")) {
+        dir_for("freezer")?;
+    }
 
     let r = &limits.resources;
     if let Some(max) = r.pids {

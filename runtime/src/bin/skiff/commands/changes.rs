@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use skiff::container::State;
 use skiff::image::{commit, CommitOptions, LayerCompression, StoredImage};
 use skiff::mount::{mounts, open_union, MountPaths};
 use skiff::store::ImageRecord;
@@ -32,14 +33,26 @@ pub struct CommitArgs {
     message: Option<String>,
     #[arg(short, long)]
     author: Option<String>,
+    /// Pause a running container while its changes are read, as docker does (`--pause
+    /// false`: read them as they are being written).
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pause: bool,
     /// A container (name or id), a skiff mount point, or an upper directory.
     source: PathBuf,
     /// The new image's name.
     new_image: String,
 }
 
+/// Where a change set comes from: its base image, its directories, and its container if it
+/// is one's.
+struct Source {
+    image: ImageRecord,
+    paths: MountPaths,
+    container: Option<State>,
+}
+
 /// The base image and the upper/work directories behind `source`.
-fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<(ImageRecord, MountPaths)> {
+fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<Source> {
     let store = ctx.store()?;
     let name = source.to_string_lossy();
     if !name.contains('/') {
@@ -47,7 +60,8 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
         if let Ok(state) = containers.find(&name) {
             let upper = containers.paths(&state.id).upper;
             let work = skiff::container::work_dir(&upper);
-            return Ok((state.image, MountPaths { upper, work, record: PathBuf::new() }));
+            let paths = MountPaths { upper, work, record: PathBuf::new() };
+            return Ok(Source { image: state.image.clone(), paths, container: Some(state) });
         }
     }
     let path = match source.canonicalize() {
@@ -59,17 +73,18 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
     };
     if let Some((_, m)) = mounts(ctx.root()).into_iter().find(|(_, m)| m.target == path) {
         let record = store.find_image(&m.image)?;
-        return Ok((record, MountPaths { upper: m.upper, work: m.work, record: PathBuf::new() }));
+        let paths = MountPaths { upper: m.upper, work: m.work, record: PathBuf::new() };
+        return Ok(Source { image: record, paths, container: None });
     }
     let Some(image) = image else {
         bail!("{} is not a skiff mount; name its image with --image", path.display());
     };
     let record = store.find_image(image)?;
-    Ok((record, MountPaths::new(ctx.root(), &path, Some(&path))))
+    Ok(Source { image: record, paths: MountPaths::new(ctx.root(), &path, Some(&path)), container: None })
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<()> {
-    let (record, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
+    let Source { image: record, paths, .. } = resolve(ctx, &args.source, args.image.as_deref())?;
     let store = ctx.store()?;
     let image = StoredImage::load(&store, &record)?;
     let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
@@ -80,8 +95,23 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> anyhow::Result<()> {
 }
 
 pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
-    let (base, paths) = resolve(ctx, &args.source, args.image.as_deref())?;
+    let Source { image: base, paths, container } = resolve(ctx, &args.source, args.image.as_deref())?;
     let dest = super::parse_reference(&args.new_image)?;
+    // Paused until the layer is written: no file is caught half changed.
+    let _paused = match container.filter(|c| args.pause && c.is_running()) {
+        Some(c) => {
+            let frozen =
+                skiff::sandbox::freeze(&c.id).with_context(|| format!("pausing container {}", c.name))?;
+            match frozen {
+                Some(_) => tracing::info!(container = %c.name, "paused for the commit"),
+                None => {
+                    tracing::warn!(container = %c.name, "no freezer cgroup (made by an earlier skiff): committing it running")
+                }
+            }
+            frozen
+        }
+        None => None,
+    };
     let store = ctx.store()?;
     let image = StoredImage::load(&store, &base)?;
     let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
