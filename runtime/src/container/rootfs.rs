@@ -374,10 +374,11 @@ fn init_layer(tree: &Path, upper: &Path) -> Result<PathBuf, RootfsError> {
             _ => fs::File::create(&path).map(drop),
         }
         .map_err(io("creating", &path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.mode))
-            .map_err(io("setting the mode of", &path))?;
+        // Owner first: a change of owner clears setuid and setgid bits.
         std::os::unix::fs::lchown(&path, Some(e.meta.uid), Some(e.meta.gid))
             .map_err(io("setting the owner of", &path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.mode))
+            .map_err(io("setting the mode of", &path))?;
     }
     // Times last, children first: making an entry changes its directory's.
     for e in entries.iter().rev() {
