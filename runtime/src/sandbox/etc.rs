@@ -32,10 +32,23 @@ impl EtcFiles {
     }
 }
 
-pub fn write(state_dir: &Path, hostname: &str, network: Network) -> Result<EtcFiles, EtcError> {
+/// Writes the three files into `state_dir`, owned by the container's root: with a user
+/// namespace (`ids`), the host ids its root maps to, so that root inside may change them as
+/// under docker (host root would show as nobody, and they would be read-only).
+pub fn write(
+    state_dir: &Path,
+    hostname: &str,
+    network: Network,
+    ids: Option<&skiff_fs::IdMap>,
+) -> Result<EtcFiles, EtcError> {
     let write = |name: &str, text: String| {
         let path = state_dir.join(name);
-        std::fs::write(&path, text).map_err(|source| EtcError { path: path.clone(), source })?;
+        let err = |source| EtcError { path: path.clone(), source };
+        std::fs::write(&path, text).map_err(err)?;
+        if let Some(ids) = ids {
+            std::os::unix::fs::chown(&path, Some(ids.uid_to_host(0)), Some(ids.gid_to_host(0)))
+                .map_err(err)?;
+        }
         Ok::<_, EtcError>(path)
     };
     std::fs::create_dir_all(state_dir)
@@ -81,7 +94,7 @@ mod tests {
     #[test]
     fn each_file_is_a_mount_point_the_init_layer_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write(dir.path(), "c1", Network::None).unwrap();
+        let files = write(dir.path(), "c1", Network::None, None).unwrap();
         for (target, _) in files.mounts() {
             assert!(
                 super::super::MOUNT_POINTS.contains(&(target, super::super::paths::Kind::File)),

@@ -414,13 +414,16 @@ fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_uid() {
     let Some((f, env)) = env() else { return };
     let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /etc/passwd; \
                   echo changed > /etc/motd && stat -c %u /etc/motd; \
-                  mkdir /tmp/new && stat -c %u:%g /tmp/new";
+                  mkdir /tmp/new && stat -c %u:%g /tmp/new; \
+                  stat -c %u:%g /etc/hosts; echo '10.0.0.1 extra' >> /etc/hosts && tail -n1 /etc/hosts";
     let out = env.run(&["run", "--name", "mapped", "--userns", "auto", &f.busybox_ref, "sh", "-c", script]);
     let lines: Vec<&str> = out.ok().lines().collect();
     let map: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(map, ["0", "100000", "65536"], "{lines:?}");
     // Root inside owns the image's files and what it makes, though it is uid 100000 outside.
-    assert_eq!(&lines[1..], ["0", "0:0", "0", "0:0"]);
+    assert_eq!(&lines[1..5], ["0", "0:0", "0", "0:0"]);
+    // The generated /etc files are root's inside, as under docker: root may change them.
+    assert_eq!(&lines[5..], ["0:0", "10.0.0.1 extra"]);
     // The upper layer keeps the image's own ids: a commit would not carry the shift.
     let id = env.run(&["ps", "-aq", "--no-trunc"]).ok().trim().to_string();
     let motd = env.containers_dir().join(&id).join("upper/etc/motd");
