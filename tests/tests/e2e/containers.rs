@@ -236,6 +236,19 @@ fn containers_of_one_image_keep_their_changes_apart_and_across_starts() {
     wait_for("a to exit", || env.state(&id)["status"] == "exited" && env.state(&id)["supervisor"].is_null());
     let logs = env.run(&["logs", "a"]);
     assert_eq!(logs.stdout.lines().count(), 3, "{logs:?}");
+    // create makes the container run would start, and start runs it (printing its name as
+    // given, as docker start does).
+    let made = env
+        .run(&["create", "--name", "made", &f.busybox_ref, "sh", "-c", "echo made here"])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!((made.len(), env.state(&made)["status"].as_str()), (64, Some("created")));
+    assert_eq!(env.run(&["start", "made"]).ok(), "made\n");
+    wait_for("made to exit", || {
+        env.state(&made)["status"] == "exited" && env.state(&made)["supervisor"].is_null()
+    });
+    assert_eq!(env.run(&["logs", "made"]).ok(), "made here\n");
 }
 
 #[test]

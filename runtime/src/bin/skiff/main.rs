@@ -62,13 +62,15 @@ enum Command {
     Tag(commands::tag::Args),
     /// Run a command in a new container.
     Run(Box<commands::run::Args>),
+    /// Make a new container without starting it (`skiff start` starts it); `run`'s flags.
+    Create(Box<commands::run::Args>),
     /// List containers.
     Ps(commands::ps::Args),
     /// Stop running containers (their stop signal, then SIGKILL).
     Stop(commands::stop::Args),
     /// Send a signal to running containers.
     Kill(commands::kill::Args),
-    /// Start stopped containers.
+    /// Start created or stopped containers.
     Start(commands::start::Args),
     /// Remove containers.
     Rm(commands::rm::Args),
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Run(a) => return commands::run::run(&ctx, *a),
+        Command::Create(a) => return commands::run::create(&ctx, *a),
         Command::Ps(a) => commands::ps::run(&ctx, a),
         Command::Stop(a) => commands::stop::run(&ctx, a),
         Command::Kill(a) => commands::kill::run(&ctx, a),

@@ -288,15 +288,34 @@ pub fn run(ctx: &Context, args: Args) -> ExitCode {
 }
 
 fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
+    let (containers, state) = create_container(ctx, &args)?;
+    if args.detach {
+        let started = start_detached(ctx, &containers, &state)?;
+        if started == ExitCode::SUCCESS {
+            println!("{}", state.id);
+        }
+        return Ok(started);
+    }
+    supervise_with(ctx, &containers, &state, Attach::Terminal)
+}
+
+/// `skiff create`: the container `run` would start, made and not started; its id printed.
+pub fn create(ctx: &Context, args: Args) -> ExitCode {
+    let created = create_container(ctx, &args).map(|(_, state)| {
+        println!("{}", state.id);
+        ExitCode::SUCCESS
+    });
+    created.unwrap_or_else(failed)
+}
+
+/// A new container of `args`' image (pulled first if it is not stored), not started.
+fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, State)> {
     let containers = containers(ctx)?;
     let store = ctx.store()?;
     let record = super::stored_or_pulled(&store, &ctx.client()?, &args.image)?;
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
     let state = containers.create(&image, &args.options()?).context("creating the container")?;
-    if args.detach {
-        return start_detached(ctx, &containers, &state);
-    }
-    supervise_with(ctx, &containers, &state, Attach::Terminal)
+    Ok((containers, state))
 }
 
 /// Supervises `state`'s container to its end in this process; its exit code.
@@ -313,8 +332,8 @@ pub fn supervise_with(
     Ok(code(supervise(supervision)?.code()))
 }
 
-/// Starts a background supervisor for `state` and returns once the container runs (0, its id
-/// printed) or failed to start (its error and docker's code).
+/// Starts a background supervisor for `state` and returns once the container runs (0) or
+/// failed to start (its error and docker's code).
 pub fn start_detached(ctx: &Context, containers: &Containers, state: &State) -> anyhow::Result<ExitCode> {
     // Forget the last run's end, so only this run's shows below.
     containers.update(&state.id, |st| {
@@ -350,7 +369,6 @@ pub fn start_detached(ctx: &Context, containers: &Containers, state: &State) -> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("{}", state.id);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,4 +1,4 @@
-//! `skiff start`: runs a stopped container again, with the changes it made kept — in the
+//! `skiff start`: runs a created or stopped container, with the changes it made kept — in the
 //! background, or attached with `-a` (exiting with its code).
 
 use std::process::ExitCode;
@@ -36,6 +36,8 @@ fn start(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
             if started != ExitCode::SUCCESS {
                 return Ok(started);
             }
+            // As docker start: the name as given.
+            println!("{input}");
             continue;
         }
         return supervise_with(ctx, &containers, &state, Attach::Terminal);
