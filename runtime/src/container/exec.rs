@@ -31,6 +31,9 @@ pub fn exec(state: &State, request: &ExecRequest) -> Result<ExitStatus, Containe
         .init
         .filter(|p| state.status == Status::Running && p.is_alive())
         .ok_or_else(|| ContainerError::NotRunning { id: id.clone() })?;
+    if crate::sandbox::is_paused(&id) {
+        return Err(ContainerError::Paused { id });
+    }
     let mut spec = state.spec.clone();
     spec.args = request.args.clone();
     let host_env = |key: &str| std::env::var(key).ok();

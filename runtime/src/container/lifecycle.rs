@@ -56,7 +56,9 @@ pub(super) fn reap(containers: &Containers) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// Sends `signal` to the container's PID 1.
+/// Sends `signal` to the container's PID 1. A paused container gets SIGKILL's effect at once
+/// (it is let go on); other signals wait, as any signal to a stopped process, until it is
+/// unpaused.
 pub fn kill(state: &State, signal: Signal) -> Result<(), ContainerError> {
     let init = state
         .init
@@ -66,7 +68,38 @@ pub fn kill(state: &State, signal: Signal) -> Result<(), ContainerError> {
         id: state.id.clone(),
         pid: init.pid,
         source,
-    })
+    })?;
+    if signal == Signal::SIGKILL {
+        thaw(state)?;
+    }
+    Ok(())
+}
+
+/// Pauses a running container: its processes stop until [`unpause`] (docker's pause).
+pub fn pause(state: &State) -> Result<(), ContainerError> {
+    if state.status != Status::Running || !state.supervisor.is_some_and(|p| p.is_alive()) {
+        return Err(ContainerError::NotRunning { id: state.id.clone() });
+    }
+    if sandbox::is_paused(&state.id) {
+        return Err(ContainerError::AlreadyPaused { id: state.id.clone() });
+    }
+    let cgroup = |source| ContainerError::Cgroup { id: state.id.clone(), source };
+    let frozen = sandbox::freeze(&state.id).map_err(cgroup)?;
+    frozen.ok_or_else(|| ContainerError::NoFreezer { id: state.id.clone() })?.keep();
+    Ok(())
+}
+
+/// Lets a paused container go on.
+pub fn unpause(state: &State) -> Result<(), ContainerError> {
+    if !thaw(state)? {
+        return Err(ContainerError::NotPaused { id: state.id.clone() });
+    }
+    Ok(())
+}
+
+/// Lets the container go on if it was paused; whether it was.
+fn thaw(state: &State) -> Result<bool, ContainerError> {
+    sandbox::thaw(&state.id).map_err(|source| ContainerError::Cgroup { id: state.id.clone(), source })
 }
 
 /// Stops the container as docker does: its stop signal, then SIGKILL after `timeout`.
@@ -84,6 +117,8 @@ pub fn stop(
         Ok(()) | Err(ContainerError::NotRunning { .. }) => {}
         Err(e) => return Err(e),
     }
+    // A paused container handles its stop signal once let go on, as under docker.
+    thaw(state)?;
     if let Some(done) = wait_exited(containers, &state.id, timeout)? {
         return Ok(done);
     }

@@ -28,7 +28,7 @@ pub use config::{
     check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions, Userns,
 };
 pub use exec::{exec, ExecRequest};
-pub use lifecycle::{kill, remove, stop, wait_exited};
+pub use lifecycle::{kill, pause, remove, stop, unpause, wait_exited};
 pub use rootfs::{
     remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,
     UnpackedRootfs,
@@ -55,6 +55,16 @@ pub enum ContainerError {
     Running { id: String },
     #[error("container {id} is not running")]
     NotRunning { id: String },
+    #[error("container {id} is not paused")]
+    NotPaused { id: String },
+    #[error("container {id} is paused: unpause it first")]
+    Paused { id: String },
+    #[error("container {id} is already paused")]
+    AlreadyPaused { id: String },
+    #[error("container {id} cannot be paused: it was made by an earlier skiff, outside the freezer cgroup")]
+    NoFreezer { id: String },
+    #[error("container {id}: {source}")]
+    Cgroup { id: String, source: sandbox::CgroupError },
     #[error("container {id} is already supervised by pid {pid}")]
     Supervised { id: String, pid: i32 },
     #[error("container {id} did not stop within {seconds} seconds of SIGKILL")]

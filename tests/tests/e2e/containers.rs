@@ -633,3 +633,38 @@ fn rmi_keeps_an_image_its_containers_need() {
     env.run(&["rm", "user"]).ok();
     assert!(!env.skiff.store().has(&manifest));
 }
+
+#[test]
+fn pause_stops_every_process_until_unpause() {
+    let Some((f, env)) = env() else { return };
+    let id = env.detach(&[
+        "--name",
+        "busy",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done",
+    ]);
+    let counter = env.containers_dir().join(&id).join("upper/tmp/n");
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    wait_for("the counter", || !read().is_empty());
+    assert_eq!(env.run(&["pause", "busy"]).ok(), "busy\n");
+    assert!(env.run(&["ps"]).ok().contains("(Paused)"));
+    let before = read();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(), before, "a paused container wrote");
+    assert!(env.run(&["pause", "busy"]).failed().contains("already paused"));
+    assert!(env.run(&["exec", "busy", "true"]).failed().contains("is paused: unpause it first"));
+    // A commit leaves it paused.
+    env.run(&["commit", "busy", &format!("{}/committed/paused:v1", f.registry.addr)]).ok();
+    assert!(env.run(&["ps"]).ok().contains("(Paused)"));
+    env.run(&["unpause", "busy"]).ok();
+    wait_for("the counter to go on", || read() != before);
+    assert!(!env.run(&["ps"]).ok().contains("(Paused)"));
+    assert!(env.run(&["unpause", "busy"]).failed().contains("is not paused"));
+    // Paused, it still stops (SIGKILL after the timeout: its PID 1 ignores SIGTERM).
+    env.run(&["pause", "busy"]).ok();
+    env.run(&["stop", "-t", "1", "busy"]).ok();
+    assert!(env.run(&["ps", "-a"]).ok().contains("Exited (137)"));
+    env.run(&["rm", "busy"]).ok();
+}

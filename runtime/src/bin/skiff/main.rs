@@ -70,6 +70,10 @@ enum Command {
     Stop(commands::stop::Args),
     /// Send a signal to running containers.
     Kill(commands::kill::Args),
+    /// Stop every process of running containers until `unpause` (the cgroup freezer).
+    Pause(commands::pause::Args),
+    /// Let paused containers go on.
+    Unpause(commands::pause::Args),
     /// Start created or stopped containers.
     Start(commands::start::Args),
     /// Remove containers.
@@ -126,6 +130,8 @@ fn main() -> ExitCode {
         Command::Ps(a) => commands::ps::run(&ctx, a),
         Command::Stop(a) => commands::stop::run(&ctx, a),
         Command::Kill(a) => commands::kill::run(&ctx, a),
+        Command::Pause(a) => commands::pause::pause(&ctx, a),
+        Command::Unpause(a) => commands::pause::unpause(&ctx, a),
         Command::Start(a) => return commands::start::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),

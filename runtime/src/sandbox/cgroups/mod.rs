@@ -156,33 +156,40 @@ impl Cgroup {
     }
 
     /// Stops every process of the cgroup (the freezer: v1's `freezer.state`, v2's
-    /// `cgroup.freeze`) and waits until all have; they go on when the returned guard is
-    /// dropped. `None` when the cgroup has no freezer (a container made before skiff joined
-    /// the v1 freezer hierarchy).
+    /// `cgroup.freeze`) and waits until all have. They go on when the returned guard is
+    /// dropped, unless they were paused already (then they stay so). `None` when the cgroup
+    /// has no freezer (a container made before skiff joined the v1 freezer hierarchy).
     pub fn freeze(&self) -> Result<Option<Frozen>, CgroupError> {
-        for dir in &self.dirs {
-            let (state, thawed, frozen) = if dir.join("freezer.state").exists() {
-                (dir.join("freezer.state"), "THAWED", "FROZEN")
-            } else if dir.join("cgroup.freeze").exists() {
-                (dir.join("cgroup.freeze"), "0", "1")
-            } else {
-                continue;
-            };
-            write(&state, frozen)?;
-            let guard = Frozen { state, thawed };
-            let deadline = Instant::now() + FREEZE_TIMEOUT;
-            while !guard.done(dir)? {
-                if Instant::now() > deadline {
-                    return Err(CgroupError::FreezeTimeout {
-                        path: dir.clone(),
-                        seconds: FREEZE_TIMEOUT.as_secs(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            return Ok(Some(guard));
+        let Some(freezer) = Freezer::of(self) else { return Ok(None) };
+        if freezer.requested()? {
+            return Ok(Some(Frozen { freezer, thaw: false }));
         }
-        Ok(None)
+        freezer.set(true)?;
+        let guard = Frozen { freezer, thaw: true };
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        while !guard.freezer.frozen()? {
+            if Instant::now() > deadline {
+                let path = guard.freezer.dir.clone();
+                return Err(CgroupError::FreezeTimeout { path, seconds: FREEZE_TIMEOUT.as_secs() });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Some(guard))
+    }
+
+    /// Lets the processes of a frozen cgroup go on; whether it was frozen.
+    pub fn thaw(&self) -> Result<bool, CgroupError> {
+        let Some(freezer) = Freezer::of(self) else { return Ok(false) };
+        let frozen = freezer.requested()?;
+        if frozen {
+            freezer.set(false)?;
+        }
+        Ok(frozen)
+    }
+
+    /// Whether the cgroup is frozen (or being frozen).
+    pub fn is_frozen(&self) -> bool {
+        Freezer::of(self).is_some_and(|f| f.requested().unwrap_or(false))
     }
 
     /// Kills what is left in the cgroup and removes its directories, waiting up to two seconds
@@ -237,28 +244,82 @@ fn own_cgroups() -> Result<Vec<(Vec<String>, String)>, CgroupError> {
         .collect())
 }
 
-/// A frozen cgroup, thawed when dropped.
+/// A cgroup's freezer: v1's `freezer.state` or v2's `cgroup.freeze`.
+#[derive(Debug)]
+struct Freezer {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl Freezer {
+    fn of(cgroup: &Cgroup) -> Option<Freezer> {
+        cgroup.dirs.iter().find_map(|dir| {
+            if dir.join("freezer.state").exists() {
+                Some(Freezer { dir: dir.clone(), v1: true })
+            } else {
+                dir.join("cgroup.freeze").exists().then(|| Freezer { dir: dir.clone(), v1: false })
+            }
+        })
+    }
+
+    fn control(&self) -> PathBuf {
+        self.dir.join(if self.v1 { "freezer.state" } else { "cgroup.freeze" })
+    }
+
+    fn read(&self, name: &str) -> Result<String, CgroupError> {
+        let path = self.dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })
+    }
+
+    fn set(&self, frozen: bool) -> Result<(), CgroupError> {
+        let value = match (self.v1, frozen) {
+            (true, true) => "FROZEN",
+            (true, false) => "THAWED",
+            (false, true) => "1",
+            (false, false) => "0",
+        };
+        write(&self.control(), value)
+    }
+
+    /// Whether freezing was asked for (v1 says FREEZING until every process has stopped).
+    fn requested(&self) -> Result<bool, CgroupError> {
+        Ok(if self.v1 {
+            self.read("freezer.state")?.trim() != "THAWED"
+        } else {
+            self.read("cgroup.freeze")?.trim() == "1"
+        })
+    }
+
+    /// Whether every process has stopped.
+    fn frozen(&self) -> Result<bool, CgroupError> {
+        Ok(if self.v1 {
+            self.read("freezer.state")?.trim() == "FROZEN"
+        } else {
+            self.read("cgroup.events")?.lines().any(|l| l == "frozen 1")
+        })
+    }
+}
+
+/// A frozen cgroup, thawed when dropped if this froze it.
 #[derive(Debug)]
 pub struct Frozen {
-    /// `freezer.state` (v1) or `cgroup.freeze` (v2).
-    state: PathBuf,
-    thawed: &'static str,
+    freezer: Freezer,
+    thaw: bool,
 }
 
 impl Frozen {
-    /// Whether every process of `dir` has stopped (v1 says FREEZING until then).
-    fn done(&self, dir: &Path) -> Result<bool, CgroupError> {
-        let v1 = self.thawed == "THAWED";
-        let path = if v1 { self.state.clone() } else { dir.join("cgroup.events") };
-        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
-        Ok(if v1 { text.trim() == "FROZEN" } else { text.lines().any(|l| l == "frozen 1") })
+    /// Leaves the cgroup frozen (`skiff pause`).
+    pub fn keep(mut self) {
+        self.thaw = false;
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if let Err(e) = write(&self.state, self.thawed) {
-            tracing::warn!("thawing: {e}");
+        if self.thaw {
+            if let Err(e) = self.freezer.set(false) {
+                tracing::warn!("thawing: {e}");
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod kill;
 pub mod login;
 pub mod logs;
 pub mod mount;
+pub mod pause;
 pub mod ps;
 pub mod pull;
 pub mod push;

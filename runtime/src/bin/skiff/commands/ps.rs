@@ -72,10 +72,14 @@ fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
-/// Docker's STATUS column: `Up 5 seconds`, `Exited (0) 3 minutes ago`, `Created`.
+/// Docker's STATUS column: `Up 5 seconds`, `Up 1 minute (Paused)`, `Exited (0) 3 minutes ago`,
+/// `Created`.
 fn status(s: &State, now: DateTime<Utc>) -> String {
     match s.status {
         Status::Created => "Created".to_string(),
+        Status::Running if skiff::sandbox::is_paused(&s.id) => {
+            format!("Up {} (Paused)", ago(s.started_at.unwrap_or(s.created), now))
+        }
         Status::Running => format!("Up {}", ago(s.started_at.unwrap_or(s.created), now)),
         Status::Exited => format!(
             "Exited ({}) {} ago",
