@@ -175,6 +175,14 @@ fn two_mounts_of_one_image_do_not_see_each_others_changes() {
     fs::remove_file(a.p("etc/group")).unwrap();
     assert!(!b.p("etc/hostname").exists());
     assert!(b.p("etc/group").exists());
+    // A mount point must be empty: mounted over, its files would be hidden.
+    let full = dir.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("mine"), b"kept\n").unwrap();
+    let out = a.skiff.run(&["mount", "-d", &f.busybox_ref, full.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is not empty"), "{out:?}");
+    assert_eq!(fs::read(full.join("mine")).unwrap(), b"kept\n");
 }
 
 #[test]

@@ -42,6 +42,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     if is_skiff_mount(&target) {
         bail!("{} is already a skiff mount", target.display());
     }
+    // Mounted over, what a directory holds would be hidden until the unmount.
+    let mut entries =
+        std::fs::read_dir(&target).with_context(|| format!("mount point {}", target.display()))?;
+    if entries.next().is_some() {
+        bail!("mount point {} is not empty", target.display());
+    }
     if args.detach {
         return detach(ctx, &args, &target);
     }
