@@ -25,15 +25,15 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     if !args.force {
         let images = store.images()?;
         for record in images.iter().filter(|r| names.contains(&r.name)) {
-            let named_still =
-                images.iter().any(|r| r.manifest == record.manifest && !names.contains(&r.name));
-            if let Some(user) =
-                users.iter().find(|c| c.image.manifest == record.manifest).filter(|_| !named_still)
-            {
+            // Another name keeps the image: this one alone may go.
+            if images.iter().any(|r| r.manifest == record.manifest && !names.contains(&r.name)) {
+                continue;
+            }
+            if let Some(user) = users.iter().find(|c| c.image.manifest == record.manifest) {
                 bail!(
                     "unable to remove {}: container {} ({}) uses it (remove the container first, or the name alone with -f)",
                     record.name,
-                    &user.id[..12],
+                    user.short_id(),
                     user.name
                 );
             }
