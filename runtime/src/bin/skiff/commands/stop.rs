@@ -1,6 +1,10 @@
-//! `skiff stop`: the container's stop signal, then SIGKILL after `-t` seconds.
+//! `skiff stop`: the container's stop signal, then SIGKILL after `-t` seconds; several
+//! containers at once, as docker stops them, so each gets its own `-t` rather than waiting
+//! out the ones before it.
 
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use crate::context::Context;
 
@@ -14,8 +18,38 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    super::run::for_each_container(ctx, &args.containers, "stopping", |containers, state| {
-        skiff::container::stop(containers, state, Duration::from_secs(args.time))?;
-        Ok(())
-    })
+    let containers = super::run::containers(ctx)?;
+    // Every name is found before any container is stopped.
+    let mut states = Vec::new();
+    for input in &args.containers {
+        states.push((input, containers.find(input)?));
+    }
+    let timeout = Duration::from_secs(args.time);
+    let stopped: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let stops: Vec<_> = states
+            .iter()
+            .map(|(input, state)| {
+                let containers = &containers;
+                scope.spawn(move || {
+                    skiff::container::stop(containers, state, timeout)
+                        .map(drop)
+                        .with_context(|| format!("stopping {input}"))
+                })
+            })
+            .collect();
+        stops
+            .into_iter()
+            .map(|s| s.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a stop panicked"))))
+            .collect()
+    });
+    // Each name once it stopped, in the order given; every failure said, the first returned.
+    let mut failed = None;
+    for ((input, _), result) in states.iter().zip(stopped) {
+        match result {
+            Ok(()) => println!("{input}"),
+            Err(e) if failed.is_none() => failed = Some(e),
+            Err(e) => super::print_error(format_args!("{e:#}")),
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }
