@@ -632,6 +632,14 @@ fn rmi_keeps_an_image_its_containers_need() {
     // With its last container, the unnamed image goes.
     env.run(&["rm", "user"]).ok();
     assert!(!env.skiff.store().has(&manifest));
+    // So it does with a --rm container, once it ends.
+    env.run(&["pull", &f.busybox_ref]).ok();
+    let id = env.detach(&["--rm", &f.busybox_ref, "sleep", "1000"]);
+    env.run(&["rmi", "-f", &f.busybox_ref]).ok();
+    assert!(env.skiff.store().has(&manifest));
+    env.run(&["kill", &id]).ok();
+    wait_for("the --rm container to go", || env.run(&["ps", "-aq"]).ok().is_empty());
+    wait_for("its image to go", || !env.skiff.store().has(&manifest));
 }
 
 #[test]

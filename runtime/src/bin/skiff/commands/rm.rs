@@ -18,14 +18,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         images.push(state.image.manifest);
         Ok(())
     });
-    // An image whose last name `rmi -f` removed was kept for its containers: once the last
-    // of them is gone, so is it.
-    let store = ctx.store()?;
-    let named = store.images()?;
-    if images.iter().any(|m| !named.iter().any(|r| r.manifest == *m)) {
-        let containers = super::run::containers(ctx)?;
-        store.remove_images(&[], &super::run::images_in_use(&containers.list()?))?;
-        skiff::container::remove_unused_unpacked(&store, &containers)?;
-    }
+    super::run::remove_unnamed_images(ctx, &images)?;
     removed
 }

@@ -230,6 +230,21 @@ pub fn containers(ctx: &Context) -> anyhow::Result<Containers> {
     Containers::open(ctx.root()).context("opening the containers directory")
 }
 
+/// Deletes those of `images` (manifests of removed containers' images) that no name and no
+/// container keeps: an image whose last name `rmi -f` removed stays for its containers, and
+/// goes with the last of them.
+pub fn remove_unnamed_images(ctx: &Context, images: &[skiff::Digest]) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let named = store.images()?;
+    if images.iter().all(|m| named.iter().any(|r| r.manifest == *m)) {
+        return Ok(());
+    }
+    let containers = containers(ctx)?;
+    store.remove_images(&[], &images_in_use(&containers.list()?))?;
+    skiff::container::remove_unused_unpacked(&store, &containers)?;
+    Ok(())
+}
+
 /// What the images of `containers` reach must stay in the store, named or not.
 pub fn images_in_use(containers: &[State]) -> Vec<skiff::Digest> {
     containers.iter().flat_map(|c| [c.image.digest, c.image.manifest]).collect()
@@ -329,7 +344,14 @@ pub fn supervise_with(
         .with_context(|| format!("loading {}", state.image.name))?;
     let provider = provider(ctx, state)?;
     let supervision = Supervision { containers, id: &state.id, image: &image, provider: &*provider, attach };
-    Ok(code(supervise(supervision)?.code()))
+    let status = supervise(supervision)?;
+    if state.auto_remove {
+        // Removed with its container (--rm), as `rm` removes it; the run itself went well.
+        if let Err(e) = remove_unnamed_images(ctx, &[state.image.manifest]) {
+            tracing::warn!(image = %state.image.name, error = %format!("{e:#}"), "removing the unnamed image");
+        }
+    }
+    Ok(code(status.code()))
 }
 
 /// Starts a background supervisor for `state` and returns once the container runs (0) or
