@@ -126,11 +126,7 @@ impl UnpackedRootfs {
         let config = image.config()?;
         let root =
             nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| RootfsError::Io {
-                    step: "opening",
-                    path: dir.to_path_buf(),
-                    source: e.into(),
-                })?;
+                .map_err(|e| io_err("opening", dir)(e.into()))?;
         for (desc, diff_id) in image.manifest.layers.iter().zip(config.rootfs().diff_ids()) {
             let diff_id: Digest = diff_id.parse().expect("checked by StoredImage::config");
             let what = format!("layer {} of {}", desc.digest, record.name);
@@ -214,31 +210,52 @@ impl UnpackedRootfs {
     /// The image's unpacked tree, made (under a temporary name, renamed into place when whole)
     /// if this is its first container.
     fn unpacked(&self, image: &StoredImage) -> Result<PathBuf, RootfsError> {
-        let io = |step, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RootfsError::Io { step, path, source }
-        };
         let dir = self.store.root().join("rootfs");
         let tree = dir.join(image.record.manifest.hex());
         if tree.is_dir() {
             return Ok(tree);
         }
-        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        // One process unpacks an image at a time: another container of it waits for that
+        // tree instead of downloading every layer again. The lock goes once the tree is in
+        // place (whoever still waits on it then finds the tree).
+        let locks = self.store.root().join("rootfs-locks");
+        fs::create_dir_all(&locks).map_err(io_err("creating", &locks))?;
+        let lock_path = locks.join(image.record.manifest.hex());
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening", &lock_path))?;
+        fs2::FileExt::lock_exclusive(&lock).map_err(io_err("locking", &lock_path))?;
+        if tree.is_dir() {
+            return Ok(tree);
+        }
+        let placed = self.unpack_into(image, &dir, &tree);
+        if placed.is_ok() {
+            let _ = fs::remove_file(&lock_path);
+        }
+        placed
+    }
+
+    /// Unpacks the image under a temporary name in `dir`, then renames it to `tree`.
+    fn unpack_into(&self, image: &StoredImage, dir: &Path, tree: &Path) -> Result<PathBuf, RootfsError> {
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let partial = dir.join(format!(".{}.{}.partial", image.record.manifest.hex(), std::process::id()));
         if partial.exists() {
-            fs::remove_dir_all(&partial).map_err(io("removing the unfinished", &partial))?;
+            fs::remove_dir_all(&partial).map_err(io_err("removing the unfinished", &partial))?;
         }
-        fs::create_dir(&partial).map_err(io("creating", &partial))?;
+        fs::create_dir(&partial).map_err(io_err("creating", &partial))?;
         let unpacked = self.unpack(image, &partial);
         // Another container of the image may have finished first: then its tree is used.
-        let placed = unpacked.and_then(|()| match fs::rename(&partial, &tree) {
+        let placed = unpacked.and_then(|()| match fs::rename(&partial, tree) {
             Err(_) if tree.is_dir() => Ok(()),
-            other => other.map_err(io("renaming into place", &partial)),
+            other => other.map_err(io_err("renaming into place", &partial)),
         });
         if partial.exists() {
             let _ = fs::remove_dir_all(&partial);
         }
-        placed.map(|()| tree)
+        placed.map(|()| tree.to_path_buf())
     }
 }
 
@@ -281,11 +298,7 @@ impl RootfsProvider for UnpackedRootfs {
         let init = init_layer(&lower, upper)?;
         let work = work_dir(upper);
         for dir in [upper, &work] {
-            fs::create_dir_all(dir).map_err(|source| RootfsError::Io {
-                step: "creating",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         }
         for path in [&init, &lower, upper, &work, target] {
             if path.to_string_lossy().contains([',', ':']) {
@@ -308,6 +321,12 @@ impl RootfsProvider for UnpackedRootfs {
             })?;
         Ok(Box::new(KernelMount { target: target.to_path_buf() }))
     }
+}
+
+/// The error of `step` on `path`, for `map_err`.
+fn io_err(step: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
+    let path = path.to_path_buf();
+    move |source| RootfsError::Io { step, path, source }
 }
 
 /// The scratch directory overlayfs (kernel or skiff's) needs beside an upper directory.
@@ -335,14 +354,10 @@ fn mount_points() -> Vec<(&'static str, Kind)> {
 /// above the tree.
 fn init_layer(tree: &Path, upper: &Path) -> Result<PathBuf, RootfsError> {
     let dir = beside(upper, "skiff-init");
-    let io = |step, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RootfsError::Io { step, path, source }
-    };
     if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+        fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
     }
-    fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     // `init_entries` asks about each path's parents first, and only below directories: no
     // lstat here passes through a symlink of the image.
     let entries = init_entries(&mount_points(), |path| {
@@ -373,12 +388,12 @@ fn init_layer(tree: &Path, upper: &Path) -> Result<PathBuf, RootfsError> {
             Kind::Dir => fs::create_dir(&path).map(drop),
             _ => fs::File::create(&path).map(drop),
         }
-        .map_err(io("creating", &path))?;
+        .map_err(io_err("creating", &path))?;
         // Owner first: a change of owner clears setuid and setgid bits.
         std::os::unix::fs::lchown(&path, Some(e.meta.uid), Some(e.meta.gid))
-            .map_err(io("setting the owner of", &path))?;
+            .map_err(io_err("setting the owner of", &path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(e.meta.mode))
-            .map_err(io("setting the mode of", &path))?;
+            .map_err(io_err("setting the mode of", &path))?;
     }
     // Times last, children first: making an entry changes its directory's.
     for e in entries.iter().rev() {
@@ -391,7 +406,7 @@ fn init_layer(tree: &Path, upper: &Path) -> Result<PathBuf, RootfsError> {
             &time,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
-        .map_err(|e| io("setting the times of", &path)(e.into()))?;
+        .map_err(|e| io_err("setting the times of", &path)(e.into()))?;
     }
     Ok(dir)
 }
