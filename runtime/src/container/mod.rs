@@ -151,12 +151,7 @@ impl Containers {
     /// Held while a record is read, changed and written back, or a name is claimed.
     fn lock(&self) -> Result<File, ContainerError> {
         let path = self.dir.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+        let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
         file.lock_exclusive().map_err(io_err("locking", &path))?;
         Ok(file)
     }

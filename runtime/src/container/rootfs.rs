@@ -221,12 +221,7 @@ impl UnpackedRootfs {
         let locks = self.store.root().join("rootfs-locks");
         fs::create_dir_all(&locks).map_err(io_err("creating", &locks))?;
         let lock_path = locks.join(image.record.manifest.hex());
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("opening", &lock_path))?;
+        let lock = crate::store::open_lock(&lock_path).map_err(io_err("opening", &lock_path))?;
         fs2::FileExt::lock_exclusive(&lock).map_err(io_err("locking", &lock_path))?;
         if tree.is_dir() {
             return Ok(tree);

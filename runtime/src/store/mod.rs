@@ -388,8 +388,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens `path` for appending-only use as a lock file.
-fn open_lock(path: &Path) -> io::Result<File> {
+/// Opens (creating) `path` for use as a lock file.
+pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)
 }
 
