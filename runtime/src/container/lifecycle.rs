@@ -166,6 +166,8 @@ pub fn remove(containers: &Containers, state: &State, force: bool) -> Result<(),
         if let Some(init) = state.init.filter(|p| p.is_alive()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), Signal::SIGKILL);
         }
+        // Paused, it dies only once let go on.
+        thaw(state)?;
         if wait_exited(containers, &state.id, KILL_GRACE)?.is_none() {
             return Err(ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() });
         }

@@ -681,4 +681,9 @@ fn pause_stops_every_process_until_unpause() {
     env.run(&["stop", "-t", "1", "busy"]).ok();
     assert!(env.run(&["ps", "-a"]).ok().contains("Exited (137)"));
     env.run(&["rm", "busy"]).ok();
+    // And rm -f removes a paused container.
+    env.detach(&["--name", "busy", &f.busybox_ref, "sleep", "1000"]);
+    env.run(&["pause", "busy"]).ok();
+    env.run(&["rm", "-f", "busy"]).ok();
+    assert!(env.run(&["ps", "-aq"]).ok().is_empty());
 }
