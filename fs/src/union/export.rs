@@ -71,18 +71,6 @@ impl Union {
         Ok(())
     }
 
-    /// `path` as the lower layers alone resolve it (the upper ignored).
-    pub(super) fn resolve_lower_only(&self, path: &str) -> Option<super::resolve::Resolved> {
-        let mut scope = self.resolve_root().lowers;
-        let mut found = None;
-        for name in path.split('/').filter(|c| !c.is_empty()) {
-            let r = self.resolve_lower_child(&scope, name)?;
-            scope = r.lowers.clone();
-            found = Some(r);
-        }
-        found
-    }
-
     /// Writes the upper directory as an uncompressed layer tar with OCI whiteouts.
     pub fn write_layer_tar(&self, out: impl Write) -> io::Result<()> {
         let mut tar = tar::Builder::new(out);

@@ -132,6 +132,18 @@ impl Union {
         self.resolve_lower_child(&parent.lowers, name)
     }
 
+    /// `path` as the lower layers alone resolve it (the upper ignored).
+    pub(crate) fn resolve_lower_only(&self, path: &str) -> Option<Resolved> {
+        let mut scope = self.resolve_root().lowers;
+        let mut found = None;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            let r = self.resolve_lower_child(&scope, name)?;
+            scope = r.lowers.clone();
+            found = Some(r);
+        }
+        found
+    }
+
     /// The entry `name` among the lower directories `scope` alone (ignoring the upper).
     pub(crate) fn resolve_lower_child(&self, scope: &[LowerDir], name: &str) -> Option<Resolved> {
         for (i, &(layer, dir)) in scope.iter().enumerate() {

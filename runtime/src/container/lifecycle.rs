@@ -80,12 +80,13 @@ pub fn pause(state: &State) -> Result<(), ContainerError> {
     if state.status != Status::Running || !state.supervisor.is_some_and(|p| p.is_alive()) {
         return Err(ContainerError::NotRunning { id: state.id.clone() });
     }
-    if sandbox::is_paused(&state.id) {
-        return Err(ContainerError::AlreadyPaused { id: state.id.clone() });
-    }
     let cgroup = |source| ContainerError::Cgroup { id: state.id.clone(), source };
     let frozen = sandbox::freeze(&state.id).map_err(cgroup)?;
-    frozen.ok_or_else(|| ContainerError::NoFreezer { id: state.id.clone() })?.keep();
+    let frozen = frozen.ok_or_else(|| ContainerError::NoFreezer { id: state.id.clone() })?;
+    if frozen.was_frozen() {
+        return Err(ContainerError::AlreadyPaused { id: state.id.clone() });
+    }
+    frozen.keep();
     Ok(())
 }
 

@@ -179,27 +179,23 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
 /// Pauses the processes of running container `id` until the guard is dropped (or for good,
 /// with [`Frozen::keep`]); `None` when its cgroup has no freezer.
 pub fn freeze(id: &str) -> Result<Option<cgroups::Frozen>, CgroupError> {
-    let layout = cgroups::Layout::detect()?;
-    cgroups::Cgroup::existing(&layout, id, false)?.freeze()
+    cgroups::Cgroup::of_container(id, false)?.freeze()
 }
 
 /// Lets the processes of paused container `id` go on; whether it was paused.
 pub fn thaw(id: &str) -> Result<bool, CgroupError> {
-    let layout = cgroups::Layout::detect()?;
-    cgroups::Cgroup::existing(&layout, id, false)?.thaw()
+    cgroups::Cgroup::of_container(id, false)?.thaw()
 }
 
 /// Whether container `id` is paused.
 pub fn is_paused(id: &str) -> bool {
-    let layout = cgroups::Layout::detect();
-    layout.and_then(|l| cgroups::Cgroup::existing(&l, id, false)).is_ok_and(|c| c.is_frozen())
+    cgroups::Cgroup::of_container(id, false).is_ok_and(|c| c.is_frozen())
 }
 
 /// Removes what is left of the cgroup of container `id` (after its supervisor died), killing
 /// any process still in it.
 pub fn remove_cgroup(id: &str) -> Result<(), CgroupError> {
-    let layout = cgroups::Layout::detect()?;
-    cgroups::Cgroup::existing(&layout, id, true)?.remove()
+    cgroups::Cgroup::of_container(id, true)?.remove()
 }
 
 /// Runs the container to completion, forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to its PID 1,

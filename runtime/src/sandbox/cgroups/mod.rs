@@ -127,6 +127,11 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// The cgroup of container `id` on this host's layout (see [`Cgroup::existing`]).
+    pub fn of_container(id: &str, owned: bool) -> Result<Cgroup, CgroupError> {
+        Cgroup::existing(&Layout::detect()?, id, owned)
+    }
+
     /// Moves `pid` (with its future children) into the cgroup.
     pub fn add(&self, pid: Pid) -> Result<(), CgroupError> {
         for dir in &self.dirs {
@@ -308,6 +313,11 @@ pub struct Frozen {
 }
 
 impl Frozen {
+    /// Whether the cgroup was frozen before (then dropping the guard leaves it so).
+    pub fn was_frozen(&self) -> bool {
+        !self.thaw
+    }
+
     /// Leaves the cgroup frozen (`skiff pause`).
     pub fn keep(mut self) {
         self.thaw = false;
