@@ -73,7 +73,7 @@ impl Skiff {
     }
 
     /// Runs with `input` on standard input.
-    pub fn run_with_input(&self, args: &[&str], input: &str) -> Run {
+    pub fn run_with_input(&self, args: &[&str], input: impl AsRef<[u8]>) -> Run {
         use std::io::Write;
         let mut child = self
             .command()
@@ -83,7 +83,7 @@ impl Skiff {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("running skiff");
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.stdin.take().unwrap().write_all(input.as_ref()).unwrap();
         Run::from(child.wait_with_output().unwrap())
     }
 

@@ -9,6 +9,7 @@
 
 mod attach;
 mod config;
+mod copy;
 mod exec;
 mod lifecycle;
 pub mod log;
@@ -27,6 +28,7 @@ use fs2::FileExt;
 pub use config::{
     check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions, Userns,
 };
+pub use copy::{archive, copy, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{kill, pause, remove, stop, unpause, wait_exited};
 pub use rootfs::{
@@ -151,6 +153,27 @@ impl Containers {
     /// Held while a record is read, changed and written back, or a name is claimed.
     fn lock(&self) -> Result<File, ContainerError> {
         let path = self.dir.join(".lock");
+        let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
+        file.lock_exclusive().map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+
+    /// The lock its supervisor holds while a container's rootfs is mounted; `None` when held.
+    /// `skiff cp` holds it to mount a stopped container's rootfs, so the container cannot
+    /// start on it meanwhile.
+    pub(crate) fn try_lock_rootfs(&self, id: &str) -> Result<Option<File>, ContainerError> {
+        let path = self.paths(id).dir.join("rootfs.lock");
+        let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
+        match file.try_lock_exclusive() {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(io_err("locking", &path)(e)),
+        }
+    }
+
+    /// As [`Containers::try_lock_rootfs`], waiting until the lock is free.
+    pub(crate) fn lock_rootfs(&self, id: &str) -> Result<File, ContainerError> {
+        let path = self.paths(id).dir.join("rootfs.lock");
         let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
         file.lock_exclusive().map_err(io_err("locking", &path))?;
         Ok(file)

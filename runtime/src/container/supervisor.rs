@@ -93,6 +93,8 @@ fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
 fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError> {
     let id = s.id.to_string();
     let paths = s.containers.paths(s.id);
+    // Held while the rootfs is mounted: a `skiff cp` mounting it too is waited for.
+    let rootfs_lock = s.containers.lock_rootfs(s.id)?;
     let mounted = s
         .provider
         .mount(s.image, &paths.upper, &paths.rootfs)
@@ -124,5 +126,6 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
     let status = sandbox::wait_forwarding(&mut container, forwarder).map_err(sandbox_err);
     wired.finish();
     drop(mounted);
+    drop(rootfs_lock);
     status
 }

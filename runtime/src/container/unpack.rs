@@ -23,6 +23,8 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 use tar::EntryType;
 
+use skiff_fs::IdMap;
+
 use crate::sandbox::paths::{ensure_in_root, open_in_root, Kind, PathError};
 
 const WHITEOUT: &str = ".wh.";
@@ -39,6 +41,8 @@ pub enum UnpackError {
     Write { layer: String, path: PathBuf, source: io::Error },
     #[error("{layer}: {source}")]
     Resolve { layer: String, source: PathError },
+    #[error("{layer}: {path}: a name beginning with .wh. marks a deletion in an image's layers; a container cannot hold one")]
+    Reserved { layer: String, path: PathBuf },
 }
 
 /// What one layer added, for progress and benchmarks.
@@ -58,6 +62,58 @@ pub fn apply_layer(
     tar: &mut dyn Read,
     leave_out: &[&str],
 ) -> Result<LayerStats, UnpackError> {
+    unpack(root, layer, tar, Unpack { leave_out, whiteouts: Whiteouts::Apply, owner: Owner::Kept })
+}
+
+/// Unpacks the archive `tar` (named `what` in errors) into the directory `root`, as `skiff cp`
+/// does: each entry gets `owner`, and `.wh.` names are no whiteouts (see [`Whiteouts`]).
+pub fn unpack_archive(
+    root: BorrowedFd<'_>,
+    what: &str,
+    tar: &mut dyn Read,
+    owner: Owner<'_>,
+    whiteouts: Whiteouts,
+) -> Result<LayerStats, UnpackError> {
+    unpack(root, what, tar, Unpack { leave_out: &[], whiteouts, owner })
+}
+
+/// What a `.wh.` name in an archive means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteouts {
+    /// A layer's deletion (`.wh..wh..opq`: of a directory's lower contents).
+    Apply,
+    /// A plain file (on the host, say).
+    Keep,
+    /// An error: a container's layer cannot hold such a name, whiteouts being what a layer
+    /// means by it.
+    Refuse,
+}
+
+/// Who owns what an archive creates.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// The archive's uid and gid.
+    Kept,
+    /// The archive's uid and gid, taken as ids inside a user namespace and stored as the host
+    /// ids they map to.
+    Mapped(&'a IdMap),
+    /// This uid and gid, whatever the archive says.
+    Fixed(u32, u32),
+}
+
+/// How [`unpack`] treats an archive.
+struct Unpack<'a> {
+    leave_out: &'a [&'a str],
+    whiteouts: Whiteouts,
+    owner: Owner<'a>,
+}
+
+fn unpack(
+    root: BorrowedFd<'_>,
+    layer: &str,
+    tar: &mut dyn Read,
+    how: Unpack<'_>,
+) -> Result<LayerStats, UnpackError> {
     let read_err = |source| UnpackError::Read { layer: layer.to_string(), source };
     let mut apply = Apply {
         root,
@@ -67,7 +123,7 @@ pub fn apply_layer(
         parent: None,
         buf: vec![0; COPY_BUFFER],
         stats: LayerStats::default(),
-        leave_out,
+        how,
     };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(read_err)? {
@@ -90,7 +146,7 @@ struct Apply<'a> {
     parent: Option<(PathBuf, OwnedFd)>,
     buf: Vec<u8>,
     stats: LayerStats,
-    leave_out: &'a [&'a str],
+    how: Unpack<'a>,
 }
 
 /// An entry's metadata, taken from its header and PAX records.
@@ -121,14 +177,19 @@ impl Apply<'_> {
             .into_owned();
         let Some(path) = clean(&raw) else { return Ok(()) };
         let (parent, name) = split(&path);
-        if parent.as_os_str().is_empty() && self.leave_out.iter().any(|n| name == *n) {
+        if parent.as_os_str().is_empty() && self.how.leave_out.iter().any(|n| name == *n) {
             return Ok(());
         }
         let name_bytes = name.as_bytes();
-        if name_bytes == OPAQUE.as_bytes() {
+        if name_bytes.starts_with(WHITEOUT.as_bytes()) && self.how.whiteouts == Whiteouts::Refuse {
+            return Err(UnpackError::Reserved { layer: self.layer.into(), path });
+        }
+        if self.how.whiteouts == Whiteouts::Apply && name_bytes == OPAQUE.as_bytes() {
             return self.opaque(&parent);
         }
-        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT.as_bytes()) {
+        let whiteout =
+            name_bytes.strip_prefix(WHITEOUT.as_bytes()).filter(|_| self.how.whiteouts == Whiteouts::Apply);
+        if let Some(hidden) = whiteout {
             if !hidden.starts_with(WHITEOUT.as_bytes()) {
                 self.whiteout(&parent, OsStr::from_bytes(hidden))?;
             }
@@ -204,6 +265,13 @@ impl Apply<'_> {
             mtime: h.mtime().map_err(read_err)? as i64,
             xattrs: Vec::new(),
         };
+        match self.how.owner {
+            Owner::Kept => {}
+            Owner::Mapped(ids) => {
+                (meta.uid, meta.gid) = (ids.uid_to_host(meta.uid), ids.gid_to_host(meta.gid))
+            }
+            Owner::Fixed(uid, gid) => (meta.uid, meta.gid) = (uid, gid),
+        }
         if let Some(pax) = entry.pax_extensions().map_err(read_err)? {
             for record in pax {
                 let record = record.map_err(read_err)?;

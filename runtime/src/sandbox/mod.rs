@@ -21,7 +21,7 @@ mod etc;
 mod exec;
 mod init;
 mod masks;
-mod mounts;
+pub(crate) mod mounts;
 mod namespaces;
 pub(crate) mod paths;
 mod process;

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod containers;
+mod copy;
 mod debian;
 mod images;
 mod lazy;

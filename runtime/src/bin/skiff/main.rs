@@ -82,6 +82,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container.
     Exec(commands::exec::Args),
+    /// Copy files between a container and the host (CONTAINER:PATH on one side).
+    Cp(commands::cp::Args),
     /// Supervise a container in the background (started by `run -d` and `start`).
     #[command(hide = true)]
     Supervise(commands::run::SuperviseArgs),
@@ -136,6 +138,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),
         Command::Exec(a) => return commands::exec::run(&ctx, a),
+        Command::Cp(a) => commands::cp::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
@@ -143,7 +146,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            commands::print_error(format_args!("{e:#}"));
+            commands::print_error(format_args!("{}", commands::error_message(&e)));
             ExitCode::FAILURE
         }
     }

@@ -150,3 +150,25 @@ fn an_estargz_layers_toc_and_landmark_are_left_out_at_the_top_only() {
     assert_eq!(names(r), ["etc"]);
     assert_eq!(names(&r.join("etc")), ["stargz.index.json"]);
 }
+
+#[test]
+fn a_copied_archive_keeps_wh_names_as_files_or_refuses_them_and_sets_its_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::write(r.join("x"), "kept").unwrap();
+    let mut archive = Layer::new();
+    archive.file(".wh.x", b"a file").file(".wh..wh..opq", b"also");
+    let bytes = std::mem::replace(&mut archive.0, tar::Builder::new(Vec::new())).into_inner().unwrap();
+    let fd = nix::fcntl::open(r, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    let unpack = |whiteouts, owner| unpack_archive(fd.as_fd(), "archive", &mut bytes.as_slice(), owner, whiteouts);
+    unpack(Whiteouts::Keep, Owner::Fixed(1000, 1001)).unwrap();
+    assert_eq!(names(r), [".wh..wh..opq", ".wh.x", "x"]);
+    let meta = std::fs::metadata(r.join(".wh.x")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1001));
+    let ids = IdMap::shifted(100_000, 65536);
+    unpack(Whiteouts::Keep, Owner::Mapped(&ids)).unwrap();
+    assert_eq!(std::fs::metadata(r.join(".wh.x")).unwrap().uid(), 100_000);
+    let refused = unpack(Whiteouts::Refuse, Owner::Kept).unwrap_err();
+    assert!(matches!(refused, UnpackError::Reserved { .. }), "{refused}");
+    assert!(refused.to_string().starts_with("archive: .wh.x: a name beginning with .wh."), "{refused}");
+}

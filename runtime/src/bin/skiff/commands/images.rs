@@ -82,7 +82,7 @@ fn split_name(name: &str) -> (String, String) {
 }
 
 /// Sizes as docker prints them: decimal units, three significant digits.
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
     let mut unit = 0;

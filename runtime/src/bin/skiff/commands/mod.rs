@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod changes;
 pub mod convert;
+pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod inspect;
@@ -26,6 +27,18 @@ pub mod tag;
 pub fn print_error(message: std::fmt::Arguments) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "Error: {message}");
+}
+
+/// `error` and its causes, `: ` between them. Library errors carry their cause in their own
+/// message: each is printed once.
+pub fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain().map(|c| c.to_string()) {
+        if !message.contains(&cause) {
+            message = if message.is_empty() { cause } else { format!("{message}: {cause}") };
+        }
+    }
+    message
 }
 
 /// Prints `rows` (the header first) as docker does: each column as wide as its widest cell,

@@ -286,14 +286,7 @@ pub fn code(value: i32) -> ExitCode {
 
 /// Prints `error` and gives docker's code for it.
 pub fn failed(error: anyhow::Error) -> ExitCode {
-    // Library errors carry their cause in their own message: print each once.
-    let mut message = String::new();
-    for cause in error.chain().map(|c| c.to_string()) {
-        if !message.contains(&cause) {
-            message = if message.is_empty() { cause } else { format!("{message}: {cause}") };
-        }
-    }
-    super::print_error(format_args!("{message}"));
+    super::print_error(format_args!("{}", super::error_message(&error)));
     let container = error.chain().find_map(|e| e.downcast_ref::<ContainerError>());
     code(container.map_or(RUNTIME_ERROR as i32, exit_code))
 }
