@@ -160,7 +160,8 @@ fn a_copied_archive_keeps_wh_names_as_files_or_refuses_them_and_sets_its_owner()
     archive.file(".wh.x", b"a file").file(".wh..wh..opq", b"also");
     let bytes = std::mem::replace(&mut archive.0, tar::Builder::new(Vec::new())).into_inner().unwrap();
     let fd = nix::fcntl::open(r, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-    let unpack = |whiteouts, owner| unpack_archive(fd.as_fd(), "archive", &mut bytes.as_slice(), owner, whiteouts);
+    let unpack =
+        |whiteouts, owner| unpack_archive(fd.as_fd(), "archive", &mut bytes.as_slice(), owner, whiteouts);
     unpack(Whiteouts::Keep, Owner::Fixed(1000, 1001)).unwrap();
     assert_eq!(names(r), [".wh..wh..opq", ".wh.x", "x"]);
     let meta = std::fs::metadata(r.join(".wh.x")).unwrap();

@@ -65,7 +65,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let image =
         StoredImage::load(&store, &state.image).with_context(|| format!("loading {}", state.image.name))?;
-    let provider = super::run::provider(ctx, &state)?;
+    // What a copy reads is no start-up: it records no profile and prefetches none.
+    let quiet = skiff::container::State { record_profile: false, no_prefetch: true, ..state.clone() };
+    let provider = super::run::provider(ctx, &quiet)?;
     let container = Tree::container(&containers, &state, &*provider, &image)?;
     let host = Tree::host()?;
     let in_container = Place { tree: &container, path, label: format!("{name}:{}", path.display()) };
