@@ -131,6 +131,19 @@ pub fn stop(
         .ok_or_else(|| ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() })
 }
 
+/// Waits until the container is not running (at once, for one that is not); its exit code,
+/// 0 for one never started. A `--rm` container is removed only once this has read its code.
+pub fn wait(containers: &Containers, id: &str) -> Result<i32, ContainerError> {
+    let _watching = containers.lock_waiters(id, false)?;
+    loop {
+        match wait_exited(containers, id, Duration::from_secs(3600))? {
+            None => continue,
+            Some(Some(st)) => return Ok(st.exit_code.unwrap_or(0)),
+            Some(None) => return Err(ContainerError::NotFound(id.to_string())),
+        }
+    }
+}
+
 /// Waits up to `timeout` for the container to have no live supervisor. `Some(None)`: it is
 /// gone (removed by `--rm`); `None`: still running at the deadline.
 pub fn wait_exited(

@@ -30,7 +30,7 @@ pub use config::{
 };
 pub use copy::{archive, copy, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
-pub use lifecycle::{kill, pause, remove, stop, unpause, wait_exited};
+pub use lifecycle::{kill, pause, remove, stop, unpause, wait, wait_exited};
 pub use rootfs::{
     remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,
     UnpackedRootfs,
@@ -162,8 +162,7 @@ impl Containers {
     /// `skiff cp` holds it to mount a stopped container's rootfs, so the container cannot
     /// start on it meanwhile.
     pub(crate) fn try_lock_rootfs(&self, id: &str) -> Result<Option<File>, ContainerError> {
-        let path = self.paths(id).dir.join("rootfs.lock");
-        let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
+        let (path, file) = self.lock_file(id, "rootfs.lock")?;
         match file.try_lock_exclusive() {
             Ok(()) => Ok(Some(file)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
@@ -173,10 +172,30 @@ impl Containers {
 
     /// As [`Containers::try_lock_rootfs`], waiting until the lock is free.
     pub(crate) fn lock_rootfs(&self, id: &str) -> Result<File, ContainerError> {
-        let path = self.paths(id).dir.join("rootfs.lock");
-        let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
+        let (path, file) = self.lock_file(id, "rootfs.lock")?;
         file.lock_exclusive().map_err(io_err("locking", &path))?;
         Ok(file)
+    }
+
+    /// Held shared by each `skiff wait` of the container, and exclusively by a `--rm`
+    /// container's supervisor before it removes the container: every waiter has read the
+    /// exit code by then.
+    pub(crate) fn lock_waiters(&self, id: &str, exclusive: bool) -> Result<File, ContainerError> {
+        let (path, file) = self.lock_file(id, "wait.lock")?;
+        let locked = if exclusive { file.lock_exclusive() } else { FileExt::lock_shared(&file) };
+        locked.map_err(io_err("locking", &path))?;
+        Ok(file)
+    }
+
+    fn lock_file(&self, id: &str, name: &str) -> Result<(PathBuf, File), ContainerError> {
+        let path = self.paths(id).dir.join(name);
+        match crate::store::open_lock(&path) {
+            Ok(file) => Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ContainerError::NotFound(id.to_string()))
+            }
+            Err(e) => Err(io_err("opening", &path)(e)),
+        }
     }
 
     /// Every container, oldest first.

@@ -62,6 +62,7 @@ pub fn supervise(s: Supervision<'_>) -> Result<ExitStatus, ContainerError> {
         }
     });
     if finished.as_ref().is_ok_and(|st| st.auto_remove) {
+        let _waiters_done = s.containers.lock_waiters(s.id, true)?;
         lifecycle::remove_files(s.containers, s.id)?;
     }
     finished?;

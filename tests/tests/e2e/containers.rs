@@ -687,3 +687,30 @@ fn pause_stops_every_process_until_unpause() {
     env.run(&["rm", "-f", "busy"]).ok();
     assert!(env.run(&["ps", "-aq"]).ok().is_empty());
 }
+
+#[test]
+fn wait_prints_exit_codes_even_of_rm_containers() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "three", &f.busybox_ref, "sh", "-c", "sleep 0.3; exit 3"]);
+    // A --rm container is removed only once every waiter has its code.
+    env.detach(&["--rm", "--name", "four", &f.busybox_ref, "sh", "-c", "sleep 0.5; exit 4"]);
+    env.run(&["create", "--name", "never", &f.busybox_ref, "true"]).ok();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            env.skiff
+                .command()
+                .args(["wait", "three", "four"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for waiter in waiters {
+        let out = waiter.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n4\n");
+    }
+    wait_for("the --rm container to go", || !env.run(&["ps", "-a"]).ok().contains("four"));
+    assert_eq!(env.run(&["wait", "never", "three"]).ok(), "0\n3\n");
+    assert!(env.run(&["wait", "three", "nosuch"]).failed().contains("no such container: nosuch"));
+}

@@ -78,6 +78,8 @@ enum Command {
     Start(commands::start::Args),
     /// Remove containers.
     Rm(commands::rm::Args),
+    /// Wait until containers stop; print their exit codes.
+    Wait(commands::wait::Args),
     /// Print a container's output.
     Logs(commands::logs::Args),
     /// Run a command in a running container.
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
         Command::Start(a) => return commands::start::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),
+        Command::Wait(a) => commands::wait::run(&ctx, a),
         Command::Exec(a) => return commands::exec::run(&ctx, a),
         Command::Cp(a) => commands::cp::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),

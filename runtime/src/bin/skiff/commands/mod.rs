@@ -21,6 +21,7 @@ pub mod run;
 pub mod start;
 pub mod stop;
 pub mod tag;
+pub mod wait;
 
 /// Prints `Error: {message}` on stderr. A stderr that cannot take it (a closed pipe) is no
 /// reason to panic: the exit code still tells.
