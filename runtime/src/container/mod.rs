@@ -53,6 +53,8 @@ pub enum ContainerError {
     Ambiguous { input: String, matches: String },
     #[error("the container name {name:?} is already in use by container {id}")]
     NameInUse { name: String, id: String },
+    #[error("the container is named {name:?} already")]
+    SameName { name: String },
     #[error("container {id} is running: stop it first, or remove it with -f")]
     Running { id: String },
     #[error("container {id} is not running")]
@@ -237,6 +239,23 @@ impl Containers {
             std::io::ErrorKind::NotFound => ContainerError::NotFound(id.to_string()),
             _ => ContainerError::Io { step: "reading", path, source: e },
         })
+    }
+
+    /// Gives container `id` the name `new`, which no other container may have.
+    pub fn rename(&self, id: &str, new: &str) -> Result<State, ContainerError> {
+        config::check_name(new).map_err(ContainerError::Invalid)?;
+        let _lock = self.lock()?;
+        if let Some(other) = self.list()?.into_iter().find(|s| s.name == new) {
+            return Err(match other.id == id {
+                true => ContainerError::SameName { name: new.to_string() },
+                false => ContainerError::NameInUse { name: new.to_string(), id: other.id },
+            });
+        }
+        let mut state = self.load(id)?;
+        state.name = new.to_string();
+        let path = self.paths(id).state;
+        state::write(&path, &state).map_err(io_err("writing", &path))?;
+        Ok(state)
     }
 
     /// Changes the record of `id` under the lock and returns it as written.

@@ -714,3 +714,20 @@ fn wait_prints_exit_codes_even_of_rm_containers() {
     assert_eq!(env.run(&["wait", "never", "three"]).ok(), "0\n3\n");
     assert!(env.run(&["wait", "three", "nosuch"]).failed().contains("no such container: nosuch"));
 }
+
+#[test]
+fn rename_gives_a_running_container_a_new_name() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "old", &f.busybox_ref, "sleep", "1000"]);
+    env.run(&["create", "--name", "other", &f.busybox_ref, "true"]).ok();
+    env.run(&["rename", "old", "new"]).ok();
+    assert_eq!(env.run(&["exec", "new", "echo", "hi"]).ok(), "hi\n");
+    assert!(env.run(&["exec", "old", "true"]).failed().contains("no such container: old"));
+    assert!(env.run(&["rename", "new", "other"]).failed().contains("already in use"));
+    assert!(env.run(&["rename", "new", "new"]).failed().contains("named \"new\" already"));
+    assert!(env.run(&["rename", "new", "bad/name"]).failed().contains("bad/name"));
+    // The supervisor's own updates keep the new name.
+    env.run(&["stop", "-t", "0", "new"]).ok();
+    assert!(env.run(&["ps", "-a"]).ok().contains("new"));
+    assert!(!env.run(&["ps", "-a"]).ok().contains("old"));
+}

@@ -76,6 +76,8 @@ enum Command {
     Unpause(commands::pause::Args),
     /// Start created or stopped containers.
     Start(commands::start::Args),
+    /// Give a container a new name.
+    Rename(commands::rename::Args),
     /// Remove containers.
     Rm(commands::rm::Args),
     /// Wait until containers stop; print their exit codes.
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
         Command::Pause(a) => commands::pause::pause(&ctx, a),
         Command::Unpause(a) => commands::pause::unpause(&ctx, a),
         Command::Start(a) => return commands::start::run(&ctx, a),
+        Command::Rename(a) => commands::rename::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),
         Command::Wait(a) => commands::wait::run(&ctx, a),

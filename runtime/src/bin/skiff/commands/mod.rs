@@ -15,6 +15,7 @@ pub mod pause;
 pub mod ps;
 pub mod pull;
 pub mod push;
+pub mod rename;
 pub mod rm;
 pub mod rmi;
 pub mod run;
