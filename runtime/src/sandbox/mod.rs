@@ -187,6 +187,11 @@ pub fn thaw(id: &str) -> Result<bool, CgroupError> {
     cgroups::Cgroup::of_container(id, false)?.thaw()
 }
 
+/// The host pids of container `id`'s processes (its PID 1, their children, and `exec`s).
+pub fn processes(id: &str) -> Result<Vec<i32>, CgroupError> {
+    cgroups::Cgroup::of_container(id, false)?.processes()
+}
+
 /// Whether container `id` is paused.
 pub fn is_paused(id: &str) -> bool {
     cgroups::Cgroup::of_container(id, false).is_ok_and(|c| c.is_frozen())

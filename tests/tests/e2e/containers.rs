@@ -731,3 +731,24 @@ fn rename_gives_a_running_container_a_new_name() {
     assert!(env.run(&["ps", "-a"]).ok().contains("new"));
     assert!(!env.run(&["ps", "-a"]).ok().contains("old"));
 }
+
+#[test]
+fn top_shows_the_containers_processes_only() {
+    let Some((f, env)) = env() else { return };
+    if !skiff_tests::have("ps") {
+        return;
+    }
+    env.detach(&["--name", "busy", &f.busybox_ref, "sh", "-c", "sleep 1001 & sleep 1002"]);
+    wait_for("both processes", || env.run(&["top", "busy"]).ok().contains("sleep 1001"));
+    let top = env.run(&["top", "busy"]).ok().to_string();
+    let lines: Vec<&str> = top.lines().collect();
+    assert!(lines[0].contains("PID") && lines[0].contains("CMD"), "{top}");
+    assert_eq!(lines.len(), 3, "the header and two sleeps, nothing of the host: {top}");
+    assert!(lines[1..].iter().all(|l| l.contains("sleep 100")), "{top}");
+    // ps's own options, as docker top passes them.
+    let top = env.run(&["top", "busy", "-o", "pid,args"]).ok().to_string();
+    assert_eq!(top.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["PID", "COMMAND"]);
+    env.run(&["kill", "busy"]).ok();
+    wait_for("the container to stop", || env.run(&["top", "busy"]).code != 0);
+    assert!(env.run(&["top", "busy"]).failed().contains("container busy is not running"));
+}

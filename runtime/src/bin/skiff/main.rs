@@ -76,6 +76,8 @@ enum Command {
     Unpause(commands::pause::Args),
     /// Start created or stopped containers.
     Start(commands::start::Args),
+    /// Show a running container's processes (the host's ps, -ef by default).
+    Top(commands::top::Args),
     /// Give a container a new name.
     Rename(commands::rename::Args),
     /// Remove containers.
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
         Command::Unpause(a) => commands::pause::unpause(&ctx, a),
         Command::Start(a) => return commands::start::run(&ctx, a),
         Command::Rename(a) => commands::rename::run(&ctx, a),
+        Command::Top(a) => commands::top::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),
         Command::Wait(a) => commands::wait::run(&ctx, a),

@@ -155,6 +155,15 @@ impl Cgroup {
         self.homes.push(home);
     }
 
+    /// The host pids of the cgroup's processes, in the kernel's order.
+    pub fn processes(&self) -> Result<Vec<i32>, CgroupError> {
+        // Every process is in every v1 hierarchy: the first one's list is the whole.
+        let Some(dir) = self.dirs.first() else { return Ok(Vec::new()) };
+        let path = dir.join("cgroup.procs");
+        let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
     /// The cgroup's directories (one per v1 hierarchy).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs

@@ -22,6 +22,7 @@ pub mod run;
 pub mod start;
 pub mod stop;
 pub mod tag;
+pub mod top;
 pub mod wait;
 
 /// Prints `Error: {message}` on stderr. A stderr that cannot take it (a closed pipe) is no
