@@ -304,6 +304,24 @@ pub fn archive(src: &Place<'_>, options: CopyOptions, out: &mut dyn Write) -> Re
     out.flush().map_err(|source| CopyError::Archive { label: src.label.clone(), source })
 }
 
+/// Writes a container's whole filesystem as a tar stream, as docker export does: its image
+/// and its changes, without what is mounted in it (volumes, `/proc`, `/dev`, `/sys`).
+pub fn export(tree: &Tree, label: &str, out: &mut dyn Write) -> Result<(), CopyError> {
+    let root = Place { tree, path: Path::new("/"), label: label.to_string() };
+    let node = tree.node(root.path, false, label)?;
+    let mut out = io::BufWriter::with_capacity(256 << 10, out);
+    let mut packer = Packer {
+        src: &root,
+        builder: tar::Builder::new(&mut out),
+        links: HashMap::new(),
+        device: Some(node.stat.st_dev),
+    };
+    packer.children(&node, Path::new(""))?;
+    packer.builder.finish().map_err(|source| CopyError::Archive { label: label.to_string(), source })?;
+    drop(packer);
+    out.flush().map_err(|source| CopyError::Archive { label: label.to_string(), source })
+}
+
 /// Unpacks the tar stream `tar` into the directory `dest` (docker cp's `-` source).
 pub fn unarchive(dest: &Place<'_>, options: CopyOptions, tar: &mut dyn Read) -> Result<u64, CopyError> {
     let node = dest.tree.node(dest.path, true, &dest.label)?;
@@ -367,7 +385,7 @@ impl Node {
 /// name, only what a directory holds is written, its entries at the top. Owners are written as
 /// the source's tree sees them (a container's ids, not the host's they map to).
 fn pack(src: &Place<'_>, node: Node, name: Option<&OsStr>, out: &mut dyn Write) -> Result<(), CopyError> {
-    let mut packer = Packer { src, builder: tar::Builder::new(out), links: HashMap::new() };
+    let mut packer = Packer { src, builder: tar::Builder::new(out), links: HashMap::new(), device: None };
     match name {
         Some(name) => packer.entry(node, Path::new(name))?,
         None => packer.children(&node, Path::new(""))?,
@@ -380,6 +398,9 @@ struct Packer<'a, 'b> {
     builder: tar::Builder<&'b mut dyn Write>,
     /// Files with more than one link, by device and inode: the first one's archive path.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Only this filesystem's contents: what is mounted on it (`/proc`, a volume, a bound
+    /// `/etc/hosts`) is written as the empty directory or file it is mounted on.
+    device: Option<u64>,
 }
 
 impl Packer<'_, '_> {
@@ -406,6 +427,12 @@ impl Packer<'_, '_> {
         header.set_size(0);
         let label = self.label(path);
         let entry_err = |step, source| CopyError::Entry { step, label: label.clone(), source };
+        let mounted = self.device.is_some_and(|dev| dev != st.st_dev);
+        if mounted && matches!(node.kind(), SFlag::S_IFDIR | SFlag::S_IFREG) {
+            let kind = if node.is_dir() { tar::EntryType::Directory } else { tar::EntryType::Regular };
+            header.set_entry_type(kind);
+            return self.builder.append_data(&mut header, path, io::empty()).map_err(self.archive_err(path));
+        }
         match node.kind() {
             SFlag::S_IFDIR => {
                 header.set_entry_type(tar::EntryType::Directory);

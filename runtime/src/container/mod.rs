@@ -28,7 +28,7 @@ use fs2::FileExt;
 pub use config::{
     check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions, Userns,
 };
-pub use copy::{archive, copy, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
+pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{kill, pause, remove, stop, unpause, wait, wait_exited};
 pub use rootfs::{

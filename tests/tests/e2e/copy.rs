@@ -183,3 +183,75 @@ fn cp_into_a_user_namespace_gives_the_containers_root() {
     let entry = archive.entries().unwrap().next().unwrap().unwrap();
     assert_eq!((entry.header().uid().unwrap(), entry.header().gid().unwrap()), (0, 0));
 }
+
+/// The entries of a tar stream: path, and a regular file's contents.
+fn archive_entries(bytes: &[u8]) -> std::collections::BTreeMap<String, Option<String>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(bytes);
+    let mut entries = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        let data =
+            (entry.header().entry_type() == tar::EntryType::Regular && entry.size() < 100).then(|| {
+                let mut text = String::new();
+                entry.read_to_string(&mut text).unwrap();
+                text
+            });
+        entries.insert(path, data);
+    }
+    entries
+}
+
+#[test]
+fn export_writes_the_containers_files_without_its_mounts() {
+    let Some((f, env)) = env() else { return };
+    let volume = env.dir.path().join("volume");
+    fs::create_dir_all(&volume).unwrap();
+    fs::write(volume.join("in-volume.txt"), "not exported\n").unwrap();
+    let volume_arg = format!("{}:/vol", volume.display());
+    env.detach(&[
+        "--name",
+        "running",
+        "-v",
+        &volume_arg,
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "echo new > /new.txt; rm /etc/group; sleep 1000",
+    ]);
+    skiff_tests::wait_for("the container's write", || {
+        env.run(&["exec", "running", "cat", "/new.txt"]).stdout == "new\n"
+    });
+    env.run(&["create", "--name", "stopped", "--pull-mode", "full", &f.busybox_ref, "true"]).ok();
+    for name in ["running", "stopped"] {
+        let out = env.skiff.command().args(["export", name]).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let entries = archive_entries(&out.stdout);
+        assert!(entries.contains_key("bin/busybox") && entries.contains_key("bin/sh"), "{name}: {entries:?}");
+        assert_eq!(entries.get("etc/passwd").cloned().flatten().map(|p| p.starts_with("root:")), Some(true));
+        // The mount points are there, empty; nothing of what is mounted on them.
+        assert!(entries.contains_key("proc") && entries.contains_key("etc/hosts"), "{name}: {entries:?}");
+        assert!(
+            !entries.keys().any(|p| p.starts_with("proc/") || p.starts_with("sys/")),
+            "{name}: {entries:?}"
+        );
+        if name == "running" {
+            assert_eq!(entries.get("new.txt"), Some(&Some("new\n".to_string())));
+            assert!(!entries.contains_key("etc/group"), "a deleted file was exported");
+            assert!(entries.contains_key("vol") && !entries.contains_key("vol/in-volume.txt"), "{entries:?}");
+        } else {
+            assert!(entries.contains_key("etc/group"));
+        }
+    }
+    // -o: the file whole, or none at all.
+    let file = env.dir.path().join("running.tar");
+    env.run(&["export", "-o", file.to_str().unwrap(), "running"]).ok();
+    assert!(archive_entries(&fs::read(&file).unwrap()).contains_key("new.txt"));
+    let nowhere = env.dir.path().join("no/such/dir/out.tar");
+    assert!(env
+        .run(&["export", "-o", nowhere.to_str().unwrap(), "running"])
+        .failed()
+        .contains("no/such/dir"));
+    assert!(env.run(&["export", "nosuch"]).failed().contains("no such container: nosuch"));
+}

@@ -88,6 +88,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container.
     Exec(commands::exec::Args),
+    /// Write a container's filesystem as a tar stream.
+    Export(commands::export::Args),
     /// Copy files between a container and the host (CONTAINER:PATH on one side).
     Cp(commands::cp::Args),
     /// Supervise a container in the background (started by `run -d` and `start`).
@@ -148,6 +150,7 @@ fn main() -> ExitCode {
         Command::Wait(a) => commands::wait::run(&ctx, a),
         Command::Exec(a) => return commands::exec::run(&ctx, a),
         Command::Cp(a) => commands::cp::run(&ctx, a),
+        Command::Export(a) => commands::export::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),

@@ -57,18 +57,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         (Side::Stream, Side::Stream) => bail!("SRC and DEST cannot both be `-`"),
         _ => bail!("one of SRC and DEST must be CONTAINER:PATH"),
     };
-    // First, before anything starts a thread: a stopped container's rootfs is mounted where
-    // no one else sees it, and goes when this process ends, however it ends.
-    skiff::container::private_mounts()?;
-    let containers = super::run::containers(ctx)?;
-    let state = containers.find(name)?;
-    let store = ctx.store()?;
-    let image =
-        StoredImage::load(&store, &state.image).with_context(|| format!("loading {}", state.image.name))?;
-    // What a copy reads is no start-up: it records no profile and prefetches none.
-    let quiet = skiff::container::State { record_profile: false, no_prefetch: true, ..state.clone() };
-    let provider = super::run::provider(ctx, &quiet)?;
-    let container = Tree::container(&containers, &state, &*provider, &image)?;
+    let container = container_tree(ctx, name)?;
     let host = Tree::host()?;
     let in_container = Place { tree: &container, path, label: format!("{name}:{}", path.display()) };
     let options = CopyOptions { archive: args.archive, follow_link: args.follow_link };
@@ -99,6 +88,24 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     };
     eprintln!("Successfully copied {} to {}", super::images::human_size(copied), args.dest);
     Ok(())
+}
+
+/// The files of container `name`: a running one's as it sees them, a stopped one's mounted
+/// for this process alone. Called before anything starts a thread (see
+/// [`skiff::container::private_mounts`]).
+pub fn container_tree(ctx: &Context, name: &str) -> anyhow::Result<Tree> {
+    // A stopped container's rootfs is mounted where no one else sees it, and goes when this
+    // process ends, however it ends.
+    skiff::container::private_mounts()?;
+    let containers = super::run::containers(ctx)?;
+    let state = containers.find(name)?;
+    let store = ctx.store()?;
+    let image =
+        StoredImage::load(&store, &state.image).with_context(|| format!("loading {}", state.image.name))?;
+    // What a copy reads is no start-up: it records no profile and prefetches none.
+    let quiet = skiff::container::State { record_profile: false, no_prefetch: true, ..state.clone() };
+    let provider = super::run::provider(ctx, &quiet)?;
+    Ok(Tree::container(&containers, &state, &*provider, &image)?)
 }
 
 fn with_slash(path: &Path) -> PathBuf {

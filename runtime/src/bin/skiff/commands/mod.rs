@@ -5,6 +5,7 @@ pub mod changes;
 pub mod convert;
 pub mod cp;
 pub mod exec;
+pub mod export;
 pub mod images;
 pub mod inspect;
 pub mod kill;
