@@ -752,3 +752,23 @@ fn top_shows_the_containers_processes_only() {
     wait_for("the container to stop", || env.run(&["top", "busy"]).code != 0);
     assert!(env.run(&["top", "busy"]).failed().contains("container busy is not running"));
 }
+
+#[test]
+fn history_lists_an_images_steps_newest_first() {
+    let Some((f, env)) = env() else { return };
+    env.run(&["run", "--name", "built", &f.busybox_ref, "sh", "-c", "echo 1 > /x"]).ok();
+    let committed = format!("{}/history/committed:v1", f.registry.addr);
+    env.run(&["commit", "-m", "added x", "built", &committed]).ok();
+    let history = env.run(&["history", &committed]).ok().to_string();
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(lines[0].starts_with("IMAGE") && lines[0].contains("CREATED BY"), "{history}");
+    let digest = env.skiff.store().find_image(&committed).unwrap().digest.to_string();
+    assert!(lines[1].starts_with(&digest["sha256:".len()..][..12]), "{history}");
+    assert!(lines[1].contains("skiff commit") && lines[1].ends_with("added x"), "{history}");
+    assert!(
+        lines[2..].iter().all(|l| l.starts_with("<missing>") && l.contains("skiff test fixture")),
+        "{history}"
+    );
+    assert_eq!(lines.len(), 1 + 1 + env.run(&["history", &f.busybox_ref]).ok().lines().count() - 1);
+    assert!(env.run(&["history", "no/such:image"]).failed().contains("no/such:image"));
+}

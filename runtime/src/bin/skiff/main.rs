@@ -41,6 +41,8 @@ enum Command {
     Push(commands::push::Args),
     /// List stored images.
     Images(commands::images::Args),
+    /// Show how an image was built: its steps, newest first, and their layers' sizes.
+    History(commands::history::Args),
     /// Show an image's manifest, config and layers.
     Inspect(commands::inspect::Args),
     /// Rewrite an image's layers as eStargz, so it can be pulled lazily, and push it.
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
         Command::Pull(a) => commands::pull::run(&ctx, a),
         Command::Push(a) => commands::push::run(&ctx, a),
         Command::Images(a) => commands::images::run(&ctx, a),
+        Command::History(a) => commands::history::run(&ctx, a),
         Command::Inspect(a) => commands::inspect::run(&ctx, a),
         Command::Convert(a) => commands::convert::run(&ctx, a),
         Command::Cache(c) => commands::cache::run(&ctx, c),

@@ -97,7 +97,7 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-fn ago(created: Option<&str>) -> String {
+pub fn ago(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "N/A".to_string();
     };

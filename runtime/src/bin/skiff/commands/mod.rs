@@ -6,6 +6,7 @@ pub mod convert;
 pub mod cp;
 pub mod exec;
 pub mod export;
+pub mod history;
 pub mod images;
 pub mod inspect;
 pub mod kill;
