@@ -83,7 +83,10 @@ impl Skiff {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("running skiff");
-        child.stdin.take().unwrap().write_all(input.as_ref()).unwrap();
+        // A skiff that fails before it has read everything closes the pipe: its exit says why.
+        if let Err(e) = child.stdin.take().unwrap().write_all(input.as_ref()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing skiff's input: {e}");
+        }
         Run::from(child.wait_with_output().unwrap())
     }
 

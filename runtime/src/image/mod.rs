@@ -1,5 +1,6 @@
 //! Images: pulling into the store, pushing from it, and reading what the store holds.
 
+mod archive;
 mod commit;
 mod convert;
 mod format;
@@ -10,6 +11,7 @@ pub mod stream;
 
 use skiff_fs::Digest;
 
+pub use archive::{load, save};
 pub use commit::{commit, CommitOptions, LayerCompression};
 pub use convert::{
     convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,

@@ -174,3 +174,57 @@ fn push_of_an_index_sends_every_platform() {
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["mediaType"], OCI_INDEX);
     assert!(other.store().has(&f.hard.digest));
 }
+
+#[test]
+fn save_and_load_move_images_without_a_registry() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let skiff = Skiff::new(dir.path());
+    // Pulled lazily: save downloads the layers it needs.
+    skiff.run(&["pull", &f.busybox_ref]).ok();
+    skiff.run(&["tag", &f.busybox_ref, "local/saved:v1"]).ok();
+    let archive = dir.path().join("images.tar");
+    skiff.run(&["save", "-o", archive.to_str().unwrap(), &f.busybox_ref, "local/saved:v1"]).ok();
+
+    // Another machine: nothing stored, no registry named.
+    let other_dir = temp_dir();
+    let other = Skiff::new(other_dir.path());
+    let loaded = other.run(&["load", "-i", archive.to_str().unwrap()]).ok().to_string();
+    assert_eq!(loaded, format!("Loaded image: {}\nLoaded image: docker.io/local/saved:v1\n", f.busybox_ref));
+    let (saved, restored) = (
+        skiff.store().find_image(&f.busybox_ref).unwrap(),
+        other.store().find_image("local/saved:v1").unwrap(),
+    );
+    assert_eq!(saved.manifest, restored.manifest);
+    let store = other.store();
+    let image = skiff::image::StoredImage::load(&store, &restored).unwrap();
+    assert!(image.manifest.layers.iter().all(|l| store.has(&l.digest)), "every layer is stored");
+    if skiff_tests::have("skopeo") {
+        // Read by another tool as the OCI layout it is.
+        let name = format!("oci-archive:{}:v1", archive.display());
+        let out = std::process::Command::new("skopeo").args(["inspect", &name]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let inspected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(inspected["Digest"], restored.manifest.to_string());
+    }
+
+    // Bad archives: the blob at fault named, and nothing loaded.
+    let bytes = std::fs::read(&archive).unwrap();
+    let layer = image.manifest.layers[0].digest;
+    let name = format!("blobs/sha256/{}", layer.hex());
+    let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+    let mut corrupt = bytes.clone();
+    let data = (at / 512 + 1) * 512 + 100;
+    corrupt[data] ^= 0xff;
+    let third_dir = temp_dir();
+    let third = Skiff::new(third_dir.path());
+    let out = third.run_with_input(&["load"], &corrupt);
+    assert!(out.failed().contains(&name), "{out:?}");
+    assert_eq!(third.run(&["images", "-q"]).ok(), "");
+    let out = third.run_with_input(&["load"], b"not a tar at all".repeat(100));
+    assert!(out.failed().contains("the archive on stdin"), "{out:?}");
+    assert!(skiff
+        .run(&["save", "-o", archive.to_str().unwrap(), "no/such:image"])
+        .failed()
+        .contains("no/such:image"));
+}

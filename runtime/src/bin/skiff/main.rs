@@ -58,6 +58,10 @@ enum Command {
     Diff(commands::changes::DiffArgs),
     /// Save a mount's (or an upper directory's) changes as a new image.
     Commit(commands::changes::CommitArgs),
+    /// Write images as an OCI layout tar archive (docker load, podman and skopeo read it).
+    Save(commands::archive::SaveArgs),
+    /// Store the images of an OCI layout tar archive (skiff save, docker save).
+    Load(commands::archive::LoadArgs),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -136,6 +140,8 @@ fn main() -> ExitCode {
         Command::Umount(a) => commands::mount::umount(&ctx, a),
         Command::Diff(a) => commands::changes::diff(&ctx, a),
         Command::Commit(a) => commands::changes::commit_changes(&ctx, a),
+        Command::Save(a) => commands::archive::save(&ctx, a),
+        Command::Load(a) => commands::archive::load(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Run(a) => return commands::run::run(&ctx, *a),

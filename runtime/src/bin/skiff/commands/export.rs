@@ -24,15 +24,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         skiff::container::export(&tree, &args.container, out)
             .with_context(|| format!("exporting {}", args.container))
     };
-    let Some(path) = args.output else { return exported(&mut std::io::stdout().lock()) };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    exported(file.as_file_mut())?;
-    file.as_file().sync_all().with_context(|| format!("writing {}", path.display()))?;
-    file.persist(&path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    match &args.output {
+        None => exported(&mut std::io::stdout().lock()),
+        Some(path) => super::archive::write_whole(path, exported),
+    }
 }

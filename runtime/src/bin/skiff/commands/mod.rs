@@ -1,5 +1,6 @@
 //! One module per verb: parse its flags, call the library, add context to errors.
 
+pub mod archive;
 pub mod cache;
 pub mod changes;
 pub mod convert;
