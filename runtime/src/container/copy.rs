@@ -26,8 +26,8 @@ use super::rootfs::{MountedRootfs, RootfsProvider};
 use super::unpack::{unpack_archive, Owner, UnpackError, Whiteouts};
 use super::{ContainerError, Containers, State};
 use crate::image::StoredImage;
-use crate::sandbox::mounts::{mount_in_root, remount_read_only, MountSpec};
-use crate::sandbox::paths::{normalize, open_in_root, Kind, PathError};
+use crate::sandbox::mounts::mount_volume;
+use crate::sandbox::paths::{normalize, open_in_root, PathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -130,22 +130,9 @@ impl Tree {
             _lock: Some(lock),
         };
         for volume in &state.spec.volumes {
-            let kind = if volume.host.is_dir() { Kind::Dir } else { Kind::File };
-            let spec = MountSpec {
-                source: &volume.host,
-                target: &volume.container,
-                kind,
-                fstype: "bind",
-                flags: nix::mount::MsFlags::MS_REC,
-                data: None,
-            };
-            let fd = mount_in_root(tree.root.as_fd(), &spec)
+            let fd = mount_volume(tree.root.as_fd(), volume)
                 .map_err(|e| mount_err("mounting a volume in", Box::new(e)))?;
             tree.volumes.push(fd);
-            if let Some(fd) = tree.volumes.last().filter(|_| volume.read_only) {
-                remount_read_only(fd, &volume.container)
-                    .map_err(|e| mount_err("mounting a volume in", Box::new(e)))?;
-            }
         }
         Ok(tree)
     }

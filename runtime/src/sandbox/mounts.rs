@@ -50,6 +50,25 @@ pub fn mount_in_root(root: BorrowedFd<'_>, m: &MountSpec<'_>) -> Result<OwnedFd,
     Ok(paths::open_in_root(root, m.target, OFlag::O_PATH)?)
 }
 
+/// Binds the volume's host path onto its container path (read-only when it says so); a
+/// descriptor of the new mount's root.
+pub fn mount_volume(root: BorrowedFd<'_>, volume: &super::Volume) -> Result<OwnedFd, MountError> {
+    let kind = if volume.host.is_dir() { Kind::Dir } else { Kind::File };
+    let spec = MountSpec {
+        source: &volume.host,
+        target: &volume.container,
+        kind,
+        fstype: "bind",
+        flags: MsFlags::MS_REC,
+        data: None,
+    };
+    let mounted = mount_in_root(root, &spec)?;
+    if volume.read_only {
+        remount_read_only(&mounted, &volume.container)?;
+    }
+    Ok(mounted)
+}
+
 /// Remounts the mount whose root `fd` is read-only, keeping its other flags.
 pub fn remount_read_only(fd: &OwnedFd, target: &Path) -> Result<(), MountError> {
     let err = |source| MountError::ReadOnly { target: target.to_path_buf(), source };

@@ -158,19 +158,7 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
         mount_in_root(r, &spec)?;
     }
     for volume in plan.volumes {
-        let kind = if volume.host.is_dir() { Kind::Dir } else { Kind::File };
-        let spec = MountSpec {
-            source: &volume.host,
-            target: &volume.container,
-            kind,
-            fstype: "bind",
-            flags: MsFlags::MS_REC,
-            data: None,
-        };
-        let mounted = mount_in_root(r, &spec)?;
-        if volume.read_only {
-            mounts::remount_read_only(&mounted, &volume.container)?;
-        }
+        mounts::mount_volume(r, volume)?;
     }
     if !plan.privileged {
         masks::apply(r)?;

@@ -252,6 +252,14 @@ pub fn images_in_use(containers: &[State]) -> Vec<skiff::Digest> {
 
 /// Does `verb` to each container named in `inputs`, printing each name once done, as docker
 /// does; the first failure stops the loop and names its container.
+/// The container each of `inputs` names, every one found before the caller acts on any.
+pub fn find_all<'a>(
+    containers: &Containers,
+    inputs: &'a [String],
+) -> anyhow::Result<Vec<(&'a String, State)>> {
+    Ok(inputs.iter().map(|input| containers.find(input).map(|s| (input, s))).collect::<Result<_, _>>()?)
+}
+
 pub fn for_each_container(
     ctx: &Context,
     inputs: &[String],

@@ -20,10 +20,7 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
     // Every name is found before any container is stopped.
-    let mut states = Vec::new();
-    for input in &args.containers {
-        states.push((input, containers.find(input)?));
-    }
+    let states = super::run::find_all(&containers, &args.containers)?;
     let timeout = Duration::from_secs(args.time);
     let stopped: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
         let stops: Vec<_> = states

@@ -13,11 +13,7 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
     // Every name is found before any wait: a typo is not found after a long one.
-    let mut states = Vec::new();
-    for input in &args.containers {
-        states.push((input, containers.find(input)?));
-    }
-    for (input, state) in states {
+    for (input, state) in super::run::find_all(&containers, &args.containers)? {
         let code =
             skiff::container::wait(&containers, &state.id).with_context(|| format!("waiting for {input}"))?;
         println!("{code}");
