@@ -145,9 +145,16 @@ mod tests {
         assert!(is_terminal(pty.slave.as_fd()));
         assert!(slave_path(pty.slave.as_fd()).unwrap().starts_with("/dev/pts"));
         std::fs::File::from(pty.slave.try_clone().unwrap()).write_all(b"hi\n").unwrap();
-        let mut buf = [0u8; 16];
-        let n = std::fs::File::from(pty.master).read(&mut buf).unwrap();
-        // The line discipline turns \n into \r\n.
-        assert_eq!(&buf[..n], b"hi\r\n");
+        // The line discipline turns \n into \r\n; a read may return it in pieces (CI saw
+        // "hi" alone).
+        let mut master = std::fs::File::from(pty.master);
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let mut buf = [0u8; 16];
+            let n = master.read(&mut buf).unwrap();
+            assert!(n > 0, "the pty closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hi\r\n");
     }
 }
