@@ -46,40 +46,8 @@ pub fn commit(
     union.write_layer_tar(&mut tar).map_err(io_err)?;
     tar.rewind().map_err(io_err)?;
 
-    let mut staged = store.stage()?;
-    let (diff_id, annotations) = match options.compression {
-        LayerCompression::Estargz => {
-            let result =
-                estargz::convert(&mut tar, &mut staged, &ConvertOptions::default()).map_err(|e| {
-                    ImageError::Invalid { what: what.clone(), why: crate::registry::error_chain(&e) }
-                })?;
-            let annotations = result.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            (result.diff_id, annotations)
-        }
-        LayerCompression::Gzip => {
-            let mut hashed = Sha256Writer::new(GzEncoder::new(&mut staged, flate2::Compression::default()));
-            io::copy(&mut tar, &mut hashed).map_err(io_err)?;
-            let (diff_id, gz) = hashed.finish();
-            gz.finish().map_err(io_err)?;
-            (diff_id, Default::default())
-        }
-    };
-    let size = staged.written();
-    let layer: Verified = staged.finish(None, Some(size), &what)?;
-
     let docker = image.media_type == DOCKER_MANIFEST;
-    let layer_desc = Descriptor {
-        media_type: if docker {
-            "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
-        } else {
-            "application/vnd.oci.image.layer.v1.tar+gzip".into()
-        },
-        digest: layer.digest(),
-        size,
-        urls: None,
-        annotations,
-        platform: None,
-    };
+    let (layer, layer_desc, diff_id) = layer_from_tar(store, &mut tar, options.compression, docker, &what)?;
 
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut config: serde_json::Value =
@@ -129,7 +97,51 @@ pub fn commit(
     Ok(record)
 }
 
-fn stage(store: &Store, bytes: &[u8]) -> Result<Verified, StoreError> {
+/// The layer the uncompressed tar `tar` (read from its start) makes: its object (staged, not
+/// yet in the store), its descriptor and its diff_id. `what` names the tar in errors.
+pub(super) fn layer_from_tar(
+    store: &Store,
+    tar: &mut std::fs::File,
+    compression: LayerCompression,
+    docker: bool,
+    what: &str,
+) -> Result<(Verified, Descriptor, Digest), ImageError> {
+    let io_err = |e: io::Error| ImageError::Invalid { what: what.to_string(), why: e.to_string() };
+    let mut staged = store.stage()?;
+    let (diff_id, annotations) = match compression {
+        LayerCompression::Estargz => {
+            let result = estargz::convert(tar, &mut staged, &ConvertOptions::default()).map_err(|e| {
+                ImageError::Invalid { what: what.to_string(), why: crate::registry::error_chain(&e) }
+            })?;
+            let annotations = result.annotations().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            (result.diff_id, annotations)
+        }
+        LayerCompression::Gzip => {
+            let mut hashed = Sha256Writer::new(GzEncoder::new(&mut staged, flate2::Compression::default()));
+            io::copy(tar, &mut hashed).map_err(io_err)?;
+            let (diff_id, gz) = hashed.finish();
+            gz.finish().map_err(io_err)?;
+            (diff_id, Default::default())
+        }
+    };
+    let size = staged.written();
+    let layer: Verified = staged.finish(None, Some(size), what)?;
+    let desc = Descriptor {
+        media_type: if docker {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
+        } else {
+            "application/vnd.oci.image.layer.v1.tar+gzip".into()
+        },
+        digest: layer.digest(),
+        size,
+        urls: None,
+        annotations,
+        platform: None,
+    };
+    Ok((layer, desc, diff_id))
+}
+
+pub(super) fn stage(store: &Store, bytes: &[u8]) -> Result<Verified, StoreError> {
     let mut staged = store.stage()?;
     staged.write_all(bytes).map_err(|source| StoreError::Io { path: store.root().join("tmp"), source })?;
     staged.finish(None, Some(bytes.len() as u64), "committed image")

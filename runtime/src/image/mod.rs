@@ -4,6 +4,7 @@ mod archive;
 mod commit;
 mod convert;
 mod format;
+mod import;
 mod inspect;
 mod pull;
 mod push;
@@ -17,6 +18,7 @@ pub use convert::{
     convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,
 };
 pub use format::LayerFormat;
+pub use import::{import, ImportOptions};
 pub use inspect::{inspect, ImageDetails, LayerDetails};
 pub use pull::{pull, PullOptions, PullResult};
 pub use push::{push, PushResult};

@@ -255,3 +255,37 @@ fn export_writes_the_containers_files_without_its_mounts() {
         .contains("no/such/dir"));
     assert!(env.run(&["export", "nosuch"]).failed().contains("no such container: nosuch"));
 }
+
+#[test]
+fn import_makes_an_image_of_an_exported_container() {
+    let Some((f, env)) = env() else { return };
+    env.run(&["run", "--name", "source", &f.busybox_ref, "sh", "-c", "echo made > /new.txt"]).ok();
+    let exported = env.skiff.command().args(["export", "source"]).output().unwrap();
+    assert!(exported.status.success());
+    // gzip, as tarballs often come.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &exported.stdout).unwrap();
+    let tarball = env.dir.path().join("rootfs.tar.gz");
+    fs::write(&tarball, gz.finish().unwrap()).unwrap();
+    let image = format!("{}/imported/rootfs:v1", f.registry.addr);
+    let changes = ["-c", r#"CMD ["cat", "/new.txt"]"#, "-c", "WORKDIR /etc"];
+    let mut args = vec!["import", "-m", "flattened"];
+    args.extend(changes);
+    args.extend([tarball.to_str().unwrap(), &image]);
+    env.run(&args).ok();
+    assert_eq!(env.run(&["run", "--rm", &image]).ok(), "made\n");
+    assert_eq!(
+        env.run(&["run", "--rm", &image, "sh", "-c", "pwd; cat /etc/passwd | head -1"]).ok(),
+        "/etc\nroot:x:0:0:root:/root:/bin/sh\n"
+    );
+    let history = env.run(&["history", &image]).ok().to_string();
+    assert!(history.contains("skiff import") && history.contains("flattened"), "{history}");
+    // It goes to a registry and comes back as any image.
+    env.run(&["push", &image]).ok();
+    // Not a tarball: said, and nothing stored.
+    let out = env.skiff.run_with_input(&["import", "-", "local/bad:v1"], "not a tar".repeat(100));
+    assert!(out.failed().contains("the tarball on stdin: not a tar archive"), "{out:?}");
+    let out = env.run(&["import", "-c", "RUN make", tarball.to_str().unwrap(), "local/bad:v1"]);
+    assert!(out.failed().contains("RUN cannot be applied"), "{out:?}");
+    assert!(!env.run(&["images"]).ok().contains("local/bad"));
+}

@@ -62,6 +62,8 @@ enum Command {
     Save(commands::archive::SaveArgs),
     /// Store the images of an OCI layout tar archive (skiff save, docker save).
     Load(commands::archive::LoadArgs),
+    /// Make an image of one layer from a filesystem tarball (skiff export, docker export).
+    Import(commands::import::Args),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::Commit(a) => commands::changes::commit_changes(&ctx, a),
         Command::Save(a) => commands::archive::save(&ctx, a),
         Command::Load(a) => commands::archive::load(&ctx, a),
+        Command::Import(a) => commands::import::run(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Run(a) => return commands::run::run(&ctx, *a),

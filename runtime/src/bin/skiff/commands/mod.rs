@@ -9,6 +9,7 @@ pub mod exec;
 pub mod export;
 pub mod history;
 pub mod images;
+pub mod import;
 pub mod inspect;
 pub mod kill;
 pub mod login;
