@@ -772,3 +772,40 @@ fn history_lists_an_images_steps_newest_first() {
     assert_eq!(lines.len(), 1 + 1 + env.run(&["history", &f.busybox_ref]).ok().lines().count() - 1);
     assert!(env.run(&["history", "no/such:image"]).failed().contains("no/such:image"));
 }
+
+#[test]
+fn ps_filters_and_formats_as_docker_ps() {
+    let Some((f, env)) = env() else { return };
+    env.run(&["run", "--name", "ok", &f.busybox_ref, "true"]).ok();
+    assert_eq!(env.run(&["run", "--name", "bad", &f.busybox_ref, "sh", "-c", "exit 3"]).code, 3);
+    env.detach(&["--name", "up", &f.busybox_ref, "sleep", "1000"]);
+    env.run(&["create", "--name", "made", &f.busybox_ref, "true"]).ok();
+    let names = |args: &[&str]| {
+        let mut all = vec!["ps", "--format", "{{.Names}}"];
+        all.extend_from_slice(args);
+        env.run(&all).ok().lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&[]), ["up"]);
+    assert_eq!(names(&["-a"]), ["made", "up", "bad", "ok"]);
+    // A status filter looks past running containers; one key's values are alternatives.
+    assert_eq!(names(&["-f", "status=exited"]), ["bad", "ok"]);
+    assert_eq!(names(&["-f", "status=created", "-f", "status=running"]), ["made", "up"]);
+    assert_eq!(names(&["-f", "exited=3"]), ["bad"]);
+    assert_eq!(names(&["-a", "-f", "name=a", "-f", "status=exited"]), ["bad"]);
+    assert_eq!(names(&["-a", "-f", "since=bad"]), ["made", "up"]);
+    assert_eq!(
+        names(&["-a", "-f", &format!("ancestor={}", f.busybox_ref), "-f", "before=up"]),
+        ["bad", "ok"]
+    );
+    assert_eq!(names(&["-n", "2"]), ["made", "up"]);
+    assert_eq!(names(&["-l"]), ["made"]);
+    let table =
+        env.run(&["ps", "-a", "-f", "name=up", "--format", "table {{.Names}}\\t{{.State}}"]).ok().to_string();
+    assert_eq!(table, "NAMES   STATE\nup      running\n");
+    let json: serde_json::Value =
+        serde_json::from_str(env.run(&["ps", "-f", "name=up", "--format", "json"]).ok()).unwrap();
+    assert_eq!((json["Names"].as_str(), json["Command"].as_str()), (Some("up"), Some("\"sleep 1000\"")));
+    assert!(env.run(&["ps", "-f", "color=red"]).failed().contains("invalid filter \"color\""));
+    assert!(env.run(&["ps", "-f", "status=sleeping"]).failed().contains("status is one of"));
+    assert!(env.run(&["ps", "--format", "{{.Nope}}"]).failed().contains("cannot show \".Nope\""));
+}

@@ -1,6 +1,6 @@
 //! `skiff ps`: the containers, as docker lists them.
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use skiff::container::{State, Status};
 
@@ -17,46 +17,233 @@ pub struct Args {
     /// Full 64-digit ids.
     #[arg(long)]
     no_trunc: bool,
-    /// `json`: one JSON object per container and line.
+    /// `table` (the default), `json` (an object per line), or a template such as
+    /// `{{.ID}} {{.Names}}` or `table {{.Names}}\t{{.Status}}`.
     #[arg(long)]
     format: Option<String>,
+    /// Only containers that match (KEY=VALUE: id, name, status, ancestor, exited, before,
+    /// since); a key given twice matches either value.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    filters: Vec<String>,
+    /// The last N containers made, running or not.
+    #[arg(short = 'n', long)]
+    last: Option<usize>,
+    /// The last container made, running or not.
+    #[arg(short, long)]
+    latest: bool,
 }
+
+/// The fields a template can name, as docker's `ps --format` names them.
+const FIELDS: [&str; 9] =
+    ["ID", "Image", "Command", "CreatedAt", "RunningFor", "Status", "State", "Names", "Ports"];
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
-    let mut list = containers.list().context("listing containers")?;
-    list.retain(|s| args.all || s.is_running());
+    let all = containers.list().context("listing containers")?;
+    let filters = Filters::parse(&args.filters, &all)?;
+    let last = if args.latest { Some(1) } else { args.last };
+    let mut list: Vec<State> = all
+        .iter()
+        .filter(|s| args.all || last.is_some() || filters.has_status() || s.is_running())
+        .filter(|s| filters.keep(s))
+        .cloned()
+        .collect();
     list.reverse();
-    let id = |s: &State| if args.no_trunc { s.id.clone() } else { s.short_id().to_string() };
-    if args.quiet {
-        list.iter().for_each(|s| println!("{}", id(s)));
-        return Ok(());
+    if let Some(n) = last {
+        list.truncate(n);
     }
     let now = Utc::now();
-    if args.format.as_deref() == Some("json") {
-        for s in &list {
-            let row = serde_json::json!({
-                "ID": id(s), "Image": s.image.name, "Command": command(s), "CreatedAt": s.created.to_rfc3339(),
-                "State": s.status.to_string(), "Status": status(s, now), "Names": s.name, "ExitCode": s.exit_code,
-            });
-            println!("{row}");
-        }
+    let rows: Vec<[String; 9]> = list.iter().map(|s| row(s, now, args.no_trunc)).collect();
+    if args.quiet {
+        rows.iter().for_each(|r| println!("{}", r[0]));
         return Ok(());
     }
-    let mut table =
-        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
-    for s in &list {
-        table.push([
-            id(s),
-            s.image.name.clone(),
-            format!("\"{}\"", truncate(&command(s), 20)),
-            format!("{} ago", ago(s.created, now)),
-            status(s, now),
-            s.name.clone(),
-        ]);
+    match args.format.as_deref().map(str::trim) {
+        Some("json") => {
+            for (r, s) in rows.iter().zip(&list) {
+                let mut object: serde_json::Map<String, serde_json::Value> =
+                    FIELDS.iter().zip(r).map(|(k, v)| (k.to_string(), v.clone().into())).collect();
+                object.insert("ExitCode".into(), s.exit_code.into());
+                println!("{}", serde_json::Value::Object(object));
+            }
+        }
+        None | Some("table") => {
+            let mut table =
+                vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
+            for r in &rows {
+                let command = format!("\"{}\"", truncate(r[2].trim_matches('"'), 20));
+                table.push([r[0].clone(), r[1].clone(), command, r[4].clone(), r[5].clone(), r[7].clone()]);
+            }
+            super::print_table(&table);
+        }
+        Some(template) => {
+            let (header, template) = match template.strip_prefix("table") {
+                Some(rest) => (true, rest.trim_start()),
+                None => (false, template),
+            };
+            let template = template.replace("\\t", "\t").replace("\\n", "\n");
+            let parts = parse_template(&template)?;
+            let render = |value: &dyn Fn(usize) -> String| {
+                parts
+                    .iter()
+                    .map(|p| match p {
+                        Part::Text(t) => t.clone(),
+                        Part::Field(i) => value(*i),
+                    })
+                    .collect::<String>()
+            };
+            let mut lines = Vec::new();
+            if header {
+                lines.push(render(&|i| heading(FIELDS[i])));
+            }
+            lines.extend(rows.iter().map(|r| render(&|i| r[i].clone())));
+            if header {
+                print_aligned(&lines);
+            } else {
+                lines.iter().for_each(|l| println!("{l}"));
+            }
+        }
     }
-    super::print_table(&table);
     Ok(())
+}
+
+/// One container's fields, in [`FIELDS`] order.
+fn row(s: &State, now: DateTime<Utc>, no_trunc: bool) -> [String; 9] {
+    [
+        if no_trunc { s.id.clone() } else { s.short_id().to_string() },
+        s.image.name.clone(),
+        format!("\"{}\"", command(s)),
+        s.created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
+        format!("{} ago", ago(s.created, now)),
+        status(s, now),
+        state(s).to_string(),
+        s.name.clone(),
+        String::new(),
+    ]
+}
+
+/// docker's State: created, running, paused, exited.
+fn state(s: &State) -> &'static str {
+    match s.status {
+        Status::Created => "created",
+        Status::Running if skiff::sandbox::is_paused(&s.id) => "paused",
+        Status::Running => "running",
+        Status::Exited => "exited",
+    }
+}
+
+fn heading(field: &str) -> String {
+    match field {
+        "ID" => "CONTAINER ID".into(),
+        "CreatedAt" => "CREATED AT".into(),
+        "RunningFor" => "CREATED".into(),
+        other => other.to_uppercase(),
+    }
+}
+
+enum Part {
+    Text(String),
+    Field(usize),
+}
+
+/// `{{.Field}}` (or `{{ .Field }}`) between plain text; any other action is refused.
+fn parse_template(template: &str) -> anyhow::Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        parts.push(Part::Text(rest[..open].to_string()));
+        let Some(close) = rest[open..].find("}}") else { bail!("template {template:?}: unclosed {{{{") };
+        let action = rest[open + 2..open + close].trim();
+        let Some(i) = action.strip_prefix('.').and_then(|f| FIELDS.iter().position(|k| *k == f)) else {
+            bail!(
+                "template {template:?}: cannot show {action:?} (fields: {})",
+                FIELDS.map(|f| format!(".{f}")).join(" ")
+            )
+        };
+        parts.push(Part::Field(i));
+        rest = &rest[open + close + 2..];
+    }
+    parts.push(Part::Text(rest.to_string()));
+    Ok(parts)
+}
+
+/// Lines whose tab-separated cells are padded into columns, as docker's `table` templates are.
+fn print_aligned(lines: &[String]) {
+    let cells: Vec<Vec<&str>> = lines.iter().map(|l| l.split('\t').collect()).collect();
+    let columns = cells.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| cells.iter().filter_map(|c| c.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &cells {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+/// `-f KEY=VALUE`s: a container must match every key, and any value of a key.
+struct Filters {
+    by_key: std::collections::BTreeMap<String, Vec<String>>,
+    /// `before`/`since`: the containers' creation times they resolved to.
+    before: Option<DateTime<Utc>>,
+    since: Option<DateTime<Utc>>,
+}
+
+impl Filters {
+    fn parse(filters: &[String], all: &[State]) -> anyhow::Result<Filters> {
+        let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for f in filters {
+            let Some((key, value)) = f.split_once('=') else {
+                bail!("invalid filter {f:?}: expected KEY=VALUE")
+            };
+            const STATUSES: [&str; 4] = ["created", "running", "paused", "exited"];
+            match key {
+                "id" | "name" | "ancestor" | "before" | "since" => {}
+                "status" if STATUSES.contains(&value) => {}
+                "status" => bail!("invalid filter {f:?}: status is one of {}", STATUSES.join(", ")),
+                "exited" if value.parse::<i32>().is_ok() => {}
+                "exited" => bail!("invalid filter {f:?}: exited takes an exit code"),
+                _ => bail!("invalid filter {key:?} (id, name, status, ancestor, exited, before, since)"),
+            }
+            by_key.entry(key.to_string()).or_default().push(value.to_string());
+        }
+        let created = |key: &str| -> anyhow::Result<Option<DateTime<Utc>>> {
+            let Some(value) = by_key.get(key).and_then(|v| v.last()) else { return Ok(None) };
+            let found = all
+                .iter()
+                .find(|s| s.name == *value || s.id.starts_with(value.as_str()))
+                .with_context(|| format!("filter {key}={value}: no such container"))?;
+            Ok(Some(found.created))
+        };
+        let (before, since) = (created("before")?, created("since")?);
+        Ok(Filters { by_key, before, since })
+    }
+
+    fn has_status(&self) -> bool {
+        self.by_key.contains_key("status") || self.by_key.contains_key("exited")
+    }
+
+    fn keep(&self, s: &State) -> bool {
+        self.by_key.iter().all(|(key, values)| {
+            values.iter().any(|v| match key.as_str() {
+                "id" => s.id.starts_with(v.as_str()),
+                "name" => s.name.contains(v.as_str()),
+                "status" => state(s) == v,
+                "exited" => {
+                    s.status == Status::Exited && s.exit_code.map(|c| c.to_string()).as_deref() == Some(v)
+                }
+                "ancestor" => {
+                    s.image.name == *v
+                        || s.image.name.strip_prefix("docker.io/library/") == Some(v.as_str())
+                        || s.image.name.strip_prefix("docker.io/") == Some(v.as_str())
+                        || s.image.digest.to_string().starts_with(v.as_str())
+                        || s.image.digest.hex().starts_with(v.as_str())
+                }
+                "before" => self.before.is_some_and(|t| s.created < t),
+                "since" => self.since.is_some_and(|t| s.created > t),
+                _ => false,
+            })
+        })
+    }
 }
 
 fn command(s: &State) -> String {
