@@ -40,7 +40,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
-pub use cgroups::{CgroupError, Frozen};
+pub use cgroups::{CgroupError, Frozen, Usage};
 pub use etc::EtcError;
 pub use exec::exec;
 pub use init::NulError;
@@ -190,6 +190,34 @@ pub fn thaw(id: &str) -> Result<bool, CgroupError> {
 /// The host pids of container `id`'s processes (its PID 1, their children, and `exec`s).
 pub fn processes(id: &str) -> Result<Vec<i32>, CgroupError> {
     cgroups::Cgroup::of_container(id, false)?.processes()
+}
+
+/// What container `id`'s processes use now.
+pub fn usage(id: &str) -> Result<Usage, CgroupError> {
+    cgroups::Cgroup::of_container(id, false)?.usage()
+}
+
+/// Bytes received and sent by the network namespace of process `pid`, loopback left out;
+/// `None` when it is the host's (`--network host`: its traffic is not the container's).
+pub fn network_bytes(pid: i32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let own = ns(&format!("/proc/{pid}/ns/net"))?;
+    if Some(own) == ns("/proc/self/ns/net") {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+    let mut total = (0, 0);
+    for line in text.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else { continue };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let counters: Vec<u64> = counters.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+        total.0 += counters.first().copied().unwrap_or(0);
+        total.1 += counters.get(8).copied().unwrap_or(0);
+    }
+    Some(total)
 }
 
 /// Whether container `id` is paused.

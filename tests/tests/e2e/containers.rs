@@ -809,3 +809,24 @@ fn ps_filters_and_formats_as_docker_ps() {
     assert!(env.run(&["ps", "-f", "status=sleeping"]).failed().contains("status is one of"));
     assert!(env.run(&["ps", "--format", "{{.Nope}}"]).failed().contains("cannot show \".Nope\""));
 }
+
+#[test]
+fn stats_shows_a_containers_cpu_memory_and_processes() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "spin", "-m", "64m", &f.busybox_ref, "sh", "-c", "while :; do :; done"]);
+    env.run(&["create", "--name", "idle", &f.busybox_ref, "true"]).ok();
+    let stats = env.run(&["stats", "--no-stream", "spin"]).ok().to_string();
+    let lines: Vec<&str> = stats.lines().collect();
+    assert!(lines[0].starts_with("CONTAINER ID") && lines[0].contains("MEM USAGE / LIMIT"), "{stats}");
+    assert_eq!(lines.len(), 2, "{stats}");
+    let cells: Vec<&str> = lines[1].split("   ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(cells[1], "spin", "{stats}");
+    let cpu: f64 = cells[2].trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 1.0, "a busy loop uses the CPU: {stats}");
+    assert!(cells[3].ends_with("/ 64MiB"), "the memory limit: {stats}");
+    assert_eq!(cells[7], "1", "one process: {stats}");
+    // Not running: zeros, with -a.
+    let all = env.run(&["stats", "--no-stream", "-a"]).ok().to_string();
+    let idle = all.lines().find(|l| l.contains("idle")).unwrap_or_else(|| panic!("{all}"));
+    assert!(idle.contains("0.00%") && idle.trim_end().ends_with(" 0"), "{all}");
+}

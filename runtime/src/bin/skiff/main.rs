@@ -84,6 +84,8 @@ enum Command {
     Unpause(commands::pause::Args),
     /// Start created or stopped containers.
     Start(commands::start::Args),
+    /// Show what running containers use: CPU, memory, network and block I/O, processes.
+    Stats(commands::stats::Args),
     /// Show a running container's processes (the host's ps, -ef by default).
     Top(commands::top::Args),
     /// Give a container a new name.
@@ -157,6 +159,7 @@ fn main() -> ExitCode {
         Command::Start(a) => return commands::start::run(&ctx, a),
         Command::Rename(a) => commands::rename::run(&ctx, a),
         Command::Top(a) => commands::top::run(&ctx, a),
+        Command::Stats(a) => commands::stats::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),
         Command::Wait(a) => commands::wait::run(&ctx, a),

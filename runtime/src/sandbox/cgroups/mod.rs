@@ -4,6 +4,8 @@
 //! cgroup2 mount has no controllers) and pure cgroup v2 are told apart as runc does: v2 only
 //! when `/sys/fs/cgroup` itself is a cgroup2 mount.
 
+mod stats;
+pub use stats::Usage;
 mod v1;
 mod v2;
 

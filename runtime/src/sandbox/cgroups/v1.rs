@@ -89,9 +89,12 @@ pub fn create(
     let memory = dir_for("memory")?;
     let cpu = dir_for("cpu")?;
     let devices = if limits.restrict_devices { Some(dir_for("devices")?) } else { None };
-    // Joined where there is one, so `commit` can pause the container as docker's does.
-    if hierarchies.iter().any(|h| h.has("freezer")) {
-        dir_for("freezer")?;
+    // Joined where there is one, so `commit` can pause the container as docker's does, and
+    // `stats` can tell the CPU time and block I/O it used.
+    for controller in ["freezer", "cpuacct", "blkio"] {
+        if hierarchies.iter().any(|h| h.has(controller)) {
+            dir_for(controller)?;
+        }
     }
 
     let r = &limits.resources;

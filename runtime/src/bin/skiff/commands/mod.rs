@@ -24,6 +24,7 @@ pub mod rm;
 pub mod rmi;
 pub mod run;
 pub mod start;
+pub mod stats;
 pub mod stop;
 pub mod tag;
 pub mod top;
