@@ -2,13 +2,14 @@
 //! StopSignal) merged with `skiff run`'s flags exactly as docker merges them, and docker's
 //! container names.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 use rand::seq::IndexedRandom;
 
 use super::rootfs::PullMode;
-use crate::sandbox::{CapabilityOptions, Network, Resources, Signal, TmpfsMount, Volume};
+use crate::sandbox::{CapabilityOptions, ExtraHost, Network, Resources, Rlimit, Signal, TmpfsMount, Volume};
 
 /// `skiff run`'s flags, as the library takes them.
 #[derive(Debug, Clone)]
@@ -44,6 +45,14 @@ pub struct RunOptions {
     pub userns: Userns,
     /// `--stop-signal`, over the image's.
     pub stop_signal: Option<String>,
+    /// `--ulimit`s.
+    pub ulimits: Vec<Rlimit>,
+    /// `--add-host`s.
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--shm-size`.
+    pub shm_size: Option<u64>,
+    /// `--label`s, over the image's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for RunOptions {
@@ -72,6 +81,10 @@ impl Default for RunOptions {
             no_prefetch: false,
             userns: Userns::Host,
             stop_signal: None,
+            ulimits: Vec::new(),
+            extra_hosts: Vec::new(),
+            shm_size: None,
+            labels: BTreeMap::new(),
         }
     }
 }

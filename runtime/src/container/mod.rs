@@ -298,6 +298,18 @@ impl Containers {
         spec.resources = options.resources;
         spec.init = options.init;
         spec.tty = options.tty;
+        spec.rlimits = options.ulimits.clone();
+        spec.extra_hosts = options.extra_hosts.clone();
+        spec.shm_size = options.shm_size;
+        // The image's labels, then the container's own over them, as docker merges them.
+        let mut labels: std::collections::BTreeMap<String, String> = image_config
+            .config()
+            .as_ref()
+            .and_then(|c| c.labels().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        labels.extend(options.labels.clone());
 
         if options.userns != Userns::Host && options.pull_mode == PullMode::Full {
             return Err(ContainerError::Invalid(ConfigError::UsernsNeedsLazy));
@@ -343,6 +355,7 @@ impl Containers {
             stop_signal: process.stop_signal,
             auto_remove: options.auto_remove,
             interactive: options.interactive,
+            labels,
             spec,
         };
         fs::create_dir_all(&paths.rootfs).map_err(io_err("creating", &paths.rootfs))?;

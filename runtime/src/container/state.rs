@@ -96,6 +96,9 @@ pub struct State {
     pub auto_remove: bool,
     /// `-i`: keep stdin open even when nobody is attached.
     pub interactive: bool,
+    /// Its labels: the image's, and `--label`s over them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// What the sandbox runs; `rootfs` and `state_dir` point into the container's directory.
     pub spec: ContainerSpec,
 }

@@ -37,7 +37,10 @@ const SYMLINKS: [(&str, &str); 6] = [
 
 /// Makes `/dev`. In a user namespace, where mknod is not allowed, the host's device nodes
 /// are bind-mounted instead (as rootless runtimes do).
-pub fn setup(root: BorrowedFd<'_>, user_namespace: bool) -> Result<(), DeviceError> {
+/// docker's size of `/dev/shm` when `--shm-size` does not say.
+const SHM_SIZE: u64 = 64 << 20;
+
+pub fn setup(root: BorrowedFd<'_>, user_namespace: bool, shm_size: Option<u64>) -> Result<(), DeviceError> {
     let nosuid_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
     let dev = mount_in_root(
         root,
@@ -69,9 +72,10 @@ pub fn setup(root: BorrowedFd<'_>, user_namespace: bool) -> Result<(), DeviceErr
     for (name, target) in SYMLINKS {
         nix::unistd::symlinkat(target, &dev, name).map_err(|source| DeviceError::Symlink { name, source })?;
     }
+    let shm = format!("mode=1777,size={}", shm_size.unwrap_or(SHM_SIZE));
     let mounts = [
         ("devpts", "/dev/pts", "devpts", nosuid_noexec, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ("shm", "/dev/shm", "tmpfs", nosuid_noexec | MsFlags::MS_NODEV, "mode=1777,size=65536k"),
+        ("shm", "/dev/shm", "tmpfs", nosuid_noexec | MsFlags::MS_NODEV, shm.as_str()),
         ("mqueue", "/dev/mqueue", "mqueue", nosuid_noexec | MsFlags::MS_NODEV, ""),
     ];
     for (source, target, fstype, flags, data) in mounts {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::Network;
+use super::spec::{ContainerSpec, Network};
 
 /// The three files, by their path in the state directory.
 #[derive(Debug, Clone)]
@@ -35,12 +35,8 @@ impl EtcFiles {
 /// Writes the three files into `state_dir`, owned by the container's root: with a user
 /// namespace (`ids`), the host ids its root maps to, so that root inside may change them as
 /// under docker (host root would show as nobody, and they would be read-only).
-pub fn write(
-    state_dir: &Path,
-    hostname: &str,
-    network: Network,
-    ids: Option<&skiff_fs::IdMap>,
-) -> Result<EtcFiles, EtcError> {
+pub fn write(spec: &ContainerSpec, ids: Option<&skiff_fs::IdMap>) -> Result<EtcFiles, EtcError> {
+    let (state_dir, hostname, network) = (spec.state_dir.as_path(), spec.hostname.as_str(), spec.network);
     let write = |name: &str, text: String| {
         let path = state_dir.join(name);
         let err = |source| EtcError { path: path.clone(), source };
@@ -61,9 +57,11 @@ pub fn write(
         // The host's loopback resolvers are unreachable from a network namespace of its own.
         Network::None => (hosts(hostname), without_loopback_nameservers(&host_resolv)),
     };
+    // `--add-host` lines after the others, as docker adds them.
+    let extra: String = spec.extra_hosts.iter().map(|h| format!("{}\t{}\n", h.ip, h.name)).collect();
     Ok(EtcFiles {
         hostname: write("hostname", format!("{hostname}\n"))?,
-        hosts: write("hosts", hosts)?,
+        hosts: write("hosts", hosts + &extra)?,
         resolv_conf: write("resolv.conf", resolv)?,
     })
 }
@@ -94,13 +92,20 @@ mod tests {
     #[test]
     fn each_file_is_a_mount_point_the_init_layer_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write(dir.path(), "c1", Network::None, None).unwrap();
+        let mut spec = ContainerSpec::new("c1", "/nonexistent", dir.path(), vec!["true".into()]);
+        spec.extra_hosts = vec!["db:10.0.0.2".parse().unwrap()];
+        let files = write(&spec, None).unwrap();
         for (target, _) in files.mounts() {
             assert!(
                 super::super::MOUNT_POINTS.contains(&(target, super::super::paths::Kind::File)),
                 "{target}"
             );
         }
+        let hosts = std::fs::read_to_string(dir.path().join("hosts")).unwrap();
+        assert!(
+            hosts.starts_with("127.0.0.1\tlocalhost\n") && hosts.ends_with("\n10.0.0.2\tdb\n"),
+            "{hosts}"
+        );
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub use rootfs::MOUNT_POINTS;
 pub use seccomp::SeccompError;
 pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{
-    CapabilityOptions, ContainerSpec, Network, Resources, Rlimit, RlimitResource, SpecError, TmpfsMount,
-    Volume, DEFAULT_PATH,
+    CapabilityOptions, ContainerSpec, ExtraHost, Network, Resources, Rlimit, RlimitResource, SpecError,
+    TmpfsMount, Volume, DEFAULT_PATH,
 };
 pub use user::UserError;
 
@@ -159,7 +159,7 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
     let caps = capabilities::resolve(&spec.capabilities)?;
     let seccomp = if spec.capabilities.privileged { None } else { Some(seccomp::default_filters(&caps)?) };
     let command = init::command_line(spec, &user)?;
-    let etc = etc::write(&spec.state_dir, &spec.hostname, spec.network, spec.user_namespace.as_ref())?;
+    let etc = etc::write(spec, spec.user_namespace.as_ref())?;
     let layout = cgroups::Layout::detect()?;
     let limits =
         cgroups::Limits { resources: spec.resources, restrict_devices: !spec.capabilities.privileged };

@@ -64,6 +64,8 @@ pub struct RootfsPlan<'a> {
     pub user_namespace: bool,
     /// It shares the host's network namespace.
     pub host_network: bool,
+    /// `/dev/shm`'s size (docker's default when `None`).
+    pub shm_size: Option<u64>,
 }
 
 /// Builds the container's filesystem view and pivots into it; on return `/` is the rootfs.
@@ -98,7 +100,7 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
         data: None,
     };
     mount_in_root(r, &proc_mount)?;
-    devices::setup(r, plan.user_namespace)?;
+    devices::setup(r, plan.user_namespace, plan.shm_size)?;
     if let Some(console) = plan.console {
         let spec = MountSpec {
             source: console,

@@ -47,6 +47,12 @@ pub struct ContainerSpec {
     /// `None` shares the host's.
     #[serde(default)]
     pub user_namespace: Option<skiff_fs::IdMap>,
+    /// `--add-host`: lines added to the generated `/etc/hosts`.
+    #[serde(default)]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `--shm-size`: the size of `/dev/shm` (docker's 64 MiB when `None`).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
 }
 
 impl ContainerSpec {
@@ -79,7 +85,70 @@ impl ContainerSpec {
             tty: false,
             init: false,
             user_namespace: None,
+            extra_hosts: Vec::new(),
+            shm_size: None,
         }
+    }
+}
+
+/// `--add-host NAME:IP` (or `NAME=IP`): a line of the container's `/etc/hosts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtraHost {
+    pub name: String,
+    pub ip: std::net::IpAddr,
+}
+
+impl std::str::FromStr for ExtraHost {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::Host { value: s.to_string() };
+        let (name, ip) = s.split_once('=').or_else(|| s.split_once(':')).ok_or_else(bad)?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(ExtraHost { name: name.to_string(), ip: ip.parse().map_err(|_| bad())? })
+    }
+}
+
+impl std::str::FromStr for Rlimit {
+    type Err = SpecError;
+
+    /// docker's `--ulimit NAME=SOFT[:HARD]`; -1 is unlimited.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = |why: &str| SpecError::Ulimit { value: s.to_string(), why: why.to_string() };
+        let (name, values) = s.split_once('=').ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+        let resource = match name {
+            "core" => RlimitResource::Core,
+            "cpu" => RlimitResource::Cpu,
+            "data" => RlimitResource::Data,
+            "fsize" => RlimitResource::Fsize,
+            "locks" => RlimitResource::Locks,
+            "memlock" => RlimitResource::Memlock,
+            "msgqueue" => RlimitResource::Msgqueue,
+            "nice" => RlimitResource::Nice,
+            "nofile" => RlimitResource::Nofile,
+            "nproc" => RlimitResource::Nproc,
+            "rss" => RlimitResource::Rss,
+            "rtprio" => RlimitResource::Rtprio,
+            "rttime" => RlimitResource::Rttime,
+            "sigpending" => RlimitResource::Sigpending,
+            "stack" => RlimitResource::Stack,
+            _ => return Err(bad("unknown name (core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)")),
+        };
+        let value = |v: &str| match v {
+            "-1" | "unlimited" => Ok(u64::MAX),
+            v => v.parse::<u64>().map_err(|_| bad("a limit is a number, or -1 for none")),
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (value(soft)?, value(hard)?),
+            None => (value(values)?, value(values)?),
+        };
+        if soft > hard {
+            return Err(bad("the soft limit is above the hard one"));
+        }
+        Ok(Rlimit { resource, soft, hard })
     }
 }
 
@@ -194,11 +263,29 @@ pub enum SpecError {
     Volume { value: String },
     #[error("invalid tmpfs mount {value:?}: expected /PATH[:OPTIONS]")]
     Tmpfs { value: String },
+    #[error("invalid --add-host {value:?}: expected NAME:IP")]
+    Host { value: String },
+    #[error("invalid --ulimit {value:?}: {why}")]
+    Ulimit { value: String, why: String },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulimits_and_extra_hosts_parse_docker_syntax() {
+        let r: Rlimit = "nofile=1024:2048".parse().unwrap();
+        assert_eq!(r, Rlimit { resource: RlimitResource::Nofile, soft: 1024, hard: 2048 });
+        assert_eq!("core=-1".parse::<Rlimit>().unwrap().hard, u64::MAX);
+        assert!("nofile=2048:1024".parse::<Rlimit>().unwrap_err().to_string().contains("above"));
+        assert!("files=1".parse::<Rlimit>().unwrap_err().to_string().contains("unknown name"));
+        let h: ExtraHost = "db:10.0.0.2".parse().unwrap();
+        assert_eq!((h.name.as_str(), h.ip.to_string().as_str()), ("db", "10.0.0.2"));
+        assert_eq!("v6:::1".parse::<ExtraHost>().unwrap().ip.to_string(), "::1");
+        assert_eq!("web=[fe80::1]".parse::<ExtraHost>().unwrap().ip.to_string(), "fe80::1");
+        assert!("nohost".parse::<ExtraHost>().is_err() && "a:not-an-ip".parse::<ExtraHost>().is_err());
+    }
 
     #[test]
     fn volume_parses_docker_syntax() {

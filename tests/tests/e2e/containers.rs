@@ -830,3 +830,49 @@ fn stats_shows_a_containers_cpu_memory_and_processes() {
     let idle = all.lines().find(|l| l.contains("idle")).unwrap_or_else(|| panic!("{all}"));
     assert!(idle.contains("0.00%") && idle.trim_end().ends_with(" 0"), "{all}");
 }
+
+#[test]
+fn run_takes_ulimits_extra_hosts_shm_size_labels_and_a_pull_policy() {
+    let Some((f, env)) = env() else { return };
+    let script = "ulimit -n; ulimit -Hn; cat /etc/hosts; cat /proc/mounts";
+    let args = [
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1000:2000",
+        "--add-host",
+        "db:10.1.2.3",
+        "--add-host",
+        "six:::1",
+        "--shm-size",
+        "128m",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        script,
+    ];
+    let out = env.run(&args).ok().to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["1000", "2000"], "{out}");
+    assert!(out.contains("10.1.2.3\tdb\n::1\tsix\n"), "{out}");
+    let shm = lines.iter().find(|l| l.contains(" /dev/shm ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(shm.contains("size=131072k"), "{shm}");
+    // Refused before anything is made.
+    assert!(env
+        .run(&["run", "--ulimit", "nofile=9:1", &f.busybox_ref, "true"])
+        .failed()
+        .contains("above the hard"));
+    assert!(env.run(&["run", "--add-host", "nohost", &f.busybox_ref, "true"]).failed().contains("NAME:IP"));
+    assert!(env.run(&["ps", "-aq"]).ok().is_empty());
+    // Labels: the container's own, filtered on by ps.
+    env.detach(&["--name", "tagged", "-l", "team=web", "-l", "solo", &f.busybox_ref, "sleep", "1000"]);
+    env.detach(&["--name", "plain", &f.busybox_ref, "sleep", "1000"]);
+    let names = |filter: &str| env.run(&["ps", "-f", filter, "--format", "{{.Names}}"]).ok().to_string();
+    assert_eq!(names("label=team=web"), "tagged\n");
+    assert_eq!(names("label=solo"), "tagged\n");
+    assert_eq!(names("label=team=db"), "");
+    // --pull never: only what is stored; always: the registry asked again.
+    let out = env.run(&["run", "--rm", "--pull", "never", "127.0.0.1:1/not/stored:v1", "true"]);
+    assert!(out.failed().contains("--pull never"), "{out:?}");
+    env.run(&["run", "--rm", "--pull", "always", &f.busybox_ref, "true"]).ok();
+}

@@ -72,12 +72,22 @@ pub fn stored_or_pulled(
     client: &std::sync::Arc<skiff::registry::Client>,
     input: &str,
 ) -> anyhow::Result<skiff::store::ImageRecord> {
-    use anyhow::Context as _;
     if let Ok(record) = store.find_image(input) {
         return Ok(record);
     }
+    pulled(store, client, input, skiff::manifest::Platform::host())
+}
+
+/// `input` pulled lazily (manifest and config) for `platform`, as `docker run --pull` pulls.
+pub fn pulled(
+    store: &skiff::store::Store,
+    client: &std::sync::Arc<skiff::registry::Client>,
+    input: &str,
+    platform: skiff::manifest::Platform,
+) -> anyhow::Result<skiff::store::ImageRecord> {
+    use anyhow::Context as _;
     let reference = parse_reference(input)?;
-    let options = skiff::image::PullOptions::default();
+    let options = skiff::image::PullOptions { platform, ..Default::default() };
     Ok(skiff::image::pull(client, store, &reference, &options, &skiff::image::Quiet)
         .with_context(|| format!("pulling {reference}"))?
         .record)

@@ -21,8 +21,8 @@ pub struct Args {
     /// `{{.ID}} {{.Names}}` or `table {{.Names}}\t{{.Status}}`.
     #[arg(long)]
     format: Option<String>,
-    /// Only containers that match (KEY=VALUE: id, name, status, ancestor, exited, before,
-    /// since); a key given twice matches either value.
+    /// Only containers that match (KEY=VALUE: id, name, label, status, ancestor, exited,
+    /// before, since); a key given twice matches either value.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     filters: Vec<String>,
     /// The last N containers made, running or not.
@@ -197,12 +197,14 @@ impl Filters {
             };
             const STATUSES: [&str; 4] = ["created", "running", "paused", "exited"];
             match key {
-                "id" | "name" | "ancestor" | "before" | "since" => {}
+                "id" | "name" | "ancestor" | "before" | "since" | "label" => {}
                 "status" if STATUSES.contains(&value) => {}
                 "status" => bail!("invalid filter {f:?}: status is one of {}", STATUSES.join(", ")),
                 "exited" if value.parse::<i32>().is_ok() => {}
                 "exited" => bail!("invalid filter {f:?}: exited takes an exit code"),
-                _ => bail!("invalid filter {key:?} (id, name, status, ancestor, exited, before, since)"),
+                _ => {
+                    bail!("invalid filter {key:?} (id, name, label, status, ancestor, exited, before, since)")
+                }
             }
             by_key.entry(key.to_string()).or_default().push(value.to_string());
         }
@@ -238,6 +240,10 @@ impl Filters {
                         || s.image.digest.to_string().starts_with(v.as_str())
                         || s.image.digest.hex().starts_with(v.as_str())
                 }
+                "label" => match v.split_once('=') {
+                    Some((key, value)) => s.labels.get(key).is_some_and(|l| l == value),
+                    None => s.labels.contains_key(v.as_str()),
+                },
                 "before" => self.before.is_some_and(|t| s.created < t),
                 "since" => self.since.is_some_and(|t| s.created > t),
                 _ => false,

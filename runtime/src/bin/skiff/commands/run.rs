@@ -111,6 +111,24 @@ pub struct Args {
     /// manifest): fetch only what is read.
     #[arg(long)]
     no_prefetch: bool,
+    /// A resource limit, NAME=SOFT[:HARD] (nofile=1024:2048; -1 for none); repeatable.
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<skiff::sandbox::Rlimit>,
+    /// A line for /etc/hosts, NAME:IP; repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<skiff::sandbox::ExtraHost>,
+    /// The size of /dev/shm (K, M, G suffixes; default 64M).
+    #[arg(long, value_parser = parse_shm_size)]
+    shm_size: Option<u64>,
+    /// A label, KEY=VALUE (or KEY, empty); repeatable.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// When to pull the image: missing (when not stored), always, or never.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
+    /// Platform to pull (os/arch[/variant]), for a multi-platform image.
+    #[arg(long)]
+    platform: Option<skiff::manifest::Platform>,
     /// The image, pulled first when it is not stored.
     image: String,
     /// The command and its arguments (default: the image's).
@@ -130,6 +148,14 @@ fn parse_network(s: &str) -> Result<Network, String> {
 const MIN_MEMORY: u64 = 6 << 20;
 
 /// `--memory`: a size of at least [`MIN_MEMORY`], or 0 for none.
+/// `--shm-size`: more than nothing.
+fn parse_shm_size(s: &str) -> Result<u64, String> {
+    match skiff::size::parse_size(s).map_err(|e| e.to_string())? {
+        0 => Err("/dev/shm needs a size above 0".to_string()),
+        n => Ok(n),
+    }
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     match skiff::size::parse_size(s).map_err(|e| e.to_string())? {
         m if m > 0 && m < MIN_MEMORY => Err("the least memory limit allowed is 6M".to_string()),
@@ -213,6 +239,14 @@ impl Args {
             no_prefetch: self.no_prefetch,
             userns: self.userns()?,
             stop_signal: self.stop_signal.clone(),
+            ulimits: self.ulimits.clone(),
+            extra_hosts: self.add_hosts.clone(),
+            shm_size: self.shm_size,
+            labels: self
+                .labels
+                .iter()
+                .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.into(), v.into())))
+                .collect(),
         })
     }
 }
@@ -328,7 +362,17 @@ pub fn create(ctx: &Context, args: Args) -> ExitCode {
 fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, State)> {
     let containers = containers(ctx)?;
     let store = ctx.store()?;
-    let record = super::stored_or_pulled(&store, &ctx.client()?, &args.image)?;
+    let platform = args.platform.clone().unwrap_or_else(skiff::manifest::Platform::host);
+    let record = match args.pull.as_str() {
+        "always" => super::pulled(&store, &ctx.client()?, &args.image, platform)?,
+        "never" => store
+            .find_image(&args.image)
+            .with_context(|| format!("{} is not stored, and --pull never forbids pulling it", args.image))?,
+        _ => match store.find_image(&args.image) {
+            Ok(record) => record,
+            Err(_) => super::pulled(&store, &ctx.client()?, &args.image, platform)?,
+        },
+    };
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
     let state = containers.create(&image, &args.options()?).context("creating the container")?;
     Ok((containers, state))
