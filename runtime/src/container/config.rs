@@ -227,7 +227,7 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
 }
 
 /// Docker's env file: `KEY=VALUE` or `KEY` lines; blank lines and `#` comments skipped.
-fn read_env_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+pub fn read_env_file(path: &Path) -> Result<Vec<String>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::EnvFile { path: path.to_path_buf(), source })?;
     Ok(text

@@ -26,7 +26,8 @@ use chrono::Utc;
 use fs2::FileExt;
 
 pub use config::{
-    check_name, parse_signal, resolve as resolve_process, ConfigError, Process, RunOptions, Userns,
+    check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, Process, RunOptions,
+    Userns,
 };
 pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};

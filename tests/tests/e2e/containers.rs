@@ -876,3 +876,21 @@ fn run_takes_ulimits_extra_hosts_shm_size_labels_and_a_pull_policy() {
     assert!(out.failed().contains("--pull never"), "{out:?}");
     env.run(&["run", "--rm", "--pull", "always", &f.busybox_ref, "true"]).ok();
 }
+
+#[test]
+fn exec_detaches_and_reads_env_files() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "host", &f.busybox_ref, "sleep", "1000"]);
+    let env_file = env.dir.path().join("env");
+    std::fs::write(&env_file, "A=1\n# a comment\nB=two words\n").unwrap();
+    let file = env_file.to_str().unwrap();
+    let out = env.run(&["exec", "--env-file", file, "-e", "C=3", "host", "sh", "-c", "echo $A/$B/$C"]);
+    assert_eq!(out.ok(), "1/two words/3\n");
+    // -d: back at once, the command going on in the background.
+    let script = "sleep 0.3; echo $A > /tmp/done";
+    let out = env.run(&["exec", "-d", "--env-file", file, "-w", "/tmp", "host", "sh", "-c", script]);
+    assert_eq!(out.ok(), "");
+    wait_for("the detached command", || env.run(&["exec", "host", "cat", "/tmp/done"]).stdout == "1\n");
+    env.run(&["stop", "-t", "0", "host"]).ok();
+    assert!(env.run(&["exec", "-d", "host", "true"]).failed().contains("is not running"));
+}
