@@ -894,3 +894,25 @@ fn exec_detaches_and_reads_env_files() {
     env.run(&["stop", "-t", "0", "host"]).ok();
     assert!(env.run(&["exec", "-d", "host", "true"]).failed().contains("is not running"));
 }
+
+#[test]
+fn logs_since_and_until_keep_a_time_span() {
+    let Some((f, env)) = env() else { return };
+    let script = "echo one; sleep 0.1; echo two; sleep 0.1; echo three";
+    env.run(&["run", "--name", "talker", &f.busybox_ref, "sh", "-c", script]).ok();
+    let stamped = env.run(&["logs", "-t", "talker"]).ok().to_string();
+    let times: Vec<&str> = stamped.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(times.len(), 3, "{stamped}");
+    let logs = |args: &[&str]| {
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        all.push("talker");
+        env.run(&all).ok().to_string()
+    };
+    assert_eq!(logs(&["--since", times[1]]), "two\nthree\n");
+    assert_eq!(logs(&["--until", times[1]]), "one\n");
+    assert_eq!(logs(&["--since", times[0], "--until", times[2]]), "one\ntwo\n");
+    assert_eq!(logs(&["--since", "1h"]), "one\ntwo\nthree\n");
+    assert_eq!(logs(&["--until", "1h"]), "");
+    assert!(env.run(&["logs", "--since", "yesterday", "talker"]).failed().contains("is no time"));
+}

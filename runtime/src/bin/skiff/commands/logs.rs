@@ -1,9 +1,11 @@
 //! `skiff logs`: a container's output, stdout to stdout and stderr to stderr; `-f` follows it
-//! until the container stops; `--tail N` gives only the last lines, `-t` their times.
+//! until the container stops; `--tail N` gives only the last lines, `--since`/`--until` those
+//! of a time span, `-t` their times.
 
 use std::io::Write;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use skiff::container::log::{self, Stream};
 
 use crate::context::Context;
@@ -19,7 +21,51 @@ pub struct Args {
     /// Begin each line with the time it was written (RFC 3339, nanoseconds).
     #[arg(short, long)]
     timestamps: bool,
+    /// Only lines written at or after this time: RFC 3339 (2026-12-01T10:00:00Z), Unix
+    /// seconds, or a duration back from now (90s, 10m, 1h30m).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<DateTime<Utc>>,
+    /// Only lines written before this time (the forms --since takes).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<DateTime<Utc>>,
     container: String,
+}
+
+/// docker's `--since`/`--until` forms: RFC 3339, Unix seconds (with a fraction), or a
+/// duration back from now.
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(seconds) = s.parse::<f64>() {
+        let nanos = (seconds * 1e9) as i64;
+        return Ok(DateTime::from_timestamp_nanos(nanos));
+    }
+    let mut total = 0f64;
+    let mut number = String::new();
+    for c in s.chars() {
+        match c {
+            '0'..='9' | '.' => number.push(c),
+            'h' | 'm' | 's' if !number.is_empty() => {
+                let n: f64 = number.parse().map_err(|_| format!("{s:?}: {number:?} is not a number"))?;
+                total += n * match c {
+                    'h' => 3600.0,
+                    'm' => 60.0,
+                    _ => 1.0,
+                };
+                number.clear();
+            }
+            _ => {
+                return Err(format!(
+                    "{s:?} is no time: expected RFC 3339, Unix seconds, or a duration such as 10m"
+                ))
+            }
+        }
+    }
+    if !number.is_empty() || total == 0.0 && s.is_empty() {
+        return Err(format!("{s:?} is no time: a duration needs its unit (h, m, s)"));
+    }
+    Ok(Utc::now() - chrono::Duration::nanoseconds((total * 1e9) as i64))
 }
 
 /// How much of the log `--tail` asks for.
@@ -42,6 +88,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let running = || containers.load(&state.id).is_ok_and(|s| s.supervisor.is_some_and(|p| p.is_alive()));
     let follow: Option<&dyn Fn() -> bool> = if args.follow { Some(&running) } else { None };
     let read = log::read(&path, args.tail.0, follow, &mut |record| {
+        if args.since.is_some_and(|t| record.time < t) || args.until.is_some_and(|t| record.time >= t) {
+            return Ok(());
+        }
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         let sink: &mut dyn Write = match record.stream {
             Stream::Stdout => &mut out,
@@ -59,5 +108,23 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         // Only a write can fail so: reading a file never does.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         read => read.with_context(|| format!("reading the log of {}", args.container)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_dockers_forms() {
+        assert_eq!(parse_time("2026-12-01T10:00:00Z").unwrap().to_rfc3339(), "2026-12-01T10:00:00+00:00");
+        assert_eq!(parse_time("1700000000.5").unwrap().timestamp_millis(), 1_700_000_000_500);
+        let back = Utc::now() - parse_time("1h30m").unwrap();
+        assert!((back.num_seconds() - 5400).abs() <= 1, "{back}");
+        assert!((Utc::now() - parse_time("90s").unwrap()).num_seconds() >= 89);
+        for bad in ["yesterday", "10", "5x", "m"] {
+            assert!(bad == "10" || parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(parse_time("10q").unwrap_err().contains("is no time"));
     }
 }
