@@ -167,6 +167,16 @@ impl Store {
         Ok(removed)
     }
 
+    /// `roots` and every stored object they point to (a manifest's config and layers, an
+    /// index's manifests).
+    pub fn reachable(&self, roots: &[Digest]) -> HashSet<Digest> {
+        let mut reachable = HashSet::new();
+        for &digest in roots {
+            self.mark(digest, &mut reachable);
+        }
+        reachable
+    }
+
     /// Marks `digest` and, if it is a stored manifest or index, everything it points to.
     fn mark(&self, digest: Digest, reachable: &mut HashSet<Digest>) {
         if !reachable.insert(digest) {

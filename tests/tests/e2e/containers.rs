@@ -916,3 +916,34 @@ fn logs_since_and_until_keep_a_time_span() {
     assert_eq!(logs(&["--until", "1h"]), "");
     assert!(env.run(&["logs", "--since", "yesterday", "talker"]).failed().contains("is no time"));
 }
+
+#[test]
+fn prune_removes_stopped_containers_and_unused_images_and_df_counts_them() {
+    let Some((f, env)) = env() else { return };
+    let other = format!("{}/prune/other:v1", f.registry.addr);
+    env.run(&["pull", &f.busybox_ref]).ok();
+    env.run(&["tag", &f.busybox_ref, &other]).ok();
+    env.run(&["run", "--name", "done", &f.busybox_ref, "sh", "-c", "echo data > /f"]).ok();
+    let running = env.detach(&["--name", "up", &f.busybox_ref, "sleep", "1000"]);
+    let df = env.run(&["system", "df"]).ok().to_string();
+    let row =
+        |name: &str| df.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{df}")).to_string();
+    let cells = |line: String| line.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(&cells(row("Containers"))[1..3], ["2", "1"], "{df}");
+    assert_eq!(&cells(row("Images"))[1..3], ["2", "2"], "both names are of the image in use: {df}");
+    // Asked first; no answer, nothing removed.
+    let out = env.skiff.run_with_input(&["container", "prune"], "n\n");
+    assert!(out.ok().contains("Are you sure"));
+    assert_eq!(env.run(&["ps", "-aq"]).ok().lines().count(), 2);
+    let out = env.run(&["container", "prune", "-f"]).ok().to_string();
+    assert!(out.contains("Deleted Containers:") && out.contains("Total reclaimed space"), "{out}");
+    assert_eq!(env.run(&["ps", "-aq", "--no-trunc"]).ok().trim(), running);
+    // Every image a container uses stays, under all its names.
+    env.run(&["image", "prune", "-a", "-f"]).ok();
+    assert_eq!(env.run(&["images", "-q"]).ok().lines().count(), 2);
+    env.run(&["rm", "-f", "up"]).ok();
+    let out = env.run(&["system", "prune", "-a", "-f"]).ok().to_string();
+    assert!(out.contains(&format!("Untagged: {other}")) && out.contains("Deleted cached chunks"), "{out}");
+    assert_eq!(env.run(&["images", "-q"]).ok(), "");
+    assert!(env.skiff.store().objects().unwrap().is_empty(), "no object left");
+}

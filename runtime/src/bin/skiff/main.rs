@@ -105,6 +105,15 @@ enum Command {
     /// Supervise a container in the background (started by `run -d` and `start`).
     #[command(hide = true)]
     Supervise(commands::run::SuperviseArgs),
+    /// Containers as a whole: `prune` removes the stopped ones.
+    #[command(subcommand)]
+    Container(commands::prune::ContainerCommand),
+    /// Images as a whole: `prune` removes those nothing (with -a: no container) needs.
+    #[command(subcommand)]
+    Image(commands::prune::ImageCommand),
+    /// skiff's disk use (`df`), and removing what is not needed (`prune`).
+    #[command(subcommand)]
+    System(commands::prune::SystemCommand),
     /// Store credentials for a registry.
     Login(commands::login::Args),
     /// Remove stored credentials for a registry.
@@ -167,6 +176,9 @@ fn main() -> ExitCode {
         Command::Cp(a) => commands::cp::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),
+        Command::Container(c) => commands::prune::container(&ctx, c),
+        Command::Image(c) => commands::prune::image(&ctx, c),
+        Command::System(c) => commands::prune::system(&ctx, c),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
     };

@@ -16,6 +16,7 @@ pub mod login;
 pub mod logs;
 pub mod mount;
 pub mod pause;
+pub mod prune;
 pub mod ps;
 pub mod pull;
 pub mod push;

@@ -284,8 +284,6 @@ pub fn images_in_use(containers: &[State]) -> Vec<skiff::Digest> {
     containers.iter().flat_map(|c| [c.image.digest, c.image.manifest]).collect()
 }
 
-/// Does `verb` to each container named in `inputs`, printing each name once done, as docker
-/// does; the first failure stops the loop and names its container.
 /// The container each of `inputs` names, every one found before the caller acts on any.
 pub fn find_all<'a>(
     containers: &Containers,
@@ -294,6 +292,8 @@ pub fn find_all<'a>(
     Ok(inputs.iter().map(|input| containers.find(input).map(|s| (input, s))).collect::<Result<_, _>>()?)
 }
 
+/// Does `verb` to each container named in `inputs`, printing each name once done, as docker
+/// does; the first failure stops the loop and names its container.
 pub fn for_each_container(
     ctx: &Context,
     inputs: &[String],
