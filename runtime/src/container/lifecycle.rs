@@ -131,6 +131,20 @@ pub fn stop(
         .ok_or_else(|| ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() })
 }
 
+/// Changes a container's resource limits: at once for a running one (its cgroup), and for
+/// its later starts (its record).
+pub fn update(
+    containers: &Containers,
+    state: &State,
+    resources: sandbox::Resources,
+) -> Result<State, ContainerError> {
+    if state.is_running() {
+        sandbox::set_resources(&state.id, &resources)
+            .map_err(|source| ContainerError::Cgroup { id: state.id.clone(), source })?;
+    }
+    containers.update(&state.id, |st| st.spec.resources = resources)
+}
+
 /// Waits until the container is not running (at once, for one that is not); its exit code,
 /// 0 for one never started. A `--rm` container is removed only once this has read its code.
 pub fn wait(containers: &Containers, id: &str) -> Result<i32, ContainerError> {

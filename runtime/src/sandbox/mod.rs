@@ -192,6 +192,11 @@ pub fn processes(id: &str) -> Result<Vec<i32>, CgroupError> {
     cgroups::Cgroup::of_container(id, false)?.processes()
 }
 
+/// Sets the limits of running container `id`'s cgroup to `resources`.
+pub fn set_resources(id: &str, resources: &Resources) -> Result<(), CgroupError> {
+    cgroups::Cgroup::of_container(id, false)?.set_resources(resources)
+}
+
 /// What container `id`'s processes use now.
 pub fn usage(id: &str) -> Result<Usage, CgroupError> {
     cgroups::Cgroup::of_container(id, false)?.usage()

@@ -947,3 +947,41 @@ fn prune_removes_stopped_containers_and_unused_images_and_df_counts_them() {
     assert_eq!(env.run(&["images", "-q"]).ok(), "");
     assert!(env.skiff.store().objects().unwrap().is_empty(), "no object left");
 }
+
+#[test]
+fn update_changes_a_running_containers_limits_and_keeps_them() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "grow", "-m", "64m", &f.busybox_ref, "sleep", "1000"]);
+    let limit = || {
+        let stats = env.run(&["stats", "--no-stream", "grow"]).ok().to_string();
+        stats
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split("   ")
+            .map(str::trim)
+            .nth(3)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(limit().ends_with("/ 64MiB"), "{}", limit());
+    assert_eq!(
+        env.run(&["update", "-m", "128m", "--cpus", "0.5", "--pids-limit", "20", "grow"]).ok(),
+        "grow\n"
+    );
+    assert!(limit().ends_with("/ 128MiB"), "{}", limit());
+    let inspected: serde_json::Value = serde_json::from_str(env.run(&["inspect", "grow"]).ok()).unwrap();
+    let resources = &inspected[0]["spec"]["resources"];
+    assert_eq!(
+        (resources["memory"].as_u64(), resources["cpus"].as_f64(), resources["pids"].as_u64()),
+        (Some(128 << 20), Some(0.5), Some(20))
+    );
+    // Kept for the next start; 0 lifts a limit.
+    env.run(&["stop", "-t", "0", "grow"]).ok();
+    env.run(&["start", "grow"]).ok();
+    assert!(limit().ends_with("/ 128MiB"), "{}", limit());
+    env.run(&["update", "-m", "0", "grow"]).ok();
+    assert!(!limit().ends_with("/ 128MiB"), "{}", limit());
+    assert!(env.run(&["update", "grow"]).failed().contains("nothing to update"));
+    assert!(env.run(&["update", "-m", "1k", "grow"]).failed().contains("6M"));
+}

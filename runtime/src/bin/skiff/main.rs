@@ -88,6 +88,8 @@ enum Command {
     Stats(commands::stats::Args),
     /// Show a running container's processes (the host's ps, -ef by default).
     Top(commands::top::Args),
+    /// Change containers' memory, CPU and process limits (at once if they run).
+    Update(commands::update::Args),
     /// Give a container a new name.
     Rename(commands::rename::Args),
     /// Remove containers.
@@ -167,6 +169,7 @@ fn main() -> ExitCode {
         Command::Unpause(a) => commands::pause::unpause(&ctx, a),
         Command::Start(a) => return commands::start::run(&ctx, a),
         Command::Rename(a) => commands::rename::run(&ctx, a),
+        Command::Update(a) => commands::update::run(&ctx, a),
         Command::Top(a) => commands::top::run(&ctx, a),
         Command::Stats(a) => commands::stats::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),

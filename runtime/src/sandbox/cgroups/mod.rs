@@ -371,6 +371,54 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+impl Cgroup {
+    /// Sets the limits of a container's cgroup to `resources` (`None`: no limit), as `update`
+    /// changes them while it runs.
+    pub fn set_resources(&self, resources: &Resources) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            let has = |name: &str| dir.join(name).exists();
+            if has("pids.max") {
+                write(&dir.join("pids.max"), &resources.pids.map_or("max".into(), |p| p.to_string()))?;
+            }
+            if has("memory.max") {
+                write(&dir.join("memory.max"), &resources.memory.map_or("max".into(), |m| m.to_string()))?;
+                if has("memory.swap.max") {
+                    write(
+                        &dir.join("memory.swap.max"),
+                        if resources.memory.is_some() { "0" } else { "max" },
+                    )?;
+                }
+            }
+            if has("memory.limit_in_bytes") {
+                let value = resources.memory.map_or("-1".into(), |m| m.to_string());
+                let (memory, memsw) =
+                    (dir.join("memory.limit_in_bytes"), dir.join("memory.memsw.limit_in_bytes"));
+                // memsw may never be below the memory limit: raised first, lowered last.
+                let current: u64 =
+                    std::fs::read_to_string(&memory).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+                let raising = resources.memory.is_none_or(|m| m > current);
+                if raising && has("memory.memsw.limit_in_bytes") {
+                    write(&memsw, &value)?;
+                }
+                write(&memory, &value)?;
+                if !raising && has("memory.memsw.limit_in_bytes") {
+                    write(&memsw, &value)?;
+                }
+            }
+            if has("cpu.max") {
+                let quota = resources.cpus.map_or("max".into(), |c| cpu_quota(c).to_string());
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            }
+            if has("cpu.cfs_quota_us") {
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                let quota = resources.cpus.map_or("-1".into(), |c| cpu_quota(c).to_string());
+                write(&dir.join("cpu.cfs_quota_us"), &quota)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// CFS quota in microseconds per [`CPU_PERIOD_US`] for `cpus` CPUs.
 fn cpu_quota(cpus: f64) -> u64 {
     ((cpus * CPU_PERIOD_US as f64) as u64).max(1000)

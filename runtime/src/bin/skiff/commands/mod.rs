@@ -29,6 +29,7 @@ pub mod stats;
 pub mod stop;
 pub mod tag;
 pub mod top;
+pub mod update;
 pub mod wait;
 
 /// Prints `Error: {message}` on stderr. A stderr that cannot take it (a closed pipe) is no

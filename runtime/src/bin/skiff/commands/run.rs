@@ -156,7 +156,7 @@ fn parse_shm_size(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
+pub fn parse_memory(s: &str) -> Result<u64, String> {
     match skiff::size::parse_size(s).map_err(|e| e.to_string())? {
         m if m > 0 && m < MIN_MEMORY => Err("the least memory limit allowed is 6M".to_string()),
         m => Ok(m),
@@ -164,7 +164,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// `--cpus`: from 0.01 to the CPUs this machine has, or 0 for no limit.
-fn parse_cpus(s: &str) -> Result<f64, String> {
+pub fn parse_cpus(s: &str) -> Result<f64, String> {
     let cpus: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of CPUs"))?;
     let available = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     if cpus == 0.0 || (0.01..=available).contains(&cpus) {
