@@ -77,6 +77,9 @@ fn detached_container_logs_stops_and_is_removed() {
         (Some(id.as_str()), Some("web"))
     );
     assert!(env.run(&["inspect", "no-such"]).failed().contains("no such image or container: no-such"));
+    // -f: fields of the JSON, as docker inspect's templates.
+    let line = env.run(&["inspect", "-f", "{{.name}} {{.status}} {{.nope}}", "web"]).ok().to_string();
+    assert_eq!(line, "web running <no value>\n");
     // rm refuses a running container.
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();
