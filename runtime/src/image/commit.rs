@@ -27,6 +27,9 @@ pub struct CommitOptions {
     /// The history entry's comment (`-m`).
     pub message: Option<String>,
     pub author: Option<String>,
+    /// Dockerfile instructions applied to the new image's config (`-c`), as `import` takes
+    /// them.
+    pub changes: Vec<String>,
 }
 
 pub fn commit(
@@ -37,6 +40,20 @@ pub fn commit(
     options: &CommitOptions,
 ) -> Result<ImageRecord, ImageError> {
     let image = StoredImage::load(store, base)?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
+            image: base.name.clone(),
+            digest: image.manifest.config.digest,
+            why: e.to_string(),
+        })?;
+    // The changes first: a typo fails before the layer is written.
+    if !config["config"].is_object() {
+        config["config"] = serde_json::json!({});
+    }
+    for change in &options.changes {
+        super::import::apply_change(&mut config["config"], change)
+            .map_err(|why| ImageError::Invalid { what: format!("--change {change:?}"), why })?;
+    }
     let what = format!("the changes in {}", union.upper().display());
     let io_err = |e: io::Error| ImageError::Invalid { what: what.clone(), why: e.to_string() };
 
@@ -50,12 +67,6 @@ pub fn commit(
     let (layer, layer_desc, diff_id) = layer_from_tar(store, &mut tar, options.compression, docker, &what)?;
 
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
-            image: base.name.clone(),
-            digest: image.manifest.config.digest,
-            why: e.to_string(),
-        })?;
     config["rootfs"]["diff_ids"]
         .as_array_mut()
         .expect("checked by config()")

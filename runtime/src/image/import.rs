@@ -107,7 +107,7 @@ pub fn import(
 }
 
 /// Applies one Dockerfile instruction to the `config` object of an image config.
-fn apply_change(config: &mut serde_json::Value, change: &str) -> Result<(), String> {
+pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Result<(), String> {
     let (instruction, rest) = change.trim().split_once(char::is_whitespace).unwrap_or((change.trim(), ""));
     let rest = rest.trim();
     if rest.is_empty() {

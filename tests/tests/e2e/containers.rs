@@ -761,7 +761,15 @@ fn history_lists_an_images_steps_newest_first() {
     let Some((f, env)) = env() else { return };
     env.run(&["run", "--name", "built", &f.busybox_ref, "sh", "-c", "echo 1 > /x"]).ok();
     let committed = format!("{}/history/committed:v1", f.registry.addr);
-    env.run(&["commit", "-m", "added x", "built", &committed]).ok();
+    let cmd = r#"CMD ["cat", "/x"]"#;
+    env.run(&["commit", "-m", "added x", "-c", cmd, "-c", "ENV MADE=commit", "built", &committed]).ok();
+    // The changes are the new image's config.
+    assert_eq!(env.run(&["run", "--rm", &committed]).ok(), "1\n");
+    assert_eq!(env.run(&["run", "--rm", &committed, "sh", "-c", "echo $MADE"]).ok(), "commit\n");
+    assert!(env
+        .run(&["commit", "-c", "RUN make", "built", &committed])
+        .failed()
+        .contains("RUN cannot be applied"));
     let history = env.run(&["history", &committed]).ok().to_string();
     let lines: Vec<&str> = history.lines().collect();
     assert!(lines[0].starts_with("IMAGE") && lines[0].contains("CREATED BY"), "{history}");

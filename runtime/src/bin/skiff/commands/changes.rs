@@ -33,6 +33,10 @@ pub struct CommitArgs {
     message: Option<String>,
     #[arg(short, long)]
     author: Option<String>,
+    /// A Dockerfile instruction for the new image's config (CMD, ENTRYPOINT, ENV, WORKDIR,
+    /// USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    #[arg(short, long = "change")]
+    changes: Vec<String>,
     /// Pause a running container while its changes are read, as docker does (`--pause
     /// false`: read them as they are being written).
     #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -116,7 +120,8 @@ pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
     let image = StoredImage::load(&store, &base)?;
     let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
     let compression = if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz };
-    let options = CommitOptions { compression, message: args.message, author: args.author };
+    let options =
+        CommitOptions { compression, message: args.message, author: args.author, changes: args.changes };
     let record = commit(&store, &base, &union, &dest, &options)
         .with_context(|| format!("committing {} onto {}", paths.upper.display(), base.name))?;
     println!("{}", record.digest);
