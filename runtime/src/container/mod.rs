@@ -13,6 +13,7 @@ mod copy;
 mod exec;
 mod lifecycle;
 pub mod log;
+mod named;
 mod rootfs;
 mod state;
 mod supervisor;
@@ -32,6 +33,7 @@ pub use config::{
 pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{kill, pause, remove, stop, unpause, update, wait, wait_exited};
+pub use named::{NamedVolume, NamedVolumeError, NamedVolumes};
 pub use rootfs::{
     remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,
     UnpackedRootfs,
@@ -89,6 +91,8 @@ pub enum ContainerError {
     Signal { id: String, pid: i32, source: nix::errno::Errno },
     #[error("container {id}: {source}")]
     Volume { id: String, source: VolumeError },
+    #[error(transparent)]
+    NamedVolume(#[from] NamedVolumeError),
     #[error(transparent)]
     Image(Box<ImageError>),
 }
@@ -159,6 +163,11 @@ impl Containers {
         let file = crate::store::open_lock(&path).map_err(io_err("opening", &path))?;
         file.lock_exclusive().map_err(io_err("locking", &path))?;
         Ok(file)
+    }
+
+    /// The named volumes of the same skiff root.
+    pub fn named_volumes(&self) -> NamedVolumes {
+        NamedVolumes::open(self.dir.parent().unwrap_or(Path::new("/")))
     }
 
     /// The lock its supervisor holds while a container's rootfs is mounted; `None` when held.
@@ -290,7 +299,17 @@ impl Containers {
             spec.hostname = hostname.clone();
         }
         spec.read_only_rootfs = options.read_only;
-        spec.volumes = options.volumes.clone();
+        // Named volumes: made when missing, bound from their own directories.
+        let named = self.named_volumes();
+        spec.volumes = Vec::new();
+        for volume in &options.volumes {
+            let mut volume = volume.clone();
+            if let Some(name) = volume.name().map(str::to_string) {
+                named.create(&name)?;
+                volume.host = named.data(&name);
+            }
+            spec.volumes.push(volume);
+        }
         let declared = image_config.config().as_ref().and_then(|c| c.volumes().clone()).unwrap_or_default();
         spec.volumes.extend(volumes::anonymous(&declared, &options.volumes, &options.tmpfs, &paths.volumes));
         spec.tmpfs = options.tmpfs.clone();

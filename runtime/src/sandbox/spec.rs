@@ -175,7 +175,7 @@ impl std::str::FromStr for Volume {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let bad = || SpecError::Volume { value: s.to_string() };
         let mut parts = s.split(':');
-        let host = parts.next().filter(|p| p.starts_with('/')).ok_or_else(bad)?;
+        let host = parts.next().filter(|p| p.starts_with('/') || is_volume_name(p)).ok_or_else(bad)?;
         let container = parts.next().filter(|p| p.starts_with('/')).ok_or_else(bad)?;
         let read_only = match parts.next() {
             None | Some("rw") => false,
@@ -187,6 +187,23 @@ impl std::str::FromStr for Volume {
         }
         Ok(Volume { host: host.into(), container: container.into(), read_only })
     }
+}
+
+impl Volume {
+    /// The named volume it is (`-v NAME:/path`) until its directory is chosen; `None` for a
+    /// host path.
+    pub fn name(&self) -> Option<&str> {
+        self.host.to_str().filter(|h| !h.starts_with('/'))
+    }
+}
+
+/// docker's rule for a volume's name: a letter or digit, then at least one more of those or
+/// `_.-`.
+pub fn is_volume_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// A tmpfs mount, `--tmpfs PATH[:OPTIONS]` (options as mount(8) takes them, e.g.
@@ -259,7 +276,7 @@ pub enum RlimitResource {
 /// A spec value that does not parse.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("invalid volume {value:?}: expected /HOST:/CONTAINER[:ro|rw]")]
+    #[error("invalid volume {value:?}: expected /HOST:/CONTAINER[:ro|rw] or NAME:/CONTAINER[:ro|rw]")]
     Volume { value: String },
     #[error("invalid tmpfs mount {value:?}: expected /PATH[:OPTIONS]")]
     Tmpfs { value: String },
@@ -292,7 +309,11 @@ mod tests {
         let v: Volume = "/data:/mnt/data:ro".parse().unwrap();
         assert_eq!(v, Volume { host: "/data".into(), container: "/mnt/data".into(), read_only: true });
         assert!(!"/a:/b".parse::<Volume>().unwrap().read_only);
-        assert!("a:/b".parse::<Volume>().is_err());
+        let named: Volume = "data:/var/lib/db".parse().unwrap();
+        assert_eq!(named.name(), Some("data"));
+        assert_eq!("/a:/b".parse::<Volume>().unwrap().name(), None);
+        assert!("a:/b".parse::<Volume>().is_err(), "a name has two characters at least");
+        assert!("-x:/b".parse::<Volume>().is_err() && "a b:/c".parse::<Volume>().is_err());
         assert!("/a:/b:rx".parse::<Volume>().is_err());
     }
 

@@ -996,3 +996,52 @@ fn update_changes_a_running_containers_limits_and_keeps_them() {
     assert!(env.run(&["update", "grow"]).failed().contains("nothing to update"));
     assert!(env.run(&["update", "-m", "1k", "grow"]).failed().contains("6M"));
 }
+
+#[test]
+fn named_volumes_outlive_their_containers() {
+    let Some((f, env)) = env() else { return };
+    // The first container fills a new volume from its image, and its writes stay.
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "shared:/etc",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "cat /etc/group; echo kept > /etc/mine",
+    ]);
+    assert_eq!(out.ok(), "root:x:0:\nnogroup:x:65534:\n");
+    assert_eq!(
+        env.run(&["run", "--rm", "-v", "shared:/data", &f.busybox_ref, "cat", "/data/mine"]).ok(),
+        "kept\n"
+    );
+    // --mount, read-only, and a tmpfs.
+    let mount = "type=volume,source=shared,target=/data,readonly";
+    let out = env.run(&["run", "--rm", "--mount", mount, &f.busybox_ref, "sh", "-c", "echo x > /data/new"]);
+    assert!(out.stderr.contains("Read-only file system"), "{out:?}");
+    let tmpfs = "type=tmpfs,target=/scratch,tmpfs-size=1m";
+    let out =
+        env.run(&["run", "--rm", "--mount", tmpfs, &f.busybox_ref, "cat", "/proc/mounts"]).ok().to_string();
+    assert!(out.lines().any(|l| l.contains(" /scratch tmpfs ") && l.contains("size=1024k")), "{out}");
+    // Listed; kept while a container (running or not) uses it.
+    assert_eq!(env.run(&["volume", "create", "spare"]).ok(), "spare\n");
+    assert_eq!(env.run(&["volume", "ls", "-q"]).ok(), "shared\nspare\n");
+    env.run(&["create", "--name", "holder", "-v", "shared:/data", &f.busybox_ref, "true"]).ok();
+    assert!(env.run(&["volume", "rm", "shared"]).failed().contains("in use by container holder"));
+    let inspected: serde_json::Value =
+        serde_json::from_str(env.run(&["volume", "inspect", "shared"]).ok()).unwrap();
+    let data = std::path::PathBuf::from(inspected[0]["Mountpoint"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(data.join("mine")).unwrap(), "kept\n");
+    let out = env.run(&["volume", "prune", "-a", "-f"]).ok().to_string();
+    assert!(out.contains("spare") && !out.contains("shared"), "{out}");
+    env.run(&["rm", "holder"]).ok();
+    env.run(&["volume", "rm", "shared"]).ok();
+    assert_eq!(env.run(&["volume", "ls", "-q"]).ok(), "");
+    assert!(!data.exists());
+    assert!(env.run(&["volume", "create", "bad name"]).failed().contains("invalid volume name"));
+    assert!(env
+        .run(&["run", "--mount", "type=volume,target=/x", &f.busybox_ref, "true"])
+        .failed()
+        .contains("source=NAME"));
+}

@@ -113,6 +113,9 @@ enum Command {
     /// Images as a whole: `prune` removes those nothing (with -a: no container) needs.
     #[command(subcommand)]
     Image(commands::prune::ImageCommand),
+    /// Named volumes: create, ls, inspect, rm, prune.
+    #[command(subcommand)]
+    Volume(commands::volume::Command),
     /// skiff's disk use (`df`), and removing what is not needed (`prune`).
     #[command(subcommand)]
     System(commands::prune::SystemCommand),
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
         Command::Container(c) => commands::prune::container(&ctx, c),
         Command::Image(c) => commands::prune::image(&ctx, c),
         Command::System(c) => commands::prune::system(&ctx, c),
+        Command::Volume(c) => commands::volume::run(&ctx, c),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
     };

@@ -30,6 +30,7 @@ pub mod stop;
 pub mod tag;
 pub mod top;
 pub mod update;
+pub mod volume;
 pub mod wait;
 
 /// Prints `Error: {message}` on stderr. A stderr that cannot take it (a closed pipe) is no

@@ -162,6 +162,17 @@ fn df(ctx: &Context) -> anyhow::Result<()> {
             reclaimable_containers += size;
         }
     }
+    let named = containers.named_volumes();
+    let (mut volume_bytes, mut unused_volume_bytes, mut used_volumes) = (0, 0, 0);
+    let volumes = named.list()?;
+    for volume in &volumes {
+        let size = du(&volume.mountpoint);
+        volume_bytes += size;
+        match named.users(&volume.name, &states).is_empty() {
+            true => unused_volume_bytes += size,
+            false => used_volumes += 1,
+        }
+    }
     let cache = ctx.cache()?.stats();
     let share = |part: u64, whole: u64| match whole {
         0 => "0B".to_string(),
@@ -183,6 +194,13 @@ fn df(ctx: &Context) -> anyhow::Result<()> {
             running.to_string(),
             human_size(container_bytes),
             share(reclaimable_containers, container_bytes),
+        ],
+        [
+            "Local volumes".into(),
+            volumes.len().to_string(),
+            used_volumes.to_string(),
+            human_size(volume_bytes),
+            share(unused_volume_bytes, volume_bytes),
         ],
         [
             "Chunk cache".into(),

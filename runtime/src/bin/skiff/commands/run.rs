@@ -55,6 +55,10 @@ pub struct Args {
     /// Mount a tmpfs (PATH[:OPTIONS]).
     #[arg(long)]
     tmpfs: Vec<TmpfsMount>,
+    /// A mount, docker's way: type=bind|volume|tmpfs,source=…,target=…[,readonly]
+    /// [,tmpfs-size=…][,tmpfs-mode=…]; repeatable.
+    #[arg(long = "mount", value_parser = parse_mount, value_name = "type=…,source=…,target=…")]
+    mounts: Vec<Mount>,
     /// Mount the container's root filesystem read-only.
     #[arg(long)]
     read_only: bool,
@@ -148,6 +152,52 @@ fn parse_network(s: &str) -> Result<Network, String> {
 const MIN_MEMORY: u64 = 6 << 20;
 
 /// `--memory`: a size of at least [`MIN_MEMORY`], or 0 for none.
+/// One `--mount`: a bind or named volume, or a tmpfs.
+#[derive(Clone, Debug)]
+pub enum Mount {
+    Volume(Volume),
+    Tmpfs(TmpfsMount),
+}
+
+/// docker's `--mount` syntax: comma-separated KEY=VALUE (a bare `readonly` too).
+fn parse_mount(s: &str) -> Result<Mount, String> {
+    let (mut kind, mut source, mut target, mut read_only) = ("volume", None, None, false);
+    let mut tmpfs_options = vec!["noexec".to_string(), "nosuid".into(), "nodev".into()];
+    for field in s.split(',') {
+        let (key, value) = field.split_once('=').unwrap_or((field, ""));
+        match key {
+            "type" if ["bind", "volume", "tmpfs"].contains(&value) => kind = value,
+            "type" => return Err(format!("type={value}: only bind, volume and tmpfs mounts are supported")),
+            "source" | "src" => source = Some(value),
+            "target" | "destination" | "dst" => target = Some(value),
+            "readonly" | "ro" => read_only = matches!(value, "" | "true" | "1"),
+            "tmpfs-size" => tmpfs_options.push(format!("size={value}")),
+            "tmpfs-mode" => tmpfs_options.push(format!("mode={value}")),
+            "bind-propagation" | "consistency" => {}
+            other => return Err(format!("unknown field {other:?}")),
+        }
+    }
+    let target = target.filter(|t| t.starts_with('/')).ok_or("target=/PATH is needed")?;
+    let volume = |host: &str| -> Result<Mount, String> {
+        let text = format!("{host}:{target}{}", if read_only { ":ro" } else { "" });
+        text.parse::<Volume>().map(Mount::Volume).map_err(|e| e.to_string())
+    };
+    match (kind, source) {
+        ("tmpfs", None) => {
+            Ok(Mount::Tmpfs(TmpfsMount { path: target.into(), options: tmpfs_options.join(",") }))
+        }
+        ("tmpfs", Some(_)) => Err("a tmpfs mount takes no source".to_string()),
+        ("bind", Some(host)) if host.starts_with('/') => volume(host),
+        ("bind", _) => Err("type=bind needs source=/HOST/PATH".to_string()),
+        ("volume", Some(name)) if skiff::sandbox::is_volume_name(name) => volume(name),
+        ("volume", Some(name)) => Err(format!("source={name}: not a volume name")),
+        _ => {
+            Err("type=volume needs source=NAME (skiff makes anonymous volumes only for the image's VOLUMEs)"
+                .to_string())
+        }
+    }
+}
+
 /// `--shm-size`: more than nothing.
 fn parse_shm_size(s: &str) -> Result<u64, String> {
     match skiff::size::parse_size(s).map_err(|e| e.to_string())? {
@@ -198,7 +248,11 @@ impl Args {
     fn options(&self) -> anyhow::Result<RunOptions> {
         // Checked before anything is made, with the flag named (the mount would fail later,
         // with only the errno).
-        if let Some(v) = self.volumes.iter().find(|v| !v.host.exists()) {
+        let mounted = self.mounts.iter().filter_map(|m| match m {
+            Mount::Volume(v) => Some(v),
+            Mount::Tmpfs(_) => None,
+        });
+        if let Some(v) = self.volumes.iter().chain(mounted).find(|v| v.name().is_none() && !v.host.exists()) {
             bail!(
                 "-v {}:{}: {} does not exist on the host",
                 v.host.display(),
@@ -215,8 +269,24 @@ impl Args {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             hostname: self.hostname.clone(),
-            volumes: self.volumes.clone(),
-            tmpfs: self.tmpfs.clone(),
+            volumes: self
+                .volumes
+                .iter()
+                .cloned()
+                .chain(self.mounts.iter().filter_map(|m| match m {
+                    Mount::Volume(v) => Some(v.clone()),
+                    Mount::Tmpfs(_) => None,
+                }))
+                .collect(),
+            tmpfs: self
+                .tmpfs
+                .iter()
+                .cloned()
+                .chain(self.mounts.iter().filter_map(|m| match m {
+                    Mount::Tmpfs(t) => Some(t.clone()),
+                    Mount::Volume(_) => None,
+                }))
+                .collect(),
             read_only: self.read_only,
             network: self.network,
             capabilities: CapabilityOptions {
