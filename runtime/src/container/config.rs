@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub shm_size: Option<u64>,
     /// `--label`s, over the image's labels.
     pub labels: BTreeMap<String, String>,
+    /// `--restart`.
+    pub restart: super::RestartPolicy,
 }
 
 impl Default for RunOptions {
@@ -85,6 +87,7 @@ impl Default for RunOptions {
             extra_hosts: Vec::new(),
             shm_size: None,
             labels: BTreeMap::new(),
+            restart: super::RestartPolicy::No,
         }
     }
 }
@@ -99,6 +102,8 @@ pub enum ConfigError {
     RelativeWorkdir { value: String },
     #[error("invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     BadName { name: String },
+    #[error("--restart and --rm cannot go together: a removed container cannot start again")]
+    RestartAndRemove,
     #[error("invalid hostname {name:?}: it must be at most 64 characters, in labels of letters, digits and inner hyphens, separated by dots")]
     BadHostname { name: String },
     #[error("invalid stop signal {value:?}")]

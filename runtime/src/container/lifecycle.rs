@@ -110,6 +110,12 @@ pub fn stop(
     state: &State,
     timeout: Duration,
 ) -> Result<Option<State>, ContainerError> {
+    // Stopped by hand: its restart policy does not start it again (nor, if it is waiting
+    // to restart, at all).
+    match containers.update(&state.id, |st| st.manually_stopped = true) {
+        Ok(_) | Err(ContainerError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
     if state.status != Status::Running {
         return Ok(Some(state.clone()));
     }
@@ -191,6 +197,7 @@ pub fn remove(containers: &Containers, state: &State, force: bool) -> Result<(),
         if !force {
             return Err(ContainerError::Running { id: state.id.clone() });
         }
+        containers.update(&state.id, |st| st.manually_stopped = true)?;
         if let Some(init) = state.init.filter(|p| p.is_alive()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), Signal::SIGKILL);
         }

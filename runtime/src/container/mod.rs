@@ -38,7 +38,7 @@ pub use rootfs::{
     remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,
     UnpackedRootfs,
 };
-pub use state::{ProcessId, State, Status};
+pub use state::{ProcessId, RestartPolicy, State, Status};
 pub use supervisor::{exit_code, supervise, Attach, Supervision};
 pub use unpack::{apply_layer, LayerStats, UnpackError};
 pub use volumes::VolumeError;
@@ -331,6 +331,9 @@ impl Containers {
             .collect();
         labels.extend(options.labels.clone());
 
+        if options.auto_remove && options.restart != RestartPolicy::No {
+            return Err(ContainerError::Invalid(ConfigError::RestartAndRemove));
+        }
         if options.userns != Userns::Host && options.pull_mode == PullMode::Full {
             return Err(ContainerError::Invalid(ConfigError::UsernsNeedsLazy));
         }
@@ -375,6 +378,9 @@ impl Containers {
             stop_signal: process.stop_signal,
             auto_remove: options.auto_remove,
             interactive: options.interactive,
+            restart: options.restart,
+            restart_count: 0,
+            manually_stopped: false,
             labels,
             spec,
         };

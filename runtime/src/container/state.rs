@@ -63,6 +63,57 @@ impl ProcessId {
     }
 }
 
+/// docker's `--restart`: when a container's supervisor starts it again after it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "name", content = "max_retries")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// After a non-zero exit, at most this many times (`None`: no limit).
+    OnFailure(Option<u32>),
+    /// Whatever its exit code.
+    Always,
+    /// As `Always`; the two differ only at a daemon's start, which skiff has not.
+    UnlessStopped,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "no" => Ok(RestartPolicy::No),
+            None if s == "always" => Ok(RestartPolicy::Always),
+            None if s == "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+            None if s == "on-failure" => Ok(RestartPolicy::OnFailure(None)),
+            Some(("on-failure", n)) => n
+                .parse()
+                .map(|n| RestartPolicy::OnFailure(Some(n)))
+                .map_err(|_| format!("on-failure:{n}: the most retries is a number")),
+            _ => Err(format!("{s:?}: expected no, on-failure[:N], always or unless-stopped")),
+        }
+    }
+}
+
+impl State {
+    /// Whether its restart policy starts it again after it exited with `code`.
+    pub fn restarts_after(&self, code: i32) -> bool {
+        if self.manually_stopped || self.auto_remove {
+            return false;
+        }
+        match self.restart {
+            RestartPolicy::No => false,
+            RestartPolicy::OnFailure(max) => code != 0 && max.is_none_or(|m| self.restart_count < m),
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        }
+    }
+
+    /// Ended, and waiting for its restart policy to start it again.
+    pub fn is_restarting(&self) -> bool {
+        self.status == Status::Exited && self.supervisor.is_some_and(|p| p.is_alive())
+    }
+}
+
 /// Everything skiff records about a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -96,6 +147,15 @@ pub struct State {
     pub auto_remove: bool,
     /// `-i`: keep stdin open even when nobody is attached.
     pub interactive: bool,
+    /// `--restart`: whether its supervisor starts it again when it ends.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// How many times the restart policy has started it again.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// `stop` or `kill` ended it: no restart policy starts it again until `start` does.
+    #[serde(default)]
+    pub manually_stopped: bool,
     /// Its labels: the image's, and `--label`s over them.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -135,5 +195,19 @@ mod tests {
         let me = ProcessId::current();
         assert!(me.is_alive());
         assert!(!ProcessId { start_time: me.start_time + 1, ..me }.is_alive());
+    }
+
+    #[test]
+    fn restart_policies_parse_as_docker_writes_them() {
+        assert_eq!("no".parse::<RestartPolicy>().unwrap(), RestartPolicy::No);
+        assert_eq!("always".parse::<RestartPolicy>().unwrap(), RestartPolicy::Always);
+        assert_eq!("unless-stopped".parse::<RestartPolicy>().unwrap(), RestartPolicy::UnlessStopped);
+        assert_eq!("on-failure".parse::<RestartPolicy>().unwrap(), RestartPolicy::OnFailure(None));
+        assert_eq!("on-failure:5".parse::<RestartPolicy>().unwrap(), RestartPolicy::OnFailure(Some(5)));
+        assert!("on-failure:x".parse::<RestartPolicy>().is_err());
+        assert!("sometimes".parse::<RestartPolicy>().unwrap_err().contains("expected no, on-failure"));
+        // Recorded so that older records (no field) read as `no`.
+        let json = serde_json::to_string(&RestartPolicy::OnFailure(Some(2))).unwrap();
+        assert_eq!(serde_json::from_str::<RestartPolicy>(&json).unwrap(), RestartPolicy::OnFailure(Some(2)));
     }
 }

@@ -3,6 +3,8 @@
 //! the sandbox (forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it), records the pid, waits,
 //! unmounts, and records how the container ended — or, with `--rm`, removes every trace.
 
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 
 use super::attach::{self, Wiring};
@@ -44,29 +46,100 @@ pub fn exit_code(error: &ContainerError) -> i32 {
     }
 }
 
-/// Runs the container `id` until it exits and returns how it ended.
+/// Runs the container `id` until it exits and returns how it ended. A detached container
+/// whose restart policy says so is started again, after docker's back-off: 100 ms, doubled
+/// at each restart up to a minute, and back to 100 ms after a run of 10 s or more.
 pub fn supervise(s: Supervision<'_>) -> Result<ExitStatus, ContainerError> {
-    let state = claim(s.containers, s.id)?;
-    let result = run(&s, &state);
-    let finished = s.containers.update(s.id, |st| {
-        st.status = Status::Exited;
-        st.supervisor = None;
-        st.init = None;
-        st.finished_at = Some(Utc::now());
-        match &result {
-            Ok(status) => st.exit_code = Some(status.code()),
-            Err(e) => {
-                st.exit_code = Some(exit_code(e));
-                st.error = Some(e.to_string());
+    let mut backoff = FIRST_BACKOFF;
+    let mut state = claim(s.containers, s.id)?;
+    loop {
+        let started = Instant::now();
+        let result = run(&s, &state);
+        let mut restarting = false;
+        let finished = s.containers.update(s.id, |st| {
+            st.status = Status::Exited;
+            st.init = None;
+            st.finished_at = Some(Utc::now());
+            match &result {
+                Ok(status) => st.exit_code = Some(status.code()),
+                Err(e) => {
+                    st.exit_code = Some(exit_code(e));
+                    st.error = Some(e.to_string());
+                }
+            }
+            // A start that failed is not retried: it would fail again.
+            restarting = s.attach == Attach::Detached
+                && result.as_ref().is_ok_and(|status| st.restarts_after(status.code()));
+            if restarting {
+                st.restart_count += 1;
+            } else {
+                st.supervisor = None;
+            }
+        });
+        if restarting && finished.is_ok() {
+            if started.elapsed() >= STEADY_RUN {
+                backoff = FIRST_BACKOFF;
+            }
+            match wait_to_restart(s.containers, s.id, backoff)? {
+                Some(next) => {
+                    state = next;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                None => return result,
             }
         }
-    });
-    if finished.as_ref().is_ok_and(|st| st.auto_remove) {
-        let _waiters_done = s.containers.lock_waiters(s.id, true)?;
-        lifecycle::remove_files(s.containers, s.id)?;
+        if finished.as_ref().is_ok_and(|st| st.auto_remove) {
+            let _waiters_done = s.containers.lock_waiters(s.id, true)?;
+            lifecycle::remove_files(s.containers, s.id)?;
+        }
+        finished?;
+        return result;
     }
-    finished?;
-    result
+}
+
+/// docker's restart back-off: its first delay, its longest, and the run after which it starts
+/// over.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const STEADY_RUN: Duration = Duration::from_secs(10);
+
+/// Sleeps `delay`, watching for a `stop`, `kill` or `rm` meanwhile; the record to start
+/// again from, or `None` when the container is not to start again (this process then lets
+/// it go).
+fn wait_to_restart(
+    containers: &Containers,
+    id: &str,
+    delay: Duration,
+) -> Result<Option<State>, ContainerError> {
+    let until = Instant::now() + delay;
+    loop {
+        let current = match containers.load(id) {
+            Ok(st) => st,
+            Err(ContainerError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if current.manually_stopped {
+            containers.update(id, |st| st.supervisor = None)?;
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if now >= until {
+            return claim_again(containers, id).map(Some);
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Marks the container as starting again under this supervisor, its count of restarts kept.
+fn claim_again(containers: &Containers, id: &str) -> Result<State, ContainerError> {
+    containers.update(id, |st| {
+        st.status = Status::Created;
+        st.init = None;
+        st.exit_code = None;
+        st.error = None;
+        st.finished_at = None;
+    })
 }
 
 /// Makes this process the container's supervisor, unless another live one is.
@@ -79,6 +152,7 @@ fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
             return;
         }
         st.supervisor = Some(me);
+        st.manually_stopped = false;
         st.status = Status::Created;
         st.init = None;
         st.exit_code = None;

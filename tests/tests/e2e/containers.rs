@@ -1045,3 +1045,77 @@ fn named_volumes_outlive_their_containers() {
         .failed()
         .contains("source=NAME"));
 }
+
+#[test]
+fn restart_policies_start_a_container_again_until_stopped() {
+    let Some((f, env)) = env() else { return };
+    let dir = env.dir.path().join("runs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let volume = format!("{}:/v", dir.display());
+    let runs = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default().lines().count();
+    // on-failure:2: the first run and two more, then it stays exited with its code.
+    env.detach(&[
+        "--name",
+        "fails",
+        "--restart",
+        "on-failure:2",
+        "-v",
+        &volume,
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "echo >> /v/fails; exit 3",
+    ]);
+    wait_for("three runs", || runs("fails") == 3);
+    wait_for("it to stay exited", || {
+        env.run(&["ps", "-a", "-f", "name=fails", "--format", "{{.Status}}"]).ok().starts_with("Exited (3)")
+    });
+    assert_eq!(env.run(&["inspect", "-f", "{{.restart_count}}", "fails"]).ok(), "2\n");
+    // A clean exit is not a failure.
+    env.detach(&[
+        "--name",
+        "fine",
+        "--restart",
+        "on-failure",
+        "-v",
+        &volume,
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "echo >> /v/fine",
+    ]);
+    wait_for("its exit", || {
+        env.run(&["ps", "-a", "-f", "name=fine", "--format", "{{.State}}"]).ok() == "exited\n"
+    });
+    assert_eq!(runs("fine"), 1);
+    // always: again and again, until `stop`; `start` starts the policy again.
+    env.detach(&[
+        "--name",
+        "loops",
+        "--restart",
+        "always",
+        "-v",
+        &volume,
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "echo >> /v/loops",
+    ]);
+    wait_for("three runs", || runs("loops") >= 3);
+    env.run(&["stop", "loops"]).ok();
+    let after_stop = runs("loops");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(runs("loops"), after_stop, "restarted after stop");
+    assert!(env.run(&["ps", "-a", "-f", "name=loops", "--format", "{{.Status}}"]).ok().starts_with("Exited"));
+    env.run(&["start", "loops"]).ok();
+    wait_for("runs again", || runs("loops") > after_stop + 1);
+    env.run(&["rm", "-f", "loops"]).ok();
+    assert!(env
+        .run(&["run", "--rm", "--restart", "always", &f.busybox_ref, "true"])
+        .failed()
+        .contains("--restart and --rm"));
+    assert!(env
+        .run(&["run", "--restart", "sometimes", &f.busybox_ref, "true"])
+        .failed()
+        .contains("on-failure"));
+}

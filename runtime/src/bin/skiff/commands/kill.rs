@@ -16,7 +16,12 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let signal = skiff::container::parse_signal(&args.signal)
         .ok_or_else(|| anyhow!("invalid signal {:?}", args.signal))?;
-    super::run::for_each_container(ctx, &args.containers, "killing", |_containers, state| {
+    super::run::for_each_container(ctx, &args.containers, "killing", |containers, state| {
+        // A kill that ends it, as `stop` does, keeps its restart policy from starting it again.
+        let stop_signal = skiff::container::parse_signal(&state.stop_signal);
+        if signal == skiff::sandbox::Signal::SIGKILL || Some(signal) == stop_signal {
+            containers.update(&state.id, |st| st.manually_stopped = true)?;
+        }
         skiff::container::kill(state, signal)?;
         Ok(())
     })

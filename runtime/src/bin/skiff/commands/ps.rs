@@ -128,6 +128,7 @@ fn state(s: &State) -> &'static str {
         Status::Created => "created",
         Status::Running if skiff::sandbox::is_paused(&s.id) => "paused",
         Status::Running => "running",
+        Status::Exited if s.is_restarting() => "restarting",
         Status::Exited => "exited",
     }
 }
@@ -195,7 +196,7 @@ impl Filters {
             let Some((key, value)) = f.split_once('=') else {
                 bail!("invalid filter {f:?}: expected KEY=VALUE")
             };
-            const STATUSES: [&str; 4] = ["created", "running", "paused", "exited"];
+            const STATUSES: [&str; 5] = ["created", "running", "paused", "restarting", "exited"];
             match key {
                 "id" | "name" | "ancestor" | "before" | "since" | "label" => {}
                 "status" if STATUSES.contains(&value) => {}
@@ -274,6 +275,11 @@ fn status(s: &State, now: DateTime<Utc>) -> String {
             format!("Up {} (Paused)", ago(s.started_at.unwrap_or(s.created), now))
         }
         Status::Running => format!("Up {}", ago(s.started_at.unwrap_or(s.created), now)),
+        Status::Exited if s.is_restarting() => format!(
+            "Restarting ({}) {} ago",
+            s.exit_code.unwrap_or(0),
+            ago(s.finished_at.unwrap_or(s.created), now)
+        ),
         Status::Exited => format!(
             "Exited ({}) {} ago",
             s.exit_code.unwrap_or(0),

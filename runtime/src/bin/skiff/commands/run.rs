@@ -127,6 +127,10 @@ pub struct Args {
     /// A label, KEY=VALUE (or KEY, empty); repeatable.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Start it again when it ends: no, on-failure[:N], always, unless-stopped (until
+    /// `stop` or `kill`).
+    #[arg(long, default_value = "no")]
+    restart: skiff::container::RestartPolicy,
     /// When to pull the image: missing (when not stored), always, or never.
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pull: String,
@@ -312,6 +316,7 @@ impl Args {
             ulimits: self.ulimits.clone(),
             extra_hosts: self.add_hosts.clone(),
             shm_size: self.shm_size,
+            restart: self.restart,
             labels: self
                 .labels
                 .iter()
@@ -416,7 +421,16 @@ fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(started);
     }
-    supervise_with(ctx, &containers, &state, Attach::Terminal)
+    let exit = supervise_with(ctx, &containers, &state, Attach::Terminal)?;
+    // docker's client returns with the code and its daemon starts the container again; here
+    // a background supervisor does.
+    if let Ok(ended) = containers.load(&state.id) {
+        if ended.exit_code.is_some_and(|code| ended.restarts_after(code)) {
+            containers.update(&state.id, |st| st.restart_count += 1)?;
+            start_detached(ctx, &containers, &ended)?;
+        }
+    }
+    Ok(exit)
 }
 
 /// `skiff create`: the container `run` would start, made and not started; its id printed.
