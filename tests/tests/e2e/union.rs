@@ -431,5 +431,11 @@ fn a_panic_serving_a_request_fails_that_request_and_the_mount_serves_on() {
     let (failed, fine) = answer.expect("reads hung after panics in the mount's threads");
     assert_eq!(failed, [Some(nix::libc::EIO); 4]);
     assert_eq!(fine.unwrap(), 4096);
-    mounted.unmount().unwrap();
+    // The unmount is done either way; once in CI (two cores, under a parallel build) a
+    // serving thread's read of /dev/fuse ended with ECONNABORTED instead of ENODEV after it.
+    match mounted.unmount() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNABORTED) => {}
+        other => other.unwrap(),
+    }
+    assert!(!skiff_tests::containers::mounts_under(dir.path()).iter().any(|m| m.contains("mnt")));
 }
