@@ -164,6 +164,23 @@ pub fn wait(containers: &Containers, id: &str) -> Result<i32, ContainerError> {
     }
 }
 
+/// What a running container writes from now on, handed to `out` record by record until it
+/// stops; then its exit code. A `--rm` container is removed only once this has read it.
+pub fn attach_output(
+    containers: &Containers,
+    state: &State,
+    out: &mut dyn FnMut(&super::log::Record) -> std::io::Result<()>,
+) -> Result<i32, ContainerError> {
+    if !state.supervisor.is_some_and(|p| p.is_alive()) {
+        return Err(ContainerError::NotRunning { id: state.id.clone() });
+    }
+    let _watching = containers.lock_waiters(&state.id, false)?;
+    let path = containers.paths(&state.id).log;
+    let running = || containers.load(&state.id).is_ok_and(|s| s.supervisor.is_some_and(|p| p.is_alive()));
+    super::log::read(&path, Some(0), Some(&running), out).map_err(io_err("reading", &path))?;
+    wait(containers, &state.id)
+}
+
 /// Waits up to `timeout` for the container to have no live supervisor. `Some(None)`: it is
 /// gone (removed by `--rm`); `None`: still running at the deadline.
 pub fn wait_exited(

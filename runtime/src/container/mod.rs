@@ -32,7 +32,7 @@ pub use config::{
 };
 pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
-pub use lifecycle::{kill, pause, remove, stop, unpause, update, wait, wait_exited};
+pub use lifecycle::{attach_output, kill, pause, remove, stop, unpause, update, wait, wait_exited};
 pub use named::{NamedVolume, NamedVolumeError, NamedVolumes};
 pub use rootfs::{
     remove_unused_unpacked, work_dir, LazyRootfs, MountedRootfs, PullMode, RootfsError, RootfsProvider,

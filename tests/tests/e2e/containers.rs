@@ -1119,3 +1119,60 @@ fn restart_policies_start_a_container_again_until_stopped() {
         .failed()
         .contains("on-failure"));
 }
+
+/// Whether something holds the waiters' lock of container `name` (an attach does while it
+/// follows the output).
+fn waiter_attached(env: &Root, name: &str) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = env.containers_dir().join(env.id_of(name)).join("wait.lock");
+    let Ok(file) = std::fs::File::open(&path) else { return false };
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err()
+}
+
+#[test]
+fn attach_follows_a_running_containers_output_to_its_exit_code() {
+    let Some((f, env)) = env() else { return };
+    let script = "echo early; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late; echo oops >&2; exit 5";
+    env.detach(&["--rm", "--name", "talk", &f.busybox_ref, "sh", "-c", script]);
+    wait_for("the first line", || env.run(&["logs", "talk"]).stdout.contains("early"));
+    let attached = env
+        .skiff
+        .command()
+        .args(["attach", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached (it holds the waiters' lock) before the container goes on: only what comes
+    // after shows.
+    wait_for("attach to hold the waiters' lock", || waiter_attached(&env, "talk"));
+    env.run(&["exec", "talk", "sh", "-c", ": > /tmp/go"]).ok();
+    let out = attached.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        (String::from_utf8_lossy(&out.stdout).as_ref(), String::from_utf8_lossy(&out.stderr).as_ref()),
+        ("late\n", "oops\n")
+    );
+    wait_for("the --rm container to go", || env.run(&["ps", "-aq"]).ok().is_empty());
+    // start -a of a running container attaches too; a stopped one cannot be attached to.
+    env.detach(&[
+        "--name",
+        "again",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo two; exit 2",
+    ]);
+    let started = env
+        .skiff
+        .command()
+        .args(["start", "-a", "again"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("start -a to attach", || waiter_attached(&env, "again"));
+    env.run(&["exec", "again", "sh", "-c", ": > /tmp/go"]).ok();
+    let out = started.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(2), "two\n"));
+    assert!(env.run(&["attach", "again"]).failed().contains("is not running"));
+}

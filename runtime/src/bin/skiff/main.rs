@@ -100,6 +100,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container.
     Exec(commands::exec::Args),
+    /// Follow a running container's output until it stops; exit with its code.
+    Attach(commands::attach::Args),
     /// Write a container's filesystem as a tar stream.
     Export(commands::export::Args),
     /// Copy files between a container and the host (CONTAINER:PATH on one side).
@@ -179,6 +181,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => commands::logs::run(&ctx, a),
         Command::Wait(a) => commands::wait::run(&ctx, a),
         Command::Exec(a) => return commands::exec::run(&ctx, a),
+        Command::Attach(a) => return commands::attach::run(&ctx, a),
         Command::Cp(a) => commands::cp::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),

@@ -1,6 +1,7 @@
 //! One module per verb: parse its flags, call the library, add context to errors.
 
 pub mod archive;
+pub mod attach;
 pub mod cache;
 pub mod changes;
 pub mod convert;

@@ -27,6 +27,10 @@ fn start(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
     for input in &args.containers {
         let state = containers.find(input)?;
         if state.is_running() {
+            // Running already: `-a` attaches to it, as docker start does.
+            if args.attach {
+                return super::attach::attach(ctx, input);
+            }
             println!("{input}");
             continue;
         }
