@@ -197,6 +197,14 @@ pub fn set_resources(id: &str, resources: &Resources) -> Result<(), CgroupError>
     cgroups::Cgroup::of_container(id, false)?.set_resources(resources)
 }
 
+/// The host's cgroup version: 1 or 2.
+pub fn cgroup_version() -> Result<u8, CgroupError> {
+    Ok(match cgroups::Layout::detect()? {
+        cgroups::Layout::V1(_) => 1,
+        cgroups::Layout::V2 => 2,
+    })
+}
+
 /// What container `id`'s processes use now.
 pub fn usage(id: &str) -> Result<Usage, CgroupError> {
     cgroups::Cgroup::of_container(id, false)?.usage()

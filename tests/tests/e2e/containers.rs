@@ -936,6 +936,9 @@ fn prune_removes_stopped_containers_and_unused_images_and_df_counts_them() {
     env.run(&["tag", &f.busybox_ref, &other]).ok();
     env.run(&["run", "--name", "done", &f.busybox_ref, "sh", "-c", "echo data > /f"]).ok();
     let running = env.detach(&["--name", "up", &f.busybox_ref, "sleep", "1000"]);
+    let info: serde_json::Value = serde_json::from_str(env.run(&["info", "--format", "json"]).ok()).unwrap();
+    let counts = ["Containers", "ContainersRunning", "ContainersStopped", "Images"].map(|k| info[k].as_u64());
+    assert_eq!(counts, [Some(2), Some(1), Some(1), Some(2)], "{info:#}");
     let df = env.run(&["system", "df"]).ok().to_string();
     let row =
         |name: &str| df.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{df}")).to_string();

@@ -121,6 +121,8 @@ enum Command {
     /// skiff's disk use (`df`), and removing what is not needed (`prune`).
     #[command(subcommand)]
     System(commands::prune::SystemCommand),
+    /// What skiff holds and the host it runs on.
+    Info(commands::info::Args),
     /// Store credentials for a registry.
     Login(commands::login::Args),
     /// Remove stored credentials for a registry.
@@ -189,6 +191,7 @@ fn main() -> ExitCode {
         Command::Image(c) => commands::prune::image(&ctx, c),
         Command::System(c) => commands::prune::system(&ctx, c),
         Command::Volume(c) => commands::volume::run(&ctx, c),
+        Command::Info(a) => commands::info::run(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
     };

@@ -11,6 +11,7 @@ pub mod export;
 pub mod history;
 pub mod images;
 pub mod import;
+pub mod info;
 pub mod inspect;
 pub mod kill;
 pub mod login;

@@ -140,7 +140,7 @@ fn line(
 }
 
 /// Memory as docker shows it: binary units, four significant digits (`23.54GiB`).
-fn binary_size(bytes: u64) -> String {
+pub fn binary_size(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
