@@ -81,20 +81,25 @@ fn split_name(name: &str) -> (String, String) {
     }
 }
 
-/// Sizes as docker prints them: decimal units, three significant digits.
+/// Sizes as docker prints them: decimal units, three decimals at most (`4.261MB`).
 pub fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
+    scaled(bytes, 1000.0, ["B", "kB", "MB", "GB", "TB"], |_| 3)
+}
+
+/// `bytes` in the largest of `units` (each `step` times the one before) it reaches, with the
+/// decimals `decimals` gives for the value, trailing zeros dropped.
+pub fn scaled(bytes: u64, step: f64, units: [&str; 5], decimals: impl Fn(f64) -> usize) -> String {
     let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1000.0 && unit < units.len() - 1 {
-        value /= 1000.0;
+    while value >= step && unit < units.len() - 1 {
+        value /= step;
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}").trim_end_matches('0').trim_end_matches('.').to_string() + units[unit]
+        return format!("{bytes}B");
     }
+    let decimals = decimals(value);
+    format!("{value:.decimals$}").trim_end_matches('0').trim_end_matches('.').to_string() + units[unit]
 }
 
 pub fn ago(created: Option<&str>) -> String {

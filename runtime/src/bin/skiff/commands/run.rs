@@ -250,13 +250,17 @@ impl Args {
     }
 
     fn options(&self) -> anyhow::Result<RunOptions> {
+        // `-v` and `--tmpfs`, and the `--mount`s of each kind after them.
+        let (mut volumes, mut tmpfs) = (self.volumes.clone(), self.tmpfs.clone());
+        for mount in &self.mounts {
+            match mount {
+                Mount::Volume(v) => volumes.push(v.clone()),
+                Mount::Tmpfs(t) => tmpfs.push(t.clone()),
+            }
+        }
         // Checked before anything is made, with the flag named (the mount would fail later,
         // with only the errno).
-        let mounted = self.mounts.iter().filter_map(|m| match m {
-            Mount::Volume(v) => Some(v),
-            Mount::Tmpfs(_) => None,
-        });
-        if let Some(v) = self.volumes.iter().chain(mounted).find(|v| v.name().is_none() && !v.host.exists()) {
+        if let Some(v) = volumes.iter().find(|v| v.name().is_none() && !v.host.exists()) {
             bail!(
                 "-v {}:{}: {} does not exist on the host",
                 v.host.display(),
@@ -273,24 +277,8 @@ impl Args {
             workdir: self.workdir.clone(),
             user: self.user.clone(),
             hostname: self.hostname.clone(),
-            volumes: self
-                .volumes
-                .iter()
-                .cloned()
-                .chain(self.mounts.iter().filter_map(|m| match m {
-                    Mount::Volume(v) => Some(v.clone()),
-                    Mount::Tmpfs(_) => None,
-                }))
-                .collect(),
-            tmpfs: self
-                .tmpfs
-                .iter()
-                .cloned()
-                .chain(self.mounts.iter().filter_map(|m| match m {
-                    Mount::Tmpfs(t) => Some(t.clone()),
-                    Mount::Volume(_) => None,
-                }))
-                .collect(),
+            volumes,
+            tmpfs,
             read_only: self.read_only,
             network: self.network,
             capabilities: CapabilityOptions {

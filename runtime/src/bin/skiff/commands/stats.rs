@@ -142,18 +142,7 @@ fn line(
 /// Memory as docker shows it: binary units, four significant digits (`23.54GiB`).
 pub fn binary_size(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < units.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        let decimals = 3usize.saturating_sub(value.log10().floor() as usize);
-        format!("{value:.decimals$}").trim_end_matches('0').trim_end_matches('.').to_string() + units[unit]
-    }
+    super::images::scaled(bytes, 1024.0, units, |value| 3usize.saturating_sub(value.log10().floor() as usize))
 }
 
 #[cfg(test)]
