@@ -1179,3 +1179,32 @@ fn attach_follows_a_running_containers_output_to_its_exit_code() {
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(2), "two\n"));
     assert!(env.run(&["attach", "again"]).failed().contains("is not running"));
 }
+
+#[test]
+fn restart_and_dockers_container_and_image_groups() {
+    let Some((f, env)) = env() else { return };
+    // `container run` is `run`, `container ls` is `ps`, `image ls` is `images`.
+    assert_eq!(env.run(&["container", "run", "--rm", &f.busybox_ref, "echo", "grouped"]).ok(), "grouped\n");
+    env.run(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "again",
+        &f.busybox_ref,
+        "sh",
+        "-c",
+        "echo up; sleep 1000",
+    ])
+    .ok();
+    assert_eq!(env.run(&["container", "ls", "--format", "{{.Names}}"]).ok(), "again\n");
+    assert_eq!(env.run(&["image", "ls", "-q"]).ok(), env.run(&["images", "-q"]).ok());
+    // restart: stopped (SIGKILL after -t, its PID 1 ignoring SIGTERM) and started again.
+    let first = env.state(&env.id_of("again"))["started_at"].clone();
+    assert_eq!(env.run(&["restart", "-t", "0", "again"]).ok(), "again\n");
+    wait_for("the second start's output", || env.run(&["logs", "again"]).stdout == "up\nup\n");
+    assert_ne!(env.state(&env.id_of("again"))["started_at"], first);
+    assert_eq!(env.run(&["container", "ls", "--format", "{{.State}}"]).ok(), "running\n");
+    env.run(&["container", "rm", "-f", "again"]).ok();
+    assert!(env.run(&["container", "prune", "-f"]).ok().contains("Total reclaimed space"));
+}

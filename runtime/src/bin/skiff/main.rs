@@ -109,24 +109,182 @@ enum Command {
     /// Supervise a container in the background (started by `run -d` and `start`).
     #[command(hide = true)]
     Supervise(commands::run::SuperviseArgs),
-    /// Containers as a whole: `prune` removes the stopped ones.
+    /// Stop containers and start them again.
+    Restart(commands::restart::Args),
+    /// Containers: docker's `container` verbs (ls, run, rm, prune, …).
     #[command(subcommand)]
-    Container(commands::prune::ContainerCommand),
-    /// Images as a whole: `prune` removes those nothing (with -a: no container) needs.
+    Container(ContainerCommand),
+    /// Images: docker's `image` verbs (ls, pull, rm, prune, …).
     #[command(subcommand)]
-    Image(commands::prune::ImageCommand),
+    Image(ImageCommand),
     /// Named volumes: create, ls, inspect, rm, prune.
     #[command(subcommand)]
     Volume(commands::volume::Command),
     /// skiff's disk use (`df`), and removing what is not needed (`prune`).
     #[command(subcommand)]
-    System(commands::prune::SystemCommand),
+    System(SystemCommand),
     /// What skiff holds and the host it runs on.
     Info(commands::info::Args),
     /// Store credentials for a registry.
     Login(commands::login::Args),
     /// Remove stored credentials for a registry.
     Logout(commands::login::LogoutArgs),
+}
+
+/// `skiff container VERB`: the top-level container verbs, as docker's `container` group has them.
+#[derive(Subcommand)]
+enum ContainerCommand {
+    /// List containers.
+    #[command(visible_aliases = ["ps", "list"])]
+    Ls(commands::ps::Args),
+    /// Run a command in a new container.
+    Run(Box<commands::run::Args>),
+    /// Make a new container without starting it.
+    Create(Box<commands::run::Args>),
+    /// Start created or stopped containers.
+    Start(commands::start::Args),
+    /// Stop running containers.
+    Stop(commands::stop::Args),
+    /// Stop containers and start them again.
+    Restart(commands::restart::Args),
+    /// Send a signal to running containers.
+    Kill(commands::kill::Args),
+    /// Pause running containers.
+    Pause(commands::pause::Args),
+    /// Let paused containers go on.
+    Unpause(commands::pause::Args),
+    /// Remove containers.
+    #[command(visible_alias = "remove")]
+    Rm(commands::rm::Args),
+    /// Give a container a new name.
+    Rename(commands::rename::Args),
+    /// Change containers' limits.
+    Update(commands::update::Args),
+    /// Show a container's processes.
+    Top(commands::top::Args),
+    /// Show what containers use.
+    Stats(commands::stats::Args),
+    /// Print a container's output.
+    Logs(commands::logs::Args),
+    /// Wait until containers stop.
+    Wait(commands::wait::Args),
+    /// Run a command in a running container.
+    Exec(commands::exec::Args),
+    /// Follow a running container's output.
+    Attach(commands::attach::Args),
+    /// Copy files between a container and the host.
+    Cp(commands::cp::Args),
+    /// Write a container's filesystem as a tar stream.
+    Export(commands::export::Args),
+    /// Show containers as JSON.
+    Inspect(commands::inspect::Args),
+    /// List a container's changes.
+    Diff(commands::changes::DiffArgs),
+    /// Save a container's changes as a new image.
+    Commit(commands::changes::CommitArgs),
+    /// Remove every stopped container.
+    Prune(commands::prune::ForceArgs),
+}
+
+/// `skiff image VERB`: the top-level image verbs, as docker's `image` group has them.
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List stored images.
+    #[command(visible_alias = "list")]
+    Ls(commands::images::Args),
+    /// Fetch an image.
+    Pull(commands::pull::Args),
+    /// Send a stored image to a registry.
+    Push(commands::push::Args),
+    /// Remove images.
+    #[command(visible_alias = "remove")]
+    Rm(commands::rmi::Args),
+    /// Give an image another name.
+    Tag(commands::tag::Args),
+    /// Show images as JSON.
+    Inspect(commands::inspect::Args),
+    /// Show how an image was built.
+    History(commands::history::Args),
+    /// Write images as an OCI layout tar archive.
+    Save(commands::archive::SaveArgs),
+    /// Store the images of an OCI layout tar archive.
+    Load(commands::archive::LoadArgs),
+    /// Make an image of one layer from a filesystem tarball.
+    Import(commands::import::Args),
+    /// Remove images nothing (with -a: no container) needs.
+    Prune(commands::prune::ImagePruneArgs),
+}
+
+/// `skiff system VERB`.
+#[derive(Subcommand)]
+enum SystemCommand {
+    /// Show the disk space images, containers, volumes and the chunk cache use.
+    Df,
+    /// Remove stopped containers, unused images (-a) and cached chunks no container holds.
+    Prune(commands::prune::ImagePruneArgs),
+    /// What skiff holds and the host it runs on.
+    Info(commands::info::Args),
+}
+
+/// A group's verb as the top-level command it is, or, for the verbs only the groups have, what
+/// to run for it.
+enum Flattened {
+    Command(Box<Command>),
+    ContainerPrune(commands::prune::ForceArgs),
+    ImagePrune(commands::prune::ImagePruneArgs),
+    SystemPrune(commands::prune::ImagePruneArgs),
+    SystemDf,
+}
+
+fn flatten(command: Command) -> Flattened {
+    let top = |command: Command| Flattened::Command(Box::new(command));
+    match command {
+        Command::Container(c) => match c {
+            ContainerCommand::Ls(a) => top(Command::Ps(a)),
+            ContainerCommand::Run(a) => top(Command::Run(a)),
+            ContainerCommand::Create(a) => top(Command::Create(a)),
+            ContainerCommand::Start(a) => top(Command::Start(a)),
+            ContainerCommand::Stop(a) => top(Command::Stop(a)),
+            ContainerCommand::Restart(a) => top(Command::Restart(a)),
+            ContainerCommand::Kill(a) => top(Command::Kill(a)),
+            ContainerCommand::Pause(a) => top(Command::Pause(a)),
+            ContainerCommand::Unpause(a) => top(Command::Unpause(a)),
+            ContainerCommand::Rm(a) => top(Command::Rm(a)),
+            ContainerCommand::Rename(a) => top(Command::Rename(a)),
+            ContainerCommand::Update(a) => top(Command::Update(a)),
+            ContainerCommand::Top(a) => top(Command::Top(a)),
+            ContainerCommand::Stats(a) => top(Command::Stats(a)),
+            ContainerCommand::Logs(a) => top(Command::Logs(a)),
+            ContainerCommand::Wait(a) => top(Command::Wait(a)),
+            ContainerCommand::Exec(a) => top(Command::Exec(a)),
+            ContainerCommand::Attach(a) => top(Command::Attach(a)),
+            ContainerCommand::Cp(a) => top(Command::Cp(a)),
+            ContainerCommand::Export(a) => top(Command::Export(a)),
+            ContainerCommand::Inspect(a) => top(Command::Inspect(a)),
+            ContainerCommand::Diff(a) => top(Command::Diff(a)),
+            ContainerCommand::Commit(a) => top(Command::Commit(a)),
+            ContainerCommand::Prune(a) => Flattened::ContainerPrune(a),
+        },
+        Command::Image(c) => match c {
+            ImageCommand::Ls(a) => top(Command::Images(a)),
+            ImageCommand::Pull(a) => top(Command::Pull(a)),
+            ImageCommand::Push(a) => top(Command::Push(a)),
+            ImageCommand::Rm(a) => top(Command::Rmi(a)),
+            ImageCommand::Tag(a) => top(Command::Tag(a)),
+            ImageCommand::Inspect(a) => top(Command::Inspect(a)),
+            ImageCommand::History(a) => top(Command::History(a)),
+            ImageCommand::Save(a) => top(Command::Save(a)),
+            ImageCommand::Load(a) => top(Command::Load(a)),
+            ImageCommand::Import(a) => top(Command::Import(a)),
+            ImageCommand::Prune(a) => Flattened::ImagePrune(a),
+        },
+        Command::System(c) => match c {
+            SystemCommand::Df => Flattened::SystemDf,
+            SystemCommand::Prune(a) => Flattened::SystemPrune(a),
+            SystemCommand::Info(a) => top(Command::Info(a)),
+        },
+        other => top(other),
+    }
 }
 
 fn main() -> ExitCode {
@@ -143,14 +301,33 @@ fn main() -> ExitCode {
         // a FUSE worker or the thread that unmounts.
         .log_internal_errors(false)
         .init();
+    let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
+    let command = match flatten(cli.command) {
+        Flattened::Command(command) => *command,
+        Flattened::ContainerPrune(a) => return finish(commands::prune::container(&ctx, a)),
+        Flattened::ImagePrune(a) => return finish(commands::prune::image(&ctx, a)),
+        Flattened::SystemPrune(a) => return finish(commands::prune::system(&ctx, a)),
+        Flattened::SystemDf => {
+            end_on_closed_stdout();
+            return finish(commands::prune::df(&ctx));
+        }
+    };
     if matches!(
-        cli.command,
-        Command::Images(_) | Command::Inspect(_) | Command::Diff(_) | Command::Ps(_) | Command::Cache(_)
+        command,
+        Command::Images(_)
+            | Command::Inspect(_)
+            | Command::Diff(_)
+            | Command::Ps(_)
+            | Command::Cache(_)
+            | Command::History(_)
+            | Command::Info(_)
+            | Command::Top(_)
+            | Command::Stats(_)
+            | Command::Volume(_)
     ) {
         end_on_closed_stdout();
     }
-    let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
-    let result = match cli.command {
+    let result = match command {
         Command::Pull(a) => commands::pull::run(&ctx, a),
         Command::Push(a) => commands::push::run(&ctx, a),
         Command::Images(a) => commands::images::run(&ctx, a),
@@ -187,14 +364,18 @@ fn main() -> ExitCode {
         Command::Cp(a) => commands::cp::run(&ctx, a),
         Command::Export(a) => commands::export::run(&ctx, a),
         Command::Supervise(a) => return commands::run::supervise_detached(&ctx, a),
-        Command::Container(c) => commands::prune::container(&ctx, c),
-        Command::Image(c) => commands::prune::image(&ctx, c),
-        Command::System(c) => commands::prune::system(&ctx, c),
+        Command::Restart(a) => commands::restart::run(&ctx, a),
+        Command::Container(_) | Command::Image(_) | Command::System(_) => unreachable!("flattened above"),
         Command::Volume(c) => commands::volume::run(&ctx, c),
         Command::Info(a) => commands::info::run(&ctx, a),
         Command::Login(a) => commands::login::run(&ctx, a),
         Command::Logout(a) => commands::login::logout(&ctx, a),
     };
+    finish(result)
+}
+
+/// The exit code of a verb that reports errors only: 0, or 1 with the error printed.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

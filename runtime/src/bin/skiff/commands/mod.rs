@@ -23,6 +23,7 @@ pub mod ps;
 pub mod pull;
 pub mod push;
 pub mod rename;
+pub mod restart;
 pub mod rm;
 pub mod rmi;
 pub mod run;

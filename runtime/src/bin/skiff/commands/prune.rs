@@ -10,26 +10,6 @@ use skiff::container::State;
 use super::images::human_size;
 use crate::context::Context;
 
-#[derive(clap::Subcommand)]
-pub enum ContainerCommand {
-    /// Remove every stopped container.
-    Prune(ForceArgs),
-}
-
-#[derive(clap::Subcommand)]
-pub enum ImageCommand {
-    /// Remove images nothing needs (with -a: every image no container uses).
-    Prune(ImagePruneArgs),
-}
-
-#[derive(clap::Subcommand)]
-pub enum SystemCommand {
-    /// Remove stopped containers, unused images (-a) and cached chunks no container holds.
-    Prune(ImagePruneArgs),
-    /// Show the disk space images, containers and the chunk cache use.
-    Df,
-}
-
 #[derive(clap::Args)]
 pub struct ForceArgs {
     /// Do not ask first.
@@ -47,8 +27,8 @@ pub struct ImagePruneArgs {
     force: bool,
 }
 
-pub fn container(ctx: &Context, command: ContainerCommand) -> anyhow::Result<()> {
-    let ContainerCommand::Prune(args) = command;
+/// `container prune`.
+pub fn container(ctx: &Context, args: ForceArgs) -> anyhow::Result<()> {
     if !confirm("This will remove all stopped containers.", args.force)? {
         return Ok(());
     }
@@ -57,8 +37,8 @@ pub fn container(ctx: &Context, command: ContainerCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-pub fn image(ctx: &Context, command: ImageCommand) -> anyhow::Result<()> {
-    let ImageCommand::Prune(args) = command;
+/// `image prune`.
+pub fn image(ctx: &Context, args: ImagePruneArgs) -> anyhow::Result<()> {
     let warning = match args.all {
         true => "This will remove all images without at least one container associated to them.",
         false => "This will remove the images and unpacked trees nothing needs.",
@@ -71,11 +51,8 @@ pub fn image(ctx: &Context, command: ImageCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn system(ctx: &Context, command: SystemCommand) -> anyhow::Result<()> {
-    let args = match command {
-        SystemCommand::Df => return df(ctx),
-        SystemCommand::Prune(args) => args,
-    };
+/// `system prune`.
+pub fn system(ctx: &Context, args: ImagePruneArgs) -> anyhow::Result<()> {
     let images = if args.all { "all images without a container" } else { "images nothing needs" };
     let warning = format!(
         "This will remove:\n  - all stopped containers\n  - {images}\n  - cached chunks no running container holds"
@@ -138,7 +115,8 @@ fn prune_images(ctx: &Context, all: bool) -> anyhow::Result<u64> {
     Ok(deleted.iter().filter_map(|d| sizes.get(d)).sum())
 }
 
-fn df(ctx: &Context) -> anyhow::Result<()> {
+/// `system df`.
+pub fn df(ctx: &Context) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let containers = super::run::containers(ctx)?;
     let states = containers.list()?;
