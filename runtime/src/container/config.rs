@@ -55,6 +55,55 @@ pub struct RunOptions {
     pub labels: BTreeMap<String, String>,
     /// `--restart`.
     pub restart: super::RestartPolicy,
+    /// `--health-*` and `--no-healthcheck`.
+    pub health: HealthOptions,
+}
+
+/// `run`'s health flags, over the image's HEALTHCHECK.
+#[derive(Debug, Clone, Default)]
+pub struct HealthOptions {
+    /// `--health-cmd`: a shell command.
+    pub cmd: Option<String>,
+    pub interval: Option<std::time::Duration>,
+    pub timeout: Option<std::time::Duration>,
+    pub start_period: Option<std::time::Duration>,
+    pub retries: Option<u32>,
+    /// `--no-healthcheck`: none, whatever the image says.
+    pub disabled: bool,
+}
+
+impl HealthOptions {
+    /// The check a container of `image` gets: the image's, with these flags over it.
+    pub fn resolve(
+        &self,
+        image: &crate::image::StoredImage,
+    ) -> Result<Option<super::health::HealthCheck>, super::ContainerError> {
+        use super::health::{HealthCheck, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
+        if self.disabled {
+            return Ok(None);
+        }
+        let config: serde_json::Value = serde_json::from_slice(&image.config_bytes).unwrap_or_default();
+        let from_image = HealthCheck::of_image(&config);
+        let test = match (&self.cmd, from_image.as_ref()) {
+            (Some(cmd), _) => vec!["/bin/sh".to_string(), "-c".into(), cmd.clone()],
+            (None, Some(check)) => check.test.clone(),
+            (None, None) => return Ok(None),
+        };
+        let base = from_image.unwrap_or(HealthCheck {
+            test: Vec::new(),
+            interval: DEFAULT_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            start_period: std::time::Duration::ZERO,
+            retries: DEFAULT_RETRIES,
+        });
+        Ok(Some(HealthCheck {
+            test,
+            interval: self.interval.unwrap_or(base.interval),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            start_period: self.start_period.unwrap_or(base.start_period),
+            retries: self.retries.unwrap_or(base.retries),
+        }))
+    }
 }
 
 impl Default for RunOptions {
@@ -88,6 +137,7 @@ impl Default for RunOptions {
             shm_size: None,
             labels: BTreeMap::new(),
             restart: super::RestartPolicy::No,
+            health: HealthOptions::default(),
         }
     }
 }

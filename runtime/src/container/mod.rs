@@ -11,6 +11,7 @@ mod attach;
 mod config;
 mod copy;
 mod exec;
+pub mod health;
 mod lifecycle;
 pub mod log;
 mod named;
@@ -27,8 +28,8 @@ use chrono::Utc;
 use fs2::FileExt;
 
 pub use config::{
-    check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, Process, RunOptions,
-    Userns,
+    check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, HealthOptions, Process,
+    RunOptions, Userns,
 };
 pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
 pub use exec::{exec, ExecRequest};
@@ -381,6 +382,8 @@ impl Containers {
             restart: options.restart,
             restart_count: 0,
             manually_stopped: false,
+            healthcheck: options.health.resolve(image)?,
+            health: None,
             labels,
             spec,
         };

@@ -156,6 +156,12 @@ pub struct State {
     /// `stop` or `kill` ended it: no restart policy starts it again until `start` does.
     #[serde(default)]
     pub manually_stopped: bool,
+    /// How its health is checked (`--health-cmd`, or the image's HEALTHCHECK).
+    #[serde(default)]
+    pub healthcheck: Option<super::health::HealthCheck>,
+    /// Its health while it runs with a check.
+    #[serde(default)]
+    pub health: Option<super::health::Health>,
     /// Its labels: the image's, and `--label`s over them.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,

@@ -3,11 +3,13 @@
 //! the sandbox (forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it), records the pid, waits,
 //! unmounts, and records how the container ended — or, with `--rm`, removes every trace.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
 use super::attach::{self, Wiring};
+use super::health::{self, Health, Prober};
 use super::log::LogFile;
 use super::rootfs::RootfsProvider;
 use super::state::{ProcessId, State, Status};
@@ -31,6 +33,8 @@ pub struct Supervision<'a> {
     pub image: &'a StoredImage,
     pub provider: &'a dyn RootfsProvider,
     pub attach: Attach,
+    /// What runs the container's health check, if it has one.
+    pub prober: Option<&'a dyn Prober>,
 }
 
 /// The exit code docker gives when a container cannot start: 127 when the command is not
@@ -205,8 +209,19 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         st.status = Status::Running;
         st.init = ProcessId::of(container.pid().as_raw());
         st.started_at = Some(Utc::now());
+        st.health = st.healthcheck.as_ref().map(|_| Health::starting());
     })?;
-    let status = sandbox::wait_forwarding(&mut container, forwarder).map_err(sandbox_err);
+    // Its health checked beside it, for as long as it runs.
+    let done = AtomicBool::new(false);
+    let status = std::thread::scope(|scope| {
+        if let (Some(check), Some(prober)) = (&state.healthcheck, s.prober) {
+            let (containers, id, done) = (s.containers, s.id, &done);
+            scope.spawn(move || health::watch(containers, id, check, prober, done));
+        }
+        let status = sandbox::wait_forwarding(&mut container, forwarder).map_err(sandbox_err);
+        done.store(true, Ordering::Relaxed);
+        status
+    });
     wired.finish();
     drop(mounted);
     drop(rootfs_lock);

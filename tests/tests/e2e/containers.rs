@@ -1208,3 +1208,48 @@ fn restart_and_dockers_container_and_image_groups() {
     env.run(&["container", "rm", "-f", "again"]).ok();
     assert!(env.run(&["container", "prune", "-f"]).ok().contains("Total reclaimed space"));
 }
+
+#[test]
+fn health_checks_make_a_container_healthy_or_unhealthy() {
+    let Some((f, env)) = env() else { return };
+    let args = ["--health-cmd", "cat /tmp/ok", "--health-interval", "100ms", "--health-retries", "2"];
+    let mut run = vec!["--name", "checked"];
+    run.extend(args);
+    run.extend([f.busybox_ref.as_str(), "sleep", "1000"]);
+    env.detach(&run);
+    let status = |name: &str| {
+        env.run(&["ps", "-f", &format!("name={name}"), "--format", "{{.Status}}"]).ok().to_string()
+    };
+    assert!(status("checked").contains("(health: starting)") || status("checked").contains("(unhealthy)"));
+    wait_for("two failures in a row", || status("checked").contains("(unhealthy)"));
+    env.run(&["exec", "checked", "sh", "-c", "echo fine > /tmp/ok"]).ok();
+    wait_for("a passing check", || status("checked").contains("(healthy)"));
+    assert_eq!(env.run(&["ps", "-f", "health=healthy", "--format", "{{.Names}}"]).ok(), "checked\n");
+    let health: serde_json::Value =
+        serde_json::from_str(env.run(&["inspect", "-f", "{{json .health}}", "checked"]).ok()).unwrap();
+    let last = health["log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["exit_code"].as_i64(), last["output"].as_str()), (Some(0), Some("fine\n")));
+    // A check past its timeout fails (-1), and is ended.
+    let slow = [
+        "--health-cmd",
+        "sleep 30",
+        "--health-timeout",
+        "100ms",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "1",
+    ];
+    let mut run = vec!["--name", "slow"];
+    run.extend(slow);
+    run.extend([f.busybox_ref.as_str(), "sleep", "1000"]);
+    env.detach(&run);
+    wait_for("the timed-out check", || status("slow").contains("(unhealthy)"));
+    let health: serde_json::Value =
+        serde_json::from_str(env.run(&["inspect", "-f", "{{json .health}}", "slow"]).ok()).unwrap();
+    assert_eq!(health["log"][0]["exit_code"].as_i64(), Some(-1));
+    assert!(env
+        .run(&["run", "--health-interval", "soon", &f.busybox_ref, "true"])
+        .failed()
+        .contains("duration"));
+}

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
+use skiff::container::health::HealthStatus;
 use skiff::container::{State, Status};
 
 use crate::context::Context;
@@ -199,6 +200,10 @@ impl Filters {
             const STATUSES: [&str; 5] = ["created", "running", "paused", "restarting", "exited"];
             match key {
                 "id" | "name" | "ancestor" | "before" | "since" | "label" => {}
+                "health" if ["starting", "healthy", "unhealthy", "none"].contains(&value) => {}
+                "health" => {
+                    bail!("invalid filter {f:?}: health is one of starting, healthy, unhealthy, none")
+                }
                 "status" if STATUSES.contains(&value) => {}
                 "status" => bail!("invalid filter {f:?}: status is one of {}", STATUSES.join(", ")),
                 "exited" if value.parse::<i32>().is_ok() => {}
@@ -245,6 +250,10 @@ impl Filters {
                     Some((key, value)) => s.labels.get(key).is_some_and(|l| l == value),
                     None => s.labels.contains_key(v.as_str()),
                 },
+                "health" => match s.health.as_ref().filter(|_| s.is_running()) {
+                    Some(h) => h.status.to_string() == *v,
+                    None => v == "none",
+                },
                 "before" => self.before.is_some_and(|t| s.created < t),
                 "since" => self.since.is_some_and(|t| s.created > t),
                 _ => false,
@@ -274,7 +283,14 @@ fn status(s: &State, now: DateTime<Utc>) -> String {
         Status::Running if skiff::sandbox::is_paused(&s.id) => {
             format!("Up {} (Paused)", ago(s.started_at.unwrap_or(s.created), now))
         }
-        Status::Running => format!("Up {}", ago(s.started_at.unwrap_or(s.created), now)),
+        Status::Running => {
+            let up = format!("Up {}", ago(s.started_at.unwrap_or(s.created), now));
+            match s.health.as_ref().map(|h| h.status) {
+                Some(HealthStatus::Starting) => format!("{up} (health: starting)"),
+                Some(status) => format!("{up} ({status})"),
+                None => up,
+            }
+        }
         Status::Exited if s.is_restarting() => format!(
             "Restarting ({}) {} ago",
             s.exit_code.unwrap_or(0),

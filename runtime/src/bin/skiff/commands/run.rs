@@ -131,6 +131,25 @@ pub struct Args {
     /// `stop` or `kill`).
     #[arg(long, default_value = "no")]
     restart: skiff::container::RestartPolicy,
+    /// A shell command that tells the container is healthy (exit 0), run in it every
+    /// --health-interval; over the image's HEALTHCHECK.
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between health checks (300ms, 30s, 1m30s).
+    #[arg(long, value_parser = parse_duration)]
+    health_interval: Option<Duration>,
+    /// Time a health check may take before it counts as failed.
+    #[arg(long, value_parser = parse_duration)]
+    health_timeout: Option<Duration>,
+    /// Failures in a row that make the container unhealthy.
+    #[arg(long)]
+    health_retries: Option<u32>,
+    /// Time after the start during which failures do not count.
+    #[arg(long, value_parser = parse_duration)]
+    health_start_period: Option<Duration>,
+    /// No health check, whatever the image says.
+    #[arg(long)]
+    no_healthcheck: bool,
     /// When to pull the image: missing (when not stored), always, or never.
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pull: String,
@@ -199,6 +218,98 @@ fn parse_mount(s: &str) -> Result<Mount, String> {
             Err("type=volume needs source=NAME (skiff makes anonymous volumes only for the image's VOLUMEs)"
                 .to_string())
         }
+    }
+}
+
+/// docker's durations: `300ms`, `30s`, `1m30s`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let value: f64 =
+            rest[..digits].parse().map_err(|_| format!("{s:?}: expected a duration such as 30s or 1m30s"))?;
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+            .ok_or_else(|| format!("{s:?}: a duration needs its unit (ms, s, m, h)"))?;
+        rest = &rest[unit.len()..];
+        let seconds = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            _ => value * 3600.0,
+        };
+        total += Duration::from_secs_f64(seconds);
+    }
+    if total.is_zero() {
+        return Err(format!("{s:?}: a duration above zero is needed"));
+    }
+    Ok(total)
+}
+
+/// Runs a container's health check as `skiff exec` does, in a skiff of its own.
+pub struct ExecProber {
+    exe: std::path::PathBuf,
+    global: Vec<std::ffi::OsString>,
+}
+
+impl ExecProber {
+    pub fn new(ctx: &Context) -> anyhow::Result<ExecProber> {
+        Ok(ExecProber {
+            exe: std::env::current_exe().context("finding the skiff binary")?,
+            global: ctx.global_args(),
+        })
+    }
+}
+
+impl skiff::container::health::Prober for ExecProber {
+    fn probe(&self, id: &str, argv: &[String], timeout: Duration) -> (i32, String) {
+        use std::io::{Read, Seek};
+        let Ok(mut out) = tempfile::tempfile() else { return (-1, "no temp file for the output".into()) };
+        let spawned = out.try_clone().and_then(|stdout| {
+            let stderr = out.try_clone()?;
+            Command::new(&self.exe)
+                .args(&self.global)
+                .args(["exec", id, "--"])
+                .args(argv)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .spawn()
+        });
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => return (-1, format!("starting the check: {e}")),
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let code = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status.code().unwrap_or(-1),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    // Past its time: ended, as docker ends it (SIGTERM, which exec passes on;
+                    // SIGKILL a second later).
+                    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    let grace = std::time::Instant::now() + Duration::from_secs(1);
+                    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < grace {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break -1;
+                }
+            }
+        };
+        let mut output = Vec::new();
+        let _ = out
+            .rewind()
+            .and_then(|()| out.take(skiff::container::health::MAX_OUTPUT as u64).read_to_end(&mut output));
+        (code, String::from_utf8_lossy(&output).into_owned())
     }
 }
 
@@ -305,6 +416,14 @@ impl Args {
             extra_hosts: self.add_hosts.clone(),
             shm_size: self.shm_size,
             restart: self.restart,
+            health: skiff::container::HealthOptions {
+                cmd: self.health_cmd.clone(),
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                start_period: self.health_start_period,
+                retries: self.health_retries.filter(|&r| r > 0),
+                disabled: self.no_healthcheck,
+            },
             labels: self
                 .labels
                 .iter()
@@ -460,7 +579,15 @@ pub fn supervise_with(
     let image = StoredImage::load(&ctx.store()?, &state.image)
         .with_context(|| format!("loading {}", state.image.name))?;
     let provider = provider(ctx, state)?;
-    let supervision = Supervision { containers, id: &state.id, image: &image, provider: &*provider, attach };
+    let prober = ExecProber::new(ctx)?;
+    let supervision = Supervision {
+        containers,
+        id: &state.id,
+        image: &image,
+        provider: &*provider,
+        attach,
+        prober: Some(&prober),
+    };
     let status = supervise(supervision)?;
     if state.auto_remove {
         // Removed with its container (--rm), as `rm` removes it; the run itself went well.
@@ -535,4 +662,19 @@ pub fn supervise_detached(ctx: &Context, args: SuperviseArgs) -> ExitCode {
         supervise_with(ctx, &containers, &state, Attach::Detached)
     };
     supervised().unwrap_or_else(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_docker_writes_them() {
+        assert_eq!(parse_duration("300ms").unwrap(), Duration::from_millis(300));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in ["30", "soon", "0s", "", "5x"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }
