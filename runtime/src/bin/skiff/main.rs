@@ -110,7 +110,7 @@ enum Command {
     #[command(hide = true)]
     Supervise(commands::run::SuperviseArgs),
     /// Stop containers and start them again.
-    Restart(commands::restart::Args),
+    Restart(commands::stop::Args),
     /// Containers: docker's `container` verbs (ls, run, rm, prune, …).
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -146,7 +146,7 @@ enum ContainerCommand {
     /// Stop running containers.
     Stop(commands::stop::Args),
     /// Stop containers and start them again.
-    Restart(commands::restart::Args),
+    Restart(commands::stop::Args),
     /// Send a signal to running containers.
     Kill(commands::kill::Args),
     /// Pause running containers.

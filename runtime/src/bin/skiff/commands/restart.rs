@@ -7,16 +7,8 @@ use anyhow::Context as _;
 
 use crate::context::Context;
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Seconds to wait for each to stop before SIGKILL.
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
-    #[arg(required = true)]
-    containers: Vec<String>,
-}
-
-pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
+/// `stop`'s flags: the same wait before SIGKILL.
+pub fn run(ctx: &Context, args: super::stop::Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
     for (input, state) in super::run::find_all(&containers, &args.containers)? {
         skiff::container::stop(&containers, &state, std::time::Duration::from_secs(args.time))

@@ -12,9 +12,9 @@ use crate::context::Context;
 pub struct Args {
     /// Seconds to wait before SIGKILL.
     #[arg(short = 't', long = "time", default_value_t = 10)]
-    time: u64,
+    pub time: u64,
     #[arg(required = true)]
-    containers: Vec<String>,
+    pub containers: Vec<String>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
