@@ -137,13 +137,16 @@ fn wait_to_restart(
 
 /// Marks the container as starting again under this supervisor, its count of restarts kept.
 fn claim_again(containers: &Containers, id: &str) -> Result<State, ContainerError> {
-    containers.update(id, |st| {
-        st.status = Status::Created;
-        st.init = None;
-        st.exit_code = None;
-        st.error = None;
-        st.finished_at = None;
-    })
+    containers.update(id, forget_last_run)
+}
+
+/// A record about to start: the last run's end forgotten.
+fn forget_last_run(st: &mut State) {
+    st.status = Status::Created;
+    st.init = None;
+    st.exit_code = None;
+    st.error = None;
+    st.finished_at = None;
 }
 
 /// Makes this process the container's supervisor, unless another live one is.
@@ -157,11 +160,7 @@ fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
         }
         st.supervisor = Some(me);
         st.manually_stopped = false;
-        st.status = Status::Created;
-        st.init = None;
-        st.exit_code = None;
-        st.error = None;
-        st.finished_at = None;
+        forget_last_run(st);
     })?;
     match other {
         Some(pid) => Err(ContainerError::Supervised { id: id.to_string(), pid }),

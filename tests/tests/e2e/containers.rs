@@ -1138,19 +1138,22 @@ fn attach_follows_a_running_containers_output_to_its_exit_code() {
     let script = "echo early; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo late; echo oops >&2; exit 5";
     env.detach(&["--rm", "--name", "talk", &f.busybox_ref, "sh", "-c", script]);
     wait_for("the first line", || env.run(&["logs", "talk"]).stdout.contains("early"));
-    let attached = env
-        .skiff
-        .command()
-        .args(["attach", "talk"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Attached (it holds the waiters' lock) before the container goes on: only what comes
     // after shows.
-    wait_for("attach to hold the waiters' lock", || waiter_attached(&env, "talk"));
-    env.run(&["exec", "talk", "sh", "-c", ": > /tmp/go"]).ok();
-    let out = attached.wait_with_output().unwrap();
+    let attach_then_go = |args: &[&str], name: &str| {
+        let attached = env
+            .skiff
+            .command()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for("the attach to hold the waiters' lock", || waiter_attached(&env, name));
+        env.run(&["exec", name, "sh", "-c", ": > /tmp/go"]).ok();
+        attached.wait_with_output().unwrap()
+    };
+    let out = attach_then_go(&["attach", "talk"], "talk");
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         (String::from_utf8_lossy(&out.stdout).as_ref(), String::from_utf8_lossy(&out.stderr).as_ref()),
@@ -1166,16 +1169,7 @@ fn attach_follows_a_running_containers_output_to_its_exit_code() {
         "-c",
         "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo two; exit 2",
     ]);
-    let started = env
-        .skiff
-        .command()
-        .args(["start", "-a", "again"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("start -a to attach", || waiter_attached(&env, "again"));
-    env.run(&["exec", "again", "sh", "-c", ": > /tmp/go"]).ok();
-    let out = started.wait_with_output().unwrap();
+    let out = attach_then_go(&["start", "-a", "again"], "again");
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(2), "two\n"));
     assert!(env.run(&["attach", "again"]).failed().contains("is not running"));
 }

@@ -41,31 +41,10 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         let nanos = (seconds * 1e9) as i64;
         return Ok(DateTime::from_timestamp_nanos(nanos));
     }
-    let mut total = 0f64;
-    let mut number = String::new();
-    for c in s.chars() {
-        match c {
-            '0'..='9' | '.' => number.push(c),
-            'h' | 'm' | 's' if !number.is_empty() => {
-                let n: f64 = number.parse().map_err(|_| format!("{s:?}: {number:?} is not a number"))?;
-                total += n * match c {
-                    'h' => 3600.0,
-                    'm' => 60.0,
-                    _ => 1.0,
-                };
-                number.clear();
-            }
-            _ => {
-                return Err(format!(
-                    "{s:?} is no time: expected RFC 3339, Unix seconds, or a duration such as 10m"
-                ))
-            }
-        }
-    }
-    if !number.is_empty() || total == 0.0 && s.is_empty() {
-        return Err(format!("{s:?} is no time: a duration needs its unit (h, m, s)"));
-    }
-    Ok(Utc::now() - chrono::Duration::nanoseconds((total * 1e9) as i64))
+    let back = super::duration(s).map_err(|e| {
+        format!("{s:?} is no time: expected RFC 3339, Unix seconds, or a duration such as 10m ({e})")
+    })?;
+    Ok(Utc::now() - chrono::Duration::from_std(back).map_err(|e| format!("{s:?}: {e}"))?)
 }
 
 /// How much of the log `--tail` asks for.

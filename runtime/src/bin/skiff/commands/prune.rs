@@ -208,7 +208,7 @@ fn du(path: &Path) -> u64 {
 }
 
 /// docker's question before a prune: `-f` answers yes; otherwise a `y` on stdin.
-fn confirm(warning: &str, force: bool) -> anyhow::Result<bool> {
+pub fn confirm(warning: &str, force: bool) -> anyhow::Result<bool> {
     if force {
         return Ok(true);
     }

@@ -43,18 +43,19 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let all = containers.list().context("listing containers")?;
     let filters = Filters::parse(&args.filters, &all)?;
     let last = if args.latest { Some(1) } else { args.last };
-    let mut list: Vec<State> = all
+    // Each container's state once: telling a paused one reads its cgroup.
+    let (states, list): (Vec<&'static str>, Vec<State>) = all
         .iter()
         .filter(|s| args.all || last.is_some() || filters.has_status() || s.is_running())
-        .filter(|s| filters.keep(s))
-        .cloned()
-        .collect();
-    list.reverse();
-    if let Some(n) = last {
-        list.truncate(n);
-    }
+        .map(|s| (state(s), s))
+        .filter(|(state, s)| filters.keep(s, state))
+        .map(|(state, s)| (state, s.clone()))
+        .rev()
+        .take(last.unwrap_or(usize::MAX))
+        .unzip();
     let now = Utc::now();
-    let rows: Vec<[String; 9]> = list.iter().map(|s| row(s, now, args.no_trunc)).collect();
+    let rows: Vec<[String; 9]> =
+        list.iter().zip(&states).map(|(s, state)| row(s, state, now, args.no_trunc)).collect();
     if args.quiet {
         rows.iter().for_each(|r| println!("{}", r[0]));
         return Ok(());
@@ -109,15 +110,15 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
 }
 
 /// One container's fields, in [`FIELDS`] order.
-fn row(s: &State, now: DateTime<Utc>, no_trunc: bool) -> [String; 9] {
+fn row(s: &State, state: &str, now: DateTime<Utc>, no_trunc: bool) -> [String; 9] {
     [
         if no_trunc { s.id.clone() } else { s.short_id().to_string() },
         s.image.name.clone(),
         format!("\"{}\"", command(s)),
         s.created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
         format!("{} ago", ago(s.created, now)),
-        status(s, now),
-        state(s).to_string(),
+        status(s, state, now),
+        state.to_string(),
         s.name.clone(),
         String::new(),
     ]
@@ -230,12 +231,12 @@ impl Filters {
         self.by_key.contains_key("status") || self.by_key.contains_key("exited")
     }
 
-    fn keep(&self, s: &State) -> bool {
+    fn keep(&self, s: &State, state: &str) -> bool {
         self.by_key.iter().all(|(key, values)| {
             values.iter().any(|v| match key.as_str() {
                 "id" => s.id.starts_with(v.as_str()),
                 "name" => s.name.contains(v.as_str()),
-                "status" => state(s) == v,
+                "status" => state == v,
                 "exited" => {
                     s.status == Status::Exited && s.exit_code.map(|c| c.to_string()).as_deref() == Some(v)
                 }
@@ -277,30 +278,20 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// Docker's STATUS column: `Up 5 seconds`, `Up 1 minute (Paused)`, `Exited (0) 3 minutes ago`,
 /// `Created`.
-fn status(s: &State, now: DateTime<Utc>) -> String {
-    match s.status {
-        Status::Created => "Created".to_string(),
-        Status::Running if skiff::sandbox::is_paused(&s.id) => {
-            format!("Up {} (Paused)", ago(s.started_at.unwrap_or(s.created), now))
-        }
-        Status::Running => {
-            let up = format!("Up {}", ago(s.started_at.unwrap_or(s.created), now));
-            match s.health.as_ref().map(|h| h.status) {
-                Some(HealthStatus::Starting) => format!("{up} (health: starting)"),
-                Some(status) => format!("{up} ({status})"),
-                None => up,
-            }
-        }
-        Status::Exited if s.is_restarting() => format!(
-            "Restarting ({}) {} ago",
-            s.exit_code.unwrap_or(0),
-            ago(s.finished_at.unwrap_or(s.created), now)
-        ),
-        Status::Exited => format!(
-            "Exited ({}) {} ago",
-            s.exit_code.unwrap_or(0),
-            ago(s.finished_at.unwrap_or(s.created), now)
-        ),
+fn status(s: &State, state: &str, now: DateTime<Utc>) -> String {
+    let up = || format!("Up {}", ago(s.started_at.unwrap_or(s.created), now));
+    let ended =
+        || format!("({}) {} ago", s.exit_code.unwrap_or(0), ago(s.finished_at.unwrap_or(s.created), now));
+    match state {
+        "created" => "Created".to_string(),
+        "paused" => format!("{} (Paused)", up()),
+        "running" => match s.health.as_ref().map(|h| h.status) {
+            Some(HealthStatus::Starting) => format!("{} (health: starting)", up()),
+            Some(status) => format!("{} ({status})", up()),
+            None => up(),
+        },
+        "restarting" => format!("Restarting {}", ended()),
+        _ => format!("Exited {}", ended()),
     }
 }
 

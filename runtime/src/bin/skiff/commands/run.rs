@@ -221,32 +221,12 @@ fn parse_mount(s: &str) -> Result<Mount, String> {
     }
 }
 
-/// docker's durations: `300ms`, `30s`, `1m30s`, `1h`.
+/// docker's durations, above zero: `300ms`, `30s`, `1m30s`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let value: f64 =
-            rest[..digits].parse().map_err(|_| format!("{s:?}: expected a duration such as 30s or 1m30s"))?;
-        rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h"]
-            .into_iter()
-            .find(|u| rest.starts_with(u))
-            .ok_or_else(|| format!("{s:?}: a duration needs its unit (ms, s, m, h)"))?;
-        rest = &rest[unit.len()..];
-        let seconds = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            _ => value * 3600.0,
-        };
-        total += Duration::from_secs_f64(seconds);
+    match super::duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: a duration above zero is needed")),
+        d => Ok(d),
     }
-    if total.is_zero() {
-        return Err(format!("{s:?}: a duration above zero is needed"));
-    }
-    Ok(total)
 }
 
 /// Runs a container's health check as `skiff exec` does, in a skiff of its own.

@@ -1,8 +1,6 @@
 //! `skiff volume`: named volumes, as docker volume manages them (create, ls, inspect, rm,
 //! prune).
 
-use std::io::Write;
-
 use crate::context::Context;
 
 #[derive(clap::Subcommand)]
@@ -73,14 +71,8 @@ pub fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 println!("Total reclaimed space: 0B (anonymous volumes go with their containers; -a removes unused named ones)");
                 return Ok(());
             }
-            if !force {
-                print!("WARNING! This will remove all volumes no container uses.\nAre you sure you want to continue? [y/N] ");
-                std::io::stdout().flush()?;
-                let mut answer = String::new();
-                std::io::stdin().read_line(&mut answer)?;
-                if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-                    return Ok(());
-                }
+            if !super::prune::confirm("This will remove all volumes no container uses.", force)? {
+                return Ok(());
             }
             let users = containers.list()?;
             println!("Deleted Volumes:");
