@@ -2,6 +2,7 @@
 
 mod commands;
 mod context;
+mod log;
 mod progress;
 
 use std::path::PathBuf;
@@ -289,18 +290,7 @@ fn flatten(command: Command) -> Flattened {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: not into logs, pipes or files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // A log line that cannot be written (stderr a closed pipe, as in `2>&1 | head`) is
-        // dropped. Reporting it would print to that stderr and panic whichever thread logged,
-        // a FUSE worker or the thread that unmounts.
-        .log_internal_errors(false)
-        .init();
+    log::init(&cli.log_level);
     let ctx = Context::new(cli.root, cli.cache_size, cli.config, cli.insecure_registries);
     let command = match flatten(cli.command) {
         Flattened::Command(command) => *command,
