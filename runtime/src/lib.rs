@@ -10,6 +10,7 @@ pub mod image;
 pub mod layers;
 pub mod manifest;
 pub mod mount;
+pub mod mountinfo;
 pub mod plan;
 pub mod reference;
 pub mod registry;

@@ -269,34 +269,9 @@ fn landmark_profile(layers: &[OpenedLayer]) -> Option<Vec<ProfiledFile>> {
 
 /// Whether `path` is a mount point of a skiff FUSE filesystem.
 pub fn is_skiff_mount(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.to_string_lossy();
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-");
-        fields.get(4).is_some_and(|mp| unescape(mp) == want)
-            && sep.and_then(|i| fields.get(i + 1)).is_some_and(|t| *t == "fuse.skiff" || *t == "fuse")
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(field: &str) -> String {
-    let mut out = String::new();
-    let mut chars = field.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            if let Ok(n) = u8::from_str_radix(&code, 8) {
-                out.push(n as char);
-                continue;
-            }
-            out.push('\\');
-            out.push_str(&code);
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::mountinfo::mounts()
+        .iter()
+        .any(|m| m.point == path && (m.fstype == "fuse.skiff" || m.fstype == "fuse"))
 }
 
 fn alive(pid: u32) -> bool {
@@ -355,15 +330,4 @@ pub fn unmount(root: &Path, target: &Path) -> Result<(), MountError> {
         let _ = fs::remove_file(path);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_fields_are_unescaped() {
-        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-    }
 }

@@ -186,15 +186,31 @@ impl Drop for Tree {
     }
 }
 
-/// Gives this process a mount namespace of its own, sharing nothing with the host's, so that
-/// what it mounts is seen by no one else and goes when it ends. Called before any thread
-/// starts (the kernel refuses otherwise).
-pub fn private_mounts() -> Result<(), CopyError> {
+/// Gives this process a mount namespace of its own, so that what it mounts is seen by no one
+/// else and goes when it ends. Called before any thread starts (the kernel refuses otherwise).
+///
+/// The new namespace starts with a copy of every host mount, and a copy keeps its filesystem
+/// alive: another container's lazy root would go on being served, and its supervisor, which
+/// waits for its FUSE session to end, would wait for this process. So the copies of skiff's
+/// FUSE mounts and of the containers' roots are detached at once, and the rest made slaves of
+/// the host's, to go when the host unmounts them (where the host shares its mounts).
+pub fn private_mounts(containers: &Containers) -> Result<(), CopyError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|source| CopyError::Namespace { step: "making a mount namespace", source })?;
-    let flags = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE;
+    let flags = nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE;
     nix::mount::mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
-        .map_err(|source| CopyError::Namespace { step: "making / private", source })
+        .map_err(|source| CopyError::Namespace { step: "making / a slave", source })?;
+    let others = crate::mountinfo::mounts().into_iter().filter(|m| {
+        m.fstype == "fuse.skiff" || (m.point.starts_with(&containers.dir) && m.point != containers.dir)
+    });
+    // Children first; a child already gone with its parent is no error.
+    for mount in others.collect::<Vec<_>>().into_iter().rev() {
+        match nix::mount::umount2(&mount.point, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            Err(source) => return Err(CopyError::Namespace { step: "detaching another mount", source }),
+        }
+    }
+    Ok(())
 }
 
 /// A path on one side of a copy, and how errors name it (`web:/etc/hosts`).

@@ -3,7 +3,7 @@
 //! supervisor that died (killed with SIGKILL, or the machine went down) — its mounts, its
 //! cgroup and its record.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -238,7 +238,7 @@ pub(super) fn remove_files(containers: &Containers, id: &str) -> Result<(), Cont
 fn remove_dir(containers: &Containers, id: &str) -> Result<(), ContainerError> {
     let dir = containers.paths(id).dir;
     unmount_all(id, &dir)?;
-    if let Some(left) = mounts_under(&dir).first() {
+    if let Some(left) = crate::mountinfo::under(&dir).first() {
         return Err(ContainerError::Unmount {
             id: id.to_string(),
             path: left.clone(),
@@ -253,7 +253,7 @@ fn remove_dir(containers: &Containers, id: &str) -> Result<(), ContainerError> {
 
 /// Detaches every mount under `dir`, deepest first.
 fn unmount_all(id: &str, dir: &Path) -> Result<(), ContainerError> {
-    for path in mounts_under(dir) {
+    for path in crate::mountinfo::under(dir) {
         nix::mount::umount2(&path, MntFlags::MNT_DETACH).map_err(|source| ContainerError::Unmount {
             id: id.to_string(),
             path: path.clone(),
@@ -261,49 +261,4 @@ fn unmount_all(id: &str, dir: &Path) -> Result<(), ContainerError> {
         })?;
     }
     Ok(())
-}
-
-/// Mount points under `dir` (in this process's mount namespace), deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .filter(|p| p.starts_with(dir) && p != dir)
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(super::unescape(r"/a\040b/c"), "/a b/c");
-        assert_eq!(super::unescape("/plain"), "/plain");
-    }
 }

@@ -184,6 +184,33 @@ fn cp_into_a_user_namespace_gives_the_containers_root() {
     assert_eq!((entry.header().uid().unwrap(), entry.header().gid().unwrap()), (0, 0));
 }
 
+#[test]
+fn a_copy_from_a_stopped_container_does_not_hold_another_containers_files() {
+    use std::io::Read;
+    let Some((f, env)) = env() else { return };
+    env.run(&["create", "--name", "held", &f.busybox_ref, "true"]).ok();
+    env.detach(&["--name", "running", &f.busybox_ref, "sleep", "1000"]);
+    // A copy that has begun its tar stream and waits for it to be read: it has mounted the
+    // stopped container's files, in a mount namespace of its own.
+    let mut copy = env
+        .skiff
+        .command()
+        .args(["cp", "held:/bin/busybox", "-"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stream = copy.stdout.take().unwrap();
+    let mut archive = vec![0u8; 512];
+    stream.read_exact(&mut archive).unwrap();
+    // Stopping the other container unmounts its files. Had the copy's namespace kept a copy
+    // of that mount, the files would be served until the copy ended, and the stop would
+    // wait for it in vain.
+    env.run(&["stop", "-t", "0", "running"]).ok();
+    stream.read_to_end(&mut archive).unwrap();
+    assert!(copy.wait().unwrap().success());
+    assert!(archive_entries(&archive).contains_key("busybox"), "{:?}", archive_entries(&archive).keys());
+}
+
 /// The entries of a tar stream: path, and a regular file's contents.
 fn archive_entries(bytes: &[u8]) -> std::collections::BTreeMap<String, Option<String>> {
     use std::io::Read;

@@ -96,8 +96,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
 pub fn container_tree(ctx: &Context, name: &str) -> anyhow::Result<Tree> {
     // A stopped container's rootfs is mounted where no one else sees it, and goes when this
     // process ends, however it ends.
-    skiff::container::private_mounts()?;
     let containers = super::run::containers(ctx)?;
+    skiff::container::private_mounts(&containers)?;
     let state = containers.find(name)?;
     let store = ctx.store()?;
     let image =
