@@ -18,6 +18,9 @@ use crate::sandbox;
 const POLL: Duration = Duration::from_millis(50);
 /// How long a container gets to go after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long a stop waits for a supervisor to finish starting the container (mounting its
+/// image, which may fetch from the registry, and setting up its sandbox).
+const START_WAIT: Duration = Duration::from_secs(60);
 
 /// Cleans up after every supervisor that died: kills what is left of its container, unmounts
 /// what it mounted under the container's directory, removes its cgroup and records the
@@ -116,9 +119,11 @@ pub fn stop(
         Ok(_) | Err(ContainerError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
+    let Some(state) = settled(containers, &state.id)? else { return Ok(None) };
     if state.status != Status::Running {
-        return Ok(Some(state.clone()));
+        return Ok(Some(state));
     }
+    let state = &state;
     let signal = super::parse_signal(&state.stop_signal).unwrap_or(Signal::SIGTERM);
     match kill(state, signal) {
         Ok(()) | Err(ContainerError::NotRunning { .. }) => {}
@@ -181,6 +186,26 @@ pub fn attach_output(
     wait(containers, &state.id)
 }
 
+/// The record of a container told to stop, once its supervisor is done starting it: running,
+/// or let go (a supervisor waiting to restart it, or about to, sees it is stopped and lets it
+/// go). `None`: it is gone. Without this, a stop that came while the supervisor started the
+/// container again would find nothing to stop, and the container would run after it.
+fn settled(containers: &Containers, id: &str) -> Result<Option<State>, ContainerError> {
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        let st = match containers.load(id) {
+            Ok(st) => st,
+            Err(ContainerError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let starting = st.status != Status::Running && st.supervisor.is_some_and(|p| p.is_alive());
+        if !starting || Instant::now() >= deadline {
+            return Ok(Some(st));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Waits up to `timeout` for the container to have no live supervisor. `Some(None)`: it is
 /// gone (removed by `--rm`); `None`: still running at the deadline.
 pub fn wait_exited(
@@ -215,7 +240,8 @@ pub fn remove(containers: &Containers, state: &State, force: bool) -> Result<(),
             return Err(ContainerError::Running { id: state.id.clone() });
         }
         containers.update(&state.id, |st| st.manually_stopped = true)?;
-        if let Some(init) = state.init.filter(|p| p.is_alive()) {
+        let now = settled(containers, &state.id)?;
+        if let Some(init) = now.and_then(|st| st.init).filter(|p| p.is_alive()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(init.pid), Signal::SIGKILL);
         }
         // Paused, it dies only once let go on.

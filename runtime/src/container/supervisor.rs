@@ -129,15 +129,26 @@ fn wait_to_restart(
         }
         let now = Instant::now();
         if now >= until {
-            return claim_again(containers, id).map(Some);
+            return claim_again(containers, id);
         }
         std::thread::sleep((until - now).min(Duration::from_millis(50)));
     }
 }
 
-/// Marks the container as starting again under this supervisor, its count of restarts kept.
-fn claim_again(containers: &Containers, id: &str) -> Result<State, ContainerError> {
-    containers.update(id, forget_last_run)
+/// Marks the container as starting again under this supervisor, its count of restarts kept;
+/// `None` (and the container let go) if it was stopped since the check, in one step with the
+/// check so that a stop cannot slip in between.
+fn claim_again(containers: &Containers, id: &str) -> Result<Option<State>, ContainerError> {
+    let mut stopped = false;
+    let state = containers.update(id, |st| {
+        stopped = st.manually_stopped;
+        if stopped {
+            st.supervisor = None;
+        } else {
+            forget_last_run(st);
+        }
+    })?;
+    Ok((!stopped).then_some(state))
 }
 
 /// A record about to start: the last run's end forgotten.
