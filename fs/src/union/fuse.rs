@@ -61,10 +61,10 @@ impl Mounted {
         &self.path
     }
 
-    /// Unmounts and waits for the serving threads to end.
+    /// Unmounts and waits for the serving threads to end (see [`SESSION_END_WAIT`]).
     pub fn unmount(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => s.umount_and_join(),
+            Some(s) => end(s, &self.path),
             None => Ok(()),
         }
     }
@@ -73,9 +73,39 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            if let Err(e) = s.umount_and_join() {
+            if let Err(e) = end(s, &self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "unmounting");
             }
+        }
+    }
+}
+
+/// How long an unmount waits for the serving threads once the mount is gone. They end when
+/// the kernel lets the connection go, which it does only once no mount namespace holds the
+/// mount: one made while it was mounted (`unshare -m`, another runtime setting up a
+/// container) holds a copy of it for as long as it lives. A container's stop must not wait
+/// for that.
+const SESSION_END_WAIT: Duration = Duration::from_secs(2);
+
+/// Unmounts `session`'s mount at `path`, and waits for its threads up to [`SESSION_END_WAIT`].
+/// Past that, they go on serving the copies until those go or this process ends.
+fn end(session: fuser::BackgroundSession, path: &Path) -> io::Result<()> {
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("skiff-unmount".into()).spawn(move || {
+        let _ = done.send(session.umount_and_join());
+    })?;
+    match ended.recv_timeout(SESSION_END_WAIT) {
+        Ok(result) => result,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            tracing::info!(
+                path = %path.display(),
+                "unmounted, but another mount namespace still holds the mount: it is served \
+                 until that namespace lets it go or this process ends"
+            );
+            Ok(())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(io::Error::other("the thread unmounting it panicked"))
         }
     }
 }

@@ -118,6 +118,25 @@ fn detached_container_logs_stops_and_is_removed() {
 }
 
 #[test]
+fn a_copy_of_its_root_in_another_mount_namespace_does_not_hold_up_a_stop() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "held", &f.busybox_ref, "sleep", "1000"]);
+    // A mount namespace made now starts with a copy of every mount, the container's lazy
+    // root among them, and keeps it for as long as it lives.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "1000"])
+        .spawn()
+        .expect("running unshare");
+    let namespace = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    wait_for("the new namespace", || namespace(holder.id()) != namespace(std::process::id()));
+    let out = env.run(&["stop", "-t", "0", "held"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    out.ok();
+    assert_eq!(env.run(&["ps", "-a", "--format", "{{.Status}}"]).ok().split(' ').next(), Some("Exited"));
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);
