@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub tmpfs: Vec<TmpfsMount>,
     pub read_only: bool,
     pub network: Network,
+    /// `-p`: ports published on the host (none with the host's network).
+    pub ports: Vec<super::ports::PortMapping>,
     pub capabilities: CapabilityOptions,
     pub resources: Resources,
     pub init: bool,
@@ -121,6 +123,7 @@ impl Default for RunOptions {
             tmpfs: Vec::new(),
             read_only: false,
             network: Network::None,
+            ports: Vec::new(),
             capabilities: CapabilityOptions::default(),
             resources: Resources::default(),
             init: false,

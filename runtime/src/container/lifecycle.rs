@@ -52,6 +52,7 @@ pub(super) fn reap(containers: &Containers) -> Result<(), ContainerError> {
         st.error = Some(format!("its supervisor (pid {}) died", dead.pid));
         st.supervisor = None;
         st.init = None;
+        st.published.clear();
         st.finished_at = Some(Utc::now());
         let path = containers.paths(&st.id).state;
         state::write(&path, &st).map_err(io_err("writing", &path))?;

@@ -15,6 +15,7 @@ pub mod health;
 mod lifecycle;
 pub mod log;
 mod named;
+pub mod ports;
 mod rootfs;
 mod state;
 mod supervisor;
@@ -92,6 +93,8 @@ pub enum ContainerError {
     Signal { id: String, pid: i32, source: nix::errno::Errno },
     #[error("container {id}: {source}")]
     Volume { id: String, source: VolumeError },
+    #[error("container {id}: {source}")]
+    Publish { id: String, source: std::io::Error },
     #[error(transparent)]
     NamedVolume(#[from] NamedVolumeError),
     #[error(transparent)]
@@ -385,6 +388,8 @@ impl Containers {
             healthcheck: options.health.resolve(image)?,
             health: None,
             labels,
+            ports: if options.network == sandbox::Network::Host { Vec::new() } else { options.ports.clone() },
+            published: Vec::new(),
             spec,
         };
         fs::create_dir_all(&paths.rootfs).map_err(io_err("creating", &paths.rootfs))?;

@@ -165,6 +165,12 @@ pub struct State {
     /// Its labels: the image's, and `--label`s over them.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `-p`: the ports published, as asked for (host port 0: any free one).
+    #[serde(default)]
+    pub ports: Vec<super::ports::PortMapping>,
+    /// The ports published while it runs, with the host ports bound.
+    #[serde(default)]
+    pub published: Vec<super::ports::PortMapping>,
     /// What the sandbox runs; `rootfs` and `state_dir` point into the container's directory.
     pub spec: ContainerSpec,
 }

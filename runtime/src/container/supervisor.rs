@@ -3,6 +3,7 @@
 //! the sandbox (forwarding SIGINT/SIGTERM/SIGHUP/SIGQUIT to it), records the pid, waits,
 //! unmounts, and records how the container ended — or, with `--rm`, removes every trace.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use chrono::Utc;
 use super::attach::{self, Wiring};
 use super::health::{self, Health, Prober};
 use super::log::LogFile;
+use super::ports::Listeners;
 use super::rootfs::RootfsProvider;
 use super::state::{ProcessId, State, Status};
 use super::{lifecycle, ContainerError, Containers};
@@ -63,6 +65,7 @@ pub fn supervise(s: Supervision<'_>) -> Result<ExitStatus, ContainerError> {
         let finished = s.containers.update(s.id, |st| {
             st.status = Status::Exited;
             st.init = None;
+            st.published.clear();
             st.finished_at = Some(Utc::now());
             match &result {
                 Ok(status) => st.exit_code = Some(status.code()),
@@ -182,6 +185,9 @@ fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
 fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError> {
     let id = s.id.to_string();
     let paths = s.containers.paths(s.id);
+    // First: a port another process holds fails the start before anything is mounted.
+    let listeners =
+        Listeners::bind(&state.ports).map_err(|source| ContainerError::Publish { id: id.clone(), source })?;
     // Held while the rootfs is mounted: a `skiff cp` mounting it too is waited for.
     let rootfs_lock = s.containers.lock_rootfs(s.id)?;
     let mounted = s
@@ -220,13 +226,29 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         st.init = ProcessId::of(container.pid().as_raw());
         st.started_at = Some(Utc::now());
         st.health = st.healthcheck.as_ref().map(|_| Health::starting());
+        st.published = listeners.mappings();
     })?;
-    // Its health checked beside it, for as long as it runs.
+    let netns = match listeners.is_empty() {
+        true => None,
+        false => Some(
+            File::open(format!("/proc/{}/ns/net", container.pid()))
+                .map_err(|source| ContainerError::Publish { id: id.clone(), source })?,
+        ),
+    };
+    // Its health checked, and its published ports served, beside it for as long as it runs.
     let done = AtomicBool::new(false);
     let status = std::thread::scope(|scope| {
         if let (Some(check), Some(prober)) = (&state.healthcheck, s.prober) {
             let (containers, id, done) = (s.containers, s.id, &done);
             scope.spawn(move || health::watch(containers, id, check, prober, done));
+        }
+        if let Some(netns) = netns {
+            let (id, done) = (s.id, &done);
+            scope.spawn(move || {
+                if let Err(e) = listeners.serve(netns, done) {
+                    tracing::warn!(container = id, error = %e, "serving the published ports");
+                }
+            });
         }
         let status = sandbox::wait_forwarding(&mut container, forwarder).map_err(sandbox_err);
         done.store(true, Ordering::Relaxed);

@@ -114,3 +114,40 @@ fn exec_runs_python_in_a_running_python_container() {
     assert_eq!(env.run(&["exec", &id, "python3", "-c", "raise SystemExit(7)"]).code, 7);
     env.run(&["rm", "-f", &id]).ok();
 }
+
+#[test]
+fn a_published_port_reaches_a_server_in_the_container() {
+    use std::io::{Read, Write};
+    let Some((image, env)) = env() else { return };
+    // Answers each connection with what it read, after `echo:`.
+    let server = "import socket\n\
+                  s = socket.socket()\n\
+                  s.bind(('127.0.0.1', 8000))\n\
+                  s.listen()\n\
+                  while True:\n\
+                  \x20   c, _ = s.accept()\n\
+                  \x20   c.sendall(b'echo:' + c.recv(100))\n\
+                  \x20   c.close()";
+    env.detach(&["--name", "web", "-p", "127.0.0.1::8000", &image.estargz_ref, "python3", "-c", server]);
+    // A free host port, chosen at start.
+    let published = env.run(&["port", "web", "8000"]).ok().trim().to_string();
+    assert!(published.starts_with("127.0.0.1:") && !published.ends_with(":0"), "{published}");
+    // Until the server listens, a connection is taken and closed with no answer.
+    let mut answer = String::new();
+    wait_for("the server's answer", || {
+        answer.clear();
+        let Ok(mut conn) = std::net::TcpStream::connect(&published) else { return false };
+        conn.write_all(b"ping").is_ok() && conn.read_to_string(&mut answer).is_ok() && !answer.is_empty()
+    });
+    assert_eq!(answer, "echo:ping");
+    assert_eq!(env.run(&["port", "web"]).ok(), format!("8000/tcp -> {published}\n"));
+    assert!(env.run(&["ps"]).ok().contains(&format!("{published}->8000/tcp")));
+    // A host port in use fails the start, naming it.
+    let taken = format!("{published}:80");
+    let out = env.run(&["run", "--rm", "-p", &taken, &image.estargz_ref, "true"]);
+    assert!(out.failed().contains(&format!("publishing port 80: listening on {published}")), "{out:?}");
+    env.run(&["stop", "web"]).ok();
+    assert_eq!(env.run(&["port", "web"]).ok(), "");
+    assert!(std::net::TcpStream::connect(&published).is_err(), "still listening after the stop");
+    assert!(env.run(&["run", "-p", "53/udp", &image.estargz_ref, "true"]).failed().contains("only tcp"));
+}

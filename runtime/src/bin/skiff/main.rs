@@ -89,6 +89,8 @@ enum Command {
     Stats(commands::stats::Args),
     /// Show a running container's processes (the host's ps, -ef by default).
     Top(commands::top::Args),
+    /// Show where a running container's ports are published.
+    Port(commands::port::Args),
     /// Change containers' memory, CPU and process limits (at once if they run).
     Update(commands::update::Args),
     /// Give a container a new name.
@@ -163,6 +165,8 @@ enum ContainerCommand {
     Update(commands::update::Args),
     /// Show a container's processes.
     Top(commands::top::Args),
+    /// Show a container's published ports.
+    Port(commands::port::Args),
     /// Show what containers use.
     Stats(commands::stats::Args),
     /// Print a container's output.
@@ -254,6 +258,7 @@ fn flatten(command: Command) -> Flattened {
             ContainerCommand::Rename(a) => top(Command::Rename(a)),
             ContainerCommand::Update(a) => top(Command::Update(a)),
             ContainerCommand::Top(a) => top(Command::Top(a)),
+            ContainerCommand::Port(a) => top(Command::Port(a)),
             ContainerCommand::Stats(a) => top(Command::Stats(a)),
             ContainerCommand::Logs(a) => top(Command::Logs(a)),
             ContainerCommand::Wait(a) => top(Command::Wait(a)),
@@ -312,6 +317,7 @@ fn main() -> ExitCode {
             | Command::History(_)
             | Command::Info(_)
             | Command::Top(_)
+            | Command::Port(_)
             | Command::Stats(_)
             | Command::Volume(_)
     ) {
@@ -345,6 +351,7 @@ fn main() -> ExitCode {
         Command::Rename(a) => commands::rename::run(&ctx, a),
         Command::Update(a) => commands::update::run(&ctx, a),
         Command::Top(a) => commands::top::run(&ctx, a),
+        Command::Port(a) => commands::port::run(&ctx, a),
         Command::Stats(a) => commands::stats::run(&ctx, a),
         Command::Rm(a) => commands::rm::run(&ctx, a),
         Command::Logs(a) => commands::logs::run(&ctx, a),

@@ -18,6 +18,7 @@ pub mod login;
 pub mod logs;
 pub mod mount;
 pub mod pause;
+pub mod port;
 pub mod prune;
 pub mod ps;
 pub mod pull;

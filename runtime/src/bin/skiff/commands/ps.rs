@@ -71,10 +71,12 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         }
         None | Some("table") => {
             let mut table =
-                vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
+                vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+                    .map(String::from)];
             for r in &rows {
                 let command = format!("\"{}\"", truncate(r[2].trim_matches('"'), 20));
-                table.push([r[0].clone(), r[1].clone(), command, r[4].clone(), r[5].clone(), r[7].clone()]);
+                let [id, image, _, _, created, status, _, names, ports] = r.clone();
+                table.push([id, image, command, created, status, ports, names]);
             }
             super::print_table(&table);
         }
@@ -120,7 +122,7 @@ fn row(s: &State, state: &str, now: DateTime<Utc>, no_trunc: bool) -> [String; 9
         status(s, state, now),
         state.to_string(),
         s.name.clone(),
-        String::new(),
+        s.published.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
     ]
 }
 

@@ -68,6 +68,10 @@ pub struct Args {
     /// Network: none (own namespace with lo) or host.
     #[arg(long, default_value = "none", value_parser = parse_network)]
     network: Network,
+    /// Publish a container port on the host: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp] (host port
+    /// left out: any free one, see `skiff port`); repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST_PORT:]PORT")]
+    publish: Vec<skiff::container::ports::PortMapping>,
     /// Add a capability to docker's default set (NET_ADMIN or CAP_NET_ADMIN; ALL for every
     /// one); repeatable.
     #[arg(long = "cap-add", value_parser = check_capability)]
@@ -359,6 +363,9 @@ impl Args {
                 v.host.display()
             );
         }
+        if self.network == Network::Host && !self.publish.is_empty() {
+            eprintln!("WARNING: published ports are discarded with the host's network");
+        }
         Ok(RunOptions {
             name: self.name.clone(),
             command: self.command.clone(),
@@ -372,6 +379,7 @@ impl Args {
             tmpfs,
             read_only: self.read_only,
             network: self.network,
+            ports: self.publish.clone(),
             capabilities: CapabilityOptions {
                 add: self.cap_add.clone(),
                 drop: self.cap_drop.clone(),
