@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub network: Network,
     /// `-p`: ports published on the host (none with the host's network).
     pub ports: Vec<super::ports::PortMapping>,
+    /// `-P`: also every TCP port the image exposes, each on a free host port.
+    pub publish_all: bool,
     pub capabilities: CapabilityOptions,
     pub resources: Resources,
     pub init: bool,
@@ -124,6 +126,7 @@ impl Default for RunOptions {
             read_only: false,
             network: Network::None,
             ports: Vec::new(),
+            publish_all: false,
             capabilities: CapabilityOptions::default(),
             resources: Resources::default(),
             init: false,

@@ -334,6 +334,11 @@ impl Containers {
             .into_iter()
             .collect();
         labels.extend(options.labels.clone());
+        let mut ports = options.ports.clone();
+        if options.publish_all {
+            let exposed = image_config.config().as_ref().and_then(|c| c.exposed_ports().clone());
+            ports.extend(ports::exposed(&exposed.unwrap_or_default(), &options.ports));
+        }
 
         if options.auto_remove && options.restart != RestartPolicy::No {
             return Err(ContainerError::Invalid(ConfigError::RestartAndRemove));
@@ -388,7 +393,7 @@ impl Containers {
             healthcheck: options.health.resolve(image)?,
             health: None,
             labels,
-            ports: if options.network == sandbox::Network::Host { Vec::new() } else { options.ports.clone() },
+            ports: if options.network == sandbox::Network::Host { Vec::new() } else { ports },
             published: Vec::new(),
             spec,
         };

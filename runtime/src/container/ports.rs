@@ -77,6 +77,27 @@ impl FromStr for PortMapping {
     }
 }
 
+/// `-P`: a mapping to a free host port for each TCP port the image exposes (`80/tcp`, or
+/// `80`) that `given` does not publish already.
+pub fn exposed(image_ports: &[String], given: &[PortMapping]) -> Vec<PortMapping> {
+    let mut all: Vec<PortMapping> = Vec::new();
+    for port in image_ports {
+        let (number, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+        let Ok(container_port) = number.parse::<u16>() else { continue };
+        if protocol != "tcp" || container_port == 0 {
+            continue;
+        }
+        if given.iter().chain(&all).all(|m| m.container_port != container_port) {
+            all.push(PortMapping {
+                host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                host_port: 0,
+                container_port,
+            });
+        }
+    }
+    all
+}
+
 /// The host's side of a container's published ports, bound before it starts.
 #[derive(Debug)]
 pub struct Listeners {
@@ -186,6 +207,17 @@ mod tests {
         assert!(parsed("1:2:3:4").is_err());
         let shown = "127.0.0.1:8080:80".parse::<PortMapping>().unwrap().to_string();
         assert_eq!(shown, "127.0.0.1:8080->80/tcp");
+    }
+
+    #[test]
+    fn publish_all_maps_each_exposed_tcp_port_not_given() {
+        let image: Vec<String> = ["80/tcp", "53/udp", "8080", "80/tcp", "443/tcp"].map(String::from).into();
+        let given = ["127.0.0.1:9443:443".parse().unwrap()];
+        let ports: Vec<(String, u16, u16)> = exposed(&image, &given)
+            .iter()
+            .map(|m| (m.host_ip.to_string(), m.host_port, m.container_port))
+            .collect();
+        assert_eq!(ports, [("0.0.0.0".into(), 0, 80), ("0.0.0.0".into(), 0, 8080)]);
     }
 
     #[test]

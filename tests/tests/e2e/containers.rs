@@ -137,6 +137,29 @@ fn a_copy_of_its_root_in_another_mount_namespace_does_not_hold_up_a_stop() {
 }
 
 #[test]
+fn publish_all_publishes_each_port_the_image_exposes() {
+    use std::io::Read;
+    let Some((f, env)) = env() else { return };
+    let config =
+        serde_json::json!({"Cmd": ["sleep", "1000"], "ExposedPorts": {"7000/tcp": {}, "7001/udp": {}}});
+    let image = push_image("exposing", std::slice::from_ref(&f.busybox), config);
+    env.detach(&["--name", "exposed", "-P", "-p", "127.0.0.1::7002", &image]);
+    let listed = env.run(&["port", "exposed"]).ok().to_string();
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines[0].starts_with("7002/tcp -> 127.0.0.1:"), "{listed}");
+    assert!(lines[1].starts_with("7000/tcp -> 0.0.0.0:"), "{listed}");
+    // Nothing listens on 7000 in the container: a connection is taken, then closed.
+    let port = lines[1].rsplit(':').next().unwrap();
+    let mut conn = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(answer.is_empty());
+    assert!(env.run(&["port", "exposed", "7001/udp"]).failed().contains("expected PORT or PORT/tcp"));
+    assert!(env.run(&["port", "exposed", "7005"]).failed().contains("no public port 7005/tcp"));
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

@@ -72,6 +72,9 @@ pub struct Args {
     /// left out: any free one, see `skiff port`); repeatable.
     #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST_PORT:]PORT")]
     publish: Vec<skiff::container::ports::PortMapping>,
+    /// Publish every TCP port the image exposes, each on a free host port.
+    #[arg(short = 'P', long)]
+    publish_all: bool,
     /// Add a capability to docker's default set (NET_ADMIN or CAP_NET_ADMIN; ALL for every
     /// one); repeatable.
     #[arg(long = "cap-add", value_parser = check_capability)]
@@ -363,7 +366,7 @@ impl Args {
                 v.host.display()
             );
         }
-        if self.network == Network::Host && !self.publish.is_empty() {
+        if self.network == Network::Host && (!self.publish.is_empty() || self.publish_all) {
             eprintln!("WARNING: published ports are discarded with the host's network");
         }
         Ok(RunOptions {
@@ -380,6 +383,7 @@ impl Args {
             read_only: self.read_only,
             network: self.network,
             ports: self.publish.clone(),
+            publish_all: self.publish_all,
             capabilities: CapabilityOptions {
                 add: self.cap_add.clone(),
                 drop: self.cap_drop.clone(),
