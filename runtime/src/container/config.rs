@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub tmpfs: Vec<TmpfsMount>,
     pub read_only: bool,
     pub network: Network,
+    /// `--network container:NAME`: the container whose network namespace this one joins.
+    pub network_container: Option<String>,
     /// `-p`: ports published on the host (none with the host's network).
     pub ports: Vec<super::ports::PortMapping>,
     /// `-P`: also every TCP port the image exposes, each on a free host port.
@@ -125,6 +127,7 @@ impl Default for RunOptions {
             tmpfs: Vec::new(),
             read_only: false,
             network: Network::None,
+            network_container: None,
             ports: Vec::new(),
             publish_all: false,
             capabilities: CapabilityOptions::default(),
@@ -168,6 +171,8 @@ pub enum ConfigError {
     EnvNoName { value: String },
     #[error("a user namespace (--userns, --uidmap) needs --pull-mode lazy: a full pull's unpacked files belong to host root")]
     UsernsNeedsLazy,
+    #[error("--network container:{other} and {option} cannot go together: the network is {other}'s")]
+    JoinedNetwork { other: String, option: &'static str },
 }
 
 /// `--userns`, `--uidmap`, `--gidmap`.

@@ -95,6 +95,8 @@ pub enum ContainerError {
     Volume { id: String, source: VolumeError },
     #[error("container {id}: {source}")]
     Publish { id: String, source: std::io::Error },
+    #[error("container {id}: {other}, whose network it joins, is not running")]
+    JoinedNetworkDown { id: String, other: String },
     #[error(transparent)]
     NamedVolume(#[from] NamedVolumeError),
     #[error(transparent)]
@@ -317,7 +319,7 @@ impl Containers {
         let declared = image_config.config().as_ref().and_then(|c| c.volumes().clone()).unwrap_or_default();
         spec.volumes.extend(volumes::anonymous(&declared, &options.volumes, &options.tmpfs, &paths.volumes));
         spec.tmpfs = options.tmpfs.clone();
-        spec.network = options.network;
+        spec.network = options.network.clone();
         spec.capabilities = options.capabilities.clone();
         spec.resources = options.resources;
         spec.init = options.init;
@@ -346,6 +348,21 @@ impl Containers {
         if options.userns != Userns::Host && options.pull_mode == PullMode::Full {
             return Err(ContainerError::Invalid(ConfigError::UsernsNeedsLazy));
         }
+        let network_container = match &options.network_container {
+            Some(other) => {
+                let conflict = |option| {
+                    ContainerError::Invalid(ConfigError::JoinedNetwork { other: other.clone(), option })
+                };
+                if !ports.is_empty() {
+                    return Err(conflict("publishing ports (-p, -P)"));
+                }
+                if options.userns != Userns::Host {
+                    return Err(conflict("a user namespace"));
+                }
+                Some(self.find(other)?.id)
+            }
+            None => None,
+        };
         let _lock = self.lock()?;
         let taken = self.list()?;
         spec.user_namespace = match &options.userns {
@@ -394,6 +411,7 @@ impl Containers {
             health: None,
             labels,
             ports: if options.network == sandbox::Network::Host { Vec::new() } else { ports },
+            network_container,
             published: Vec::new(),
             spec,
         };

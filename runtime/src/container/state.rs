@@ -165,6 +165,10 @@ pub struct State {
     /// Its labels: the image's, and `--label`s over them.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--network container:`: the container whose network namespace this one joins, at
+    /// each start (its `spec.network` is then that namespace's).
+    #[serde(default)]
+    pub network_container: Option<String>,
     /// `-p`: the ports published, as asked for (host port 0: any free one).
     #[serde(default)]
     pub ports: Vec<super::ports::PortMapping>,

@@ -4,6 +4,7 @@
 //! unmounts, and records how the container ended — or, with `--rm`, removes every trace.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,20 @@ fn forget_last_run(st: &mut State) {
     st.finished_at = None;
 }
 
+/// The network namespace of container `other`, which container `id` joins: it must be running.
+fn network_of(containers: &Containers, id: &str, other: &str) -> Result<PathBuf, ContainerError> {
+    let down =
+        |other: &str| ContainerError::JoinedNetworkDown { id: id.to_string(), other: other.to_string() };
+    match containers.load(other) {
+        Ok(st) => match st.init.filter(|p| st.is_running() && p.is_alive()) {
+            Some(init) => Ok(format!("/proc/{}/ns/net", init.pid).into()),
+            None => Err(down(&st.name)),
+        },
+        Err(ContainerError::NotFound(_)) => Err(down(other.get(..12).unwrap_or(other))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes this process the container's supervisor, unless another live one is.
 fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
     let me = ProcessId::current();
@@ -188,6 +203,10 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
     // First: a port another process holds fails the start before anything is mounted.
     let listeners =
         Listeners::bind(&state.ports).map_err(|source| ContainerError::Publish { id: id.clone(), source })?;
+    let joined_network = match &state.network_container {
+        Some(other) => Some(network_of(s.containers, &id, other)?),
+        None => None,
+    };
     // Held while the rootfs is mounted: a `skiff cp` mounting it too is waited for.
     let rootfs_lock = s.containers.lock_rootfs(s.id)?;
     let mounted = s
@@ -206,6 +225,9 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
     }
     let mut spec = state.spec.clone();
     spec.rootfs = mounted.path().to_path_buf();
+    if let Some(path) = joined_network {
+        spec.network = sandbox::Network::Join(path);
+    }
     let log = LogFile::open(&paths.log).map_err(super::io_err("opening", &paths.log))?;
     let wiring =
         Wiring { attached: s.attach == Attach::Terminal, tty: spec.tty, interactive: state.interactive };

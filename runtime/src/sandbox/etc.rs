@@ -36,7 +36,7 @@ impl EtcFiles {
 /// namespace (`ids`), the host ids its root maps to, so that root inside may change them as
 /// under docker (host root would show as nobody, and they would be read-only).
 pub fn write(spec: &ContainerSpec, ids: Option<&skiff_fs::IdMap>) -> Result<EtcFiles, EtcError> {
-    let (state_dir, hostname, network) = (spec.state_dir.as_path(), spec.hostname.as_str(), spec.network);
+    let (state_dir, hostname, network) = (spec.state_dir.as_path(), spec.hostname.as_str(), &spec.network);
     let write = |name: &str, text: String| {
         let path = state_dir.join(name);
         let err = |source| EtcError { path: path.clone(), source };
@@ -55,7 +55,7 @@ pub fn write(spec: &ContainerSpec, ids: Option<&skiff_fs::IdMap>) -> Result<EtcF
             (std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(hostname)), host_resolv)
         }
         // The host's loopback resolvers are unreachable from a network namespace of its own.
-        Network::None => (hosts(hostname), without_loopback_nameservers(&host_resolv)),
+        Network::None | Network::Join(_) => (hosts(hostname), without_loopback_nameservers(&host_resolv)),
     };
     // `--add-host` lines after the others, as docker adds them.
     let extra: String = spec.extra_hosts.iter().map(|h| format!("{}\t{}\n", h.ip, h.name)).collect();

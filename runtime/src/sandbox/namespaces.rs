@@ -29,13 +29,21 @@ pub enum NamespaceError {
 /// The namespaces to create, in order. The cgroup namespace comes after the process joined
 /// its cgroups, so the container sees its own cgroup as the root; the PID namespace applies to
 /// the children of the unsharing process, whose first child becomes PID 1.
-pub fn namespaces(network: Network) -> Vec<CloneFlags> {
+pub fn namespaces(network: &Network) -> Vec<CloneFlags> {
     let mut list = vec![CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS, CloneFlags::CLONE_NEWIPC];
-    if network == Network::None {
+    if *network == Network::None {
         list.push(CloneFlags::CLONE_NEWNET);
     }
     list.extend([CloneFlags::CLONE_NEWCGROUP, CloneFlags::CLONE_NEWPID]);
     list
+}
+
+/// Joins the network namespace at `path` (another container's).
+pub fn join_network(path: &std::path::Path) -> Result<(), NamespaceError> {
+    let open = |source| NamespaceError::Open { path: path.display().to_string(), source };
+    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(open)?;
+    let flags = CloneFlags::CLONE_NEWNET;
+    nix::sched::setns(fd, flags).map_err(|source| NamespaceError::Setns { flags, source })
 }
 
 /// Unshares `list` from the calling process, one namespace at a time so an error names it.

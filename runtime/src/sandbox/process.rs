@@ -23,6 +23,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use super::cgroups::Cgroup;
 use super::init::{self, exit_now, InitPlan, REPORT_EXEC};
 use super::namespaces;
+use super::spec::Network;
 use super::{Error, ExitStatus, Stdio};
 
 /// A started container: its PID 1 runs the command (or the `--init` reaper).
@@ -189,7 +190,12 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
             } else {
                 drop(pipes.userns);
             }
-            namespaces::enter(&namespaces::namespaces(plan.spec.network))
+            namespaces::enter(&namespaces::namespaces(&plan.spec.network)).and_then(|()| {
+                match &plan.spec.network {
+                    Network::Join(path) => namespaces::join_network(path),
+                    _ => Ok(()),
+                }
+            })
         }
         init::InitMode::Join { namespaces: list } => {
             drop(pipes.userns);

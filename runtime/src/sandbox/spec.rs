@@ -153,12 +153,14 @@ impl std::str::FromStr for Rlimit {
 }
 
 /// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// A network namespace of its own with only `lo`, brought up.
     None,
     /// The host's network namespace.
     Host,
+    /// The network namespace at this path (another container's, `/proc/PID/ns/net`).
+    Join(std::path::PathBuf),
 }
 
 /// A bind mount from the host, `-v HOST:CTR[:ro]`.

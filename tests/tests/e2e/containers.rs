@@ -160,6 +160,31 @@ fn publish_all_publishes_each_port_the_image_exposes() {
 }
 
 #[test]
+fn a_container_joins_another_containers_network() {
+    let Some((f, env)) = env() else { return };
+    env.detach(&["--name", "pod", &f.busybox_ref, "sleep", "1000"]);
+    let network = ["sh", "-c", "readlink /proc/self/ns/net"];
+    let mut exec = vec!["exec", "pod"];
+    exec.extend(network);
+    let pods = env.run(&exec).ok().to_string();
+    let mut joined = vec!["run", "--rm", "--network", "container:pod", &f.busybox_ref];
+    joined.extend(network);
+    assert_eq!(env.run(&joined).ok(), pods);
+    let mut own = vec!["run", "--rm", &f.busybox_ref];
+    own.extend(network);
+    assert_ne!(env.run(&own).ok(), pods);
+    let out = env.run(&["run", "--network", "container:pod", "-p", "80", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--network container:pod and publishing ports"), "{out:?}");
+    let out = env.run(&["run", "--network", "container:elsewhere", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("no such container: elsewhere"), "{out:?}");
+    // Joined at each start: the other container must be running then.
+    env.run(&["create", "--name", "side", "--network", "container:pod", &f.busybox_ref, "true"]).ok();
+    env.run(&["stop", "-t", "0", "pod"]).ok();
+    let out = env.run(&["start", "-a", "side"]);
+    assert!(out.failed().contains("pod, whose network it joins, is not running"), "{out:?}");
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

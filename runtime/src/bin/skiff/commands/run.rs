@@ -65,9 +65,10 @@ pub struct Args {
     /// Container host name.
     #[arg(long)]
     hostname: Option<String>,
-    /// Network: none (own namespace with lo) or host.
+    /// Network: none (own namespace with lo), host, or container:NAME (that running
+    /// container's namespace).
     #[arg(long, default_value = "none", value_parser = parse_network)]
-    network: Network,
+    network: NetworkMode,
     /// Publish a container port on the host: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp] (host port
     /// left out: any free one, see `skiff port`); repeatable.
     #[arg(short = 'p', long = "publish", value_name = "[IP:][HOST_PORT:]PORT")]
@@ -170,11 +171,21 @@ pub struct Args {
     command: Vec<String>,
 }
 
-fn parse_network(s: &str) -> Result<Network, String> {
+/// `--network`: a namespace of the container's own or the host's, or another container's.
+#[derive(Clone, Debug)]
+enum NetworkMode {
+    Own(Network),
+    Container(String),
+}
+
+fn parse_network(s: &str) -> Result<NetworkMode, String> {
     match s {
-        "none" => Ok(Network::None),
-        "host" => Ok(Network::Host),
-        other => Err(format!("unsupported network {other:?} (expected none or host)")),
+        "none" => Ok(NetworkMode::Own(Network::None)),
+        "host" => Ok(NetworkMode::Own(Network::Host)),
+        _ => match s.strip_prefix("container:") {
+            Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
+            _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
+        },
     }
 }
 
@@ -366,7 +377,11 @@ impl Args {
                 v.host.display()
             );
         }
-        if self.network == Network::Host && (!self.publish.is_empty() || self.publish_all) {
+        let (network, network_container) = match &self.network {
+            NetworkMode::Own(network) => (network.clone(), None),
+            NetworkMode::Container(name) => (Network::None, Some(name.clone())),
+        };
+        if network == Network::Host && (!self.publish.is_empty() || self.publish_all) {
             eprintln!("WARNING: published ports are discarded with the host's network");
         }
         Ok(RunOptions {
@@ -381,7 +396,8 @@ impl Args {
             volumes,
             tmpfs,
             read_only: self.read_only,
-            network: self.network,
+            network,
+            network_container,
             ports: self.publish.clone(),
             publish_all: self.publish_all,
             capabilities: CapabilityOptions {
