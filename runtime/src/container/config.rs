@@ -55,6 +55,10 @@ pub struct RunOptions {
     pub ulimits: Vec<Rlimit>,
     /// `--add-host`s.
     pub extra_hosts: Vec<ExtraHost>,
+    pub dns: crate::sandbox::Dns,
+    pub group_add: Vec<String>,
+    /// `--stop-timeout`: seconds `stop` waits before SIGKILL unless told (docker's 10).
+    pub stop_timeout: Option<u64>,
     /// `--shm-size`.
     pub shm_size: Option<u64>,
     /// `--label`s, over the image's labels.
@@ -143,6 +147,9 @@ impl Default for RunOptions {
             stop_signal: None,
             ulimits: Vec::new(),
             extra_hosts: Vec::new(),
+            dns: crate::sandbox::Dns::default(),
+            group_add: Vec::new(),
+            stop_timeout: None,
             shm_size: None,
             labels: BTreeMap::new(),
             restart: super::RestartPolicy::No,

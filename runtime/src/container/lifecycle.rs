@@ -16,6 +16,8 @@ use super::{io_err, ContainerError, Containers};
 use crate::sandbox;
 
 const POLL: Duration = Duration::from_millis(50);
+/// docker's: seconds a container gets from its stop signal to SIGKILL.
+const DEFAULT_STOP_TIMEOUT: u64 = 10;
 /// How long a container gets to go after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long a stop waits for a supervisor to finish starting the container (mounting its
@@ -107,12 +109,13 @@ fn thaw(state: &State) -> Result<bool, ContainerError> {
     sandbox::thaw(&state.id).map_err(|source| ContainerError::Cgroup { id: state.id.clone(), source })
 }
 
-/// Stops the container as docker does: its stop signal, then SIGKILL after `timeout`.
-/// Returns once its supervisor has recorded the exit (`None`: the container removed itself).
+/// Stops the container as docker does: its stop signal, then SIGKILL after `timeout` (by
+/// default its `--stop-timeout`, else 10 s). Returns once its supervisor has recorded the
+/// exit (`None`: the container removed itself).
 pub fn stop(
     containers: &Containers,
     state: &State,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<Option<State>, ContainerError> {
     // Stopped by hand: its restart policy does not start it again (nor, if it is waiting
     // to restart, at all).
@@ -125,6 +128,7 @@ pub fn stop(
         return Ok(Some(state));
     }
     let state = &state;
+    let timeout = timeout.unwrap_or(Duration::from_secs(state.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT)));
     let signal = super::parse_signal(&state.stop_signal).unwrap_or(Signal::SIGTERM);
     match kill(state, signal) {
         Ok(()) | Err(ContainerError::NotRunning { .. }) => {}

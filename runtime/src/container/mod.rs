@@ -326,6 +326,8 @@ impl Containers {
         spec.tty = options.tty;
         spec.rlimits = options.ulimits.clone();
         spec.extra_hosts = options.extra_hosts.clone();
+        spec.dns = options.dns.clone();
+        spec.group_add = options.group_add.clone();
         spec.shm_size = options.shm_size;
         // The image's labels, then the container's own over them, as docker merges them.
         let mut labels: std::collections::BTreeMap<String, String> = image_config
@@ -402,6 +404,7 @@ impl Containers {
             exit_code: None,
             error: None,
             stop_signal: process.stop_signal,
+            stop_timeout: options.stop_timeout,
             auto_remove: options.auto_remove,
             interactive: options.interactive,
             restart: options.restart,

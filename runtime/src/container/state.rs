@@ -143,6 +143,9 @@ pub struct State {
     pub error: Option<String>,
     /// The signal `stop` sends first (the image's StopSignal, default SIGTERM).
     pub stop_signal: String,
+    /// `--stop-timeout`: seconds `stop` waits for it before SIGKILL unless told (10 if `None`).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
     /// `--rm`: remove everything once the container has exited.
     pub auto_remove: bool,
     /// `-i`: keep stdin open even when nobody is attached.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::{ContainerSpec, Network};
+use super::spec::{ContainerSpec, Dns, Network};
 
 /// The three files, by their path in the state directory.
 #[derive(Debug, Clone)]
@@ -57,6 +57,7 @@ pub fn write(spec: &ContainerSpec, ids: Option<&skiff_fs::IdMap>) -> Result<EtcF
         // The host's loopback resolvers are unreachable from a network namespace of its own.
         Network::None | Network::Join(_) => (hosts(hostname), without_loopback_nameservers(&host_resolv)),
     };
+    let resolv = with_dns(&resolv, &spec.dns);
     // `--add-host` lines after the others, as docker adds them.
     let extra: String = spec.extra_hosts.iter().map(|h| format!("{}\t{}\n", h.ip, h.name)).collect();
     Ok(EtcFiles {
@@ -71,6 +72,32 @@ fn hosts(hostname: &str) -> String {
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
          ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.0.1\t{hostname}\n"
     )
+}
+
+/// `resolv` with each kind of line `dns` sets replaced by its values, as docker's `--dns`,
+/// `--dns-search` and `--dns-option` replace the host's.
+fn with_dns(resolv: &str, dns: &Dns) -> String {
+    let set = |key: &str| match key {
+        "nameserver" => !dns.servers.is_empty(),
+        "search" | "domain" => !dns.search.is_empty(),
+        "options" => !dns.options.is_empty(),
+        _ => false,
+    };
+    let mut out: String = resolv
+        .lines()
+        .filter(|line| !line.split_whitespace().next().is_some_and(set))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for server in &dns.servers {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.search.is_empty() {
+        out.push_str(&format!("search {}\n", dns.search.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        out.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    out
 }
 
 fn without_loopback_nameservers(resolv: &str) -> String {
@@ -88,6 +115,26 @@ fn without_loopback_nameservers(resolv: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_options_replace_the_hosts_lines_of_their_kind() {
+        let host = "# from the host\nnameserver 10.1.1.1\nnameserver 10.1.1.2\nsearch corp.example\noptions rotate\n";
+        let servers = Dns { servers: vec!["192.0.2.53".parse().unwrap()], ..Dns::default() };
+        assert_eq!(
+            with_dns(host, &servers),
+            "# from the host\nsearch corp.example\noptions rotate\nnameserver 192.0.2.53\n"
+        );
+        let rest = Dns {
+            search: vec!["a.example".into(), "b.example".into()],
+            options: vec!["ndots:2".into()],
+            ..Dns::default()
+        };
+        assert_eq!(
+            with_dns(host, &rest),
+            "# from the host\nnameserver 10.1.1.1\nnameserver 10.1.1.2\nsearch a.example b.example\noptions ndots:2\n"
+        );
+        assert_eq!(with_dns(host, &Dns::default()), host);
+    }
 
     #[test]
     fn each_file_is_a_mount_point_the_init_layer_holds() {

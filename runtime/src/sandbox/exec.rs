@@ -30,7 +30,7 @@ pub fn exec(spec: &ContainerSpec, target: Pid, stdio: Stdio) -> Result<Container
         Mode::empty(),
     )
     .map_err(|source| Error::Rootfs { path: root_path.into(), source })?;
-    let user = user::resolve(root.as_fd(), spec.user.as_deref())
+    let user = user::resolve(root.as_fd(), spec.user.as_deref(), &spec.group_add)
         .map_err(|source| Error::User { id: spec.id.clone(), source })?;
     drop(root);
     let namespaces = namespaces::open(target).map_err(|source| Error::Join {

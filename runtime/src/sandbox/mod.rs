@@ -55,8 +55,8 @@ pub use rootfs::MOUNT_POINTS;
 pub use seccomp::SeccompError;
 pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{
-    is_volume_name, CapabilityOptions, ContainerSpec, ExtraHost, Network, Resources, Rlimit, RlimitResource,
-    SpecError, TmpfsMount, Volume, DEFAULT_PATH,
+    is_volume_name, CapabilityOptions, ContainerSpec, Dns, ExtraHost, Network, Resources, Rlimit,
+    RlimitResource, SpecError, TmpfsMount, Volume, DEFAULT_PATH,
 };
 pub use user::UserError;
 
@@ -153,7 +153,7 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
     let root =
         nix::fcntl::open(&spec.rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|source| Error::Rootfs { path: spec.rootfs.clone(), source })?;
-    let user = user::resolve(root.as_fd(), spec.user.as_deref())
+    let user = user::resolve(root.as_fd(), spec.user.as_deref(), &spec.group_add)
         .map_err(|source| Error::User { id: spec.id.clone(), source })?;
     drop(root);
     let caps = capabilities::resolve(&spec.capabilities)?;

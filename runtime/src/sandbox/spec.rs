@@ -53,6 +53,21 @@ pub struct ContainerSpec {
     /// `--shm-size`: the size of `/dev/shm` (docker's 64 MiB when `None`).
     #[serde(default)]
     pub shm_size: Option<u64>,
+    /// `--dns`, `--dns-search`, `--dns-option`: what replaces the host's in `resolv.conf`.
+    #[serde(default)]
+    pub dns: Dns,
+    /// `--group-add`: more supplementary groups (names in the image's `/etc/group`, or gids),
+    /// for the container's processes and those `exec` runs.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+}
+
+/// The container's resolver settings; an empty list keeps the host's lines of that kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    pub servers: Vec<std::net::IpAddr>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -87,6 +102,8 @@ impl ContainerSpec {
             user_namespace: None,
             extra_hosts: Vec::new(),
             shm_size: None,
+            dns: Dns::default(),
+            group_add: Vec::new(),
         }
     }
 }

@@ -45,8 +45,13 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
-/// Resolves `spec` (`None` = root) from the rootfs at `root`.
-pub fn resolve(root: BorrowedFd<'_>, spec: Option<&str>) -> Result<ExecUser, UserError> {
+/// Resolves `spec` (`None` = root) from the rootfs at `root`, with the groups of `group_add`
+/// (names or gids) added to its own.
+pub fn resolve(
+    root: BorrowedFd<'_>,
+    spec: Option<&str>,
+    group_add: &[String],
+) -> Result<ExecUser, UserError> {
     let passwd = read_db(root, "/etc/passwd")?;
     let passwd: Vec<PasswdEntry> = passwd.lines().filter_map(parse_passwd).collect();
     let (user_part, group_part) = match spec {
@@ -80,6 +85,19 @@ pub fn resolve(root: BorrowedFd<'_>, spec: Option<&str>) -> Result<ExecUser, Use
     }
     if let Some(e) = entry {
         user.groups = groups.iter().filter(|g| g.members.contains(&e.name)).map(|g| g.gid).collect();
+    }
+    for added in group_add {
+        let gid = match added.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|g| &g.name == added)
+                .map(|g| g.gid)
+                .ok_or_else(|| UserError::NoSuchGroup { name: added.clone() })?,
+        };
+        if !user.groups.contains(&gid) {
+            user.groups.push(gid);
+        }
     }
     Ok(user)
 }
@@ -137,10 +155,15 @@ mod tests {
         dir
     }
 
-    fn lookup(spec: Option<&str>) -> Result<ExecUser, UserError> {
+    fn lookup_adding(spec: Option<&str>, group_add: &[&str]) -> Result<ExecUser, UserError> {
         let dir = rootfs();
         let fd = nix::fcntl::open(dir.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        resolve(fd.as_fd(), spec)
+        let group_add: Vec<String> = group_add.iter().map(|g| g.to_string()).collect();
+        resolve(fd.as_fd(), spec, &group_add)
+    }
+
+    fn lookup(spec: Option<&str>) -> Result<ExecUser, UserError> {
+        lookup_adding(spec, &[])
     }
 
     #[test]
@@ -156,5 +179,8 @@ mod tests {
         assert_eq!((unknown.uid, unknown.gid), (4242, 7));
         assert!(matches!(lookup(Some("nobody")), Err(UserError::NoSuchUser { .. })));
         assert!(matches!(lookup(Some("app:nogroup")), Err(UserError::NoSuchGroup { .. })));
+        // --group-add: by name or number, each once.
+        assert_eq!(lookup_adding(Some("app"), &["wheel", "app", "4321"]).unwrap().groups, [10, 1000, 4321]);
+        assert!(matches!(lookup_adding(None, &["staff"]), Err(UserError::NoSuchGroup { .. })));
     }
 }

@@ -185,6 +185,33 @@ fn a_container_joins_another_containers_network() {
 }
 
 #[test]
+fn dns_group_add_and_stop_timeout_are_dockers() {
+    let Some((f, env)) = env() else { return };
+    let dns = ["--dns", "192.0.2.53", "--dns-search", "a.example", "--dns-option", "ndots:2"];
+    let mut run = vec!["run", "--rm"];
+    run.extend(dns);
+    run.extend([f.busybox_ref.as_str(), "cat", "/etc/resolv.conf"]);
+    let resolv = env.run(&run).ok().to_string();
+    let kept: Vec<&str> = resolv.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(kept, ["nameserver 192.0.2.53", "search a.example", "options ndots:2"], "{resolv}");
+    // More groups, by number or by the image's name; an unknown name refused.
+    let added = ["--group-add", "4321", "--group-add", "nogroup"];
+    let mut run = vec!["run", "--rm"];
+    run.extend(added);
+    run.extend([f.busybox_ref.as_str(), "id"]);
+    let id = env.run(&run).ok().to_string();
+    assert!(id.contains("4321") && id.contains("65534(nogroup)"), "{id}");
+    let out = env.run(&["run", "--rm", "--group-add", "staff", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("staff"), "{out:?}");
+    // stop without -t waits the container's --stop-timeout (its PID 1 ignores SIGTERM).
+    env.detach(&["--name", "quick", "--stop-timeout", "1", &f.busybox_ref, "sleep", "1000"]);
+    let started = Instant::now();
+    env.run(&["stop", "quick"]).ok();
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(env.run(&["inspect", "-f", "{{.exit_code}}", "quick"]).ok(), "137\n");
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

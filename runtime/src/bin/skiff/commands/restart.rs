@@ -11,7 +11,7 @@ use crate::context::Context;
 pub fn run(ctx: &Context, args: super::stop::Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
     for (input, state) in super::run::find_all(&containers, &args.containers)? {
-        skiff::container::stop(&containers, &state, std::time::Duration::from_secs(args.time))
+        skiff::container::stop(&containers, &state, args.time.map(std::time::Duration::from_secs))
             .with_context(|| format!("stopping {input}"))?;
         let stopped = containers.load(&state.id)?;
         let started = super::run::start_detached(ctx, &containers, &stopped)

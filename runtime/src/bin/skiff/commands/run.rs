@@ -132,6 +132,21 @@ pub struct Args {
     /// The size of /dev/shm (K, M, G suffixes; default 64M).
     #[arg(long, value_parser = parse_shm_size)]
     shm_size: Option<u64>,
+    /// A DNS server for /etc/resolv.conf, instead of the host's; repeatable.
+    #[arg(long = "dns", value_name = "IP")]
+    dns: Vec<std::net::IpAddr>,
+    /// A DNS search domain, instead of the host's; repeatable.
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// A resolver option (ndots:2), instead of the host's; repeatable.
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    dns_options: Vec<String>,
+    /// Another supplementary group for the container's processes (name or gid); repeatable.
+    #[arg(long = "group-add", value_name = "GROUP")]
+    group_add: Vec<String>,
+    /// Seconds `stop` waits for it before SIGKILL, unless given its own -t (default 10).
+    #[arg(long, value_name = "SECONDS")]
+    stop_timeout: Option<u64>,
     /// A label, KEY=VALUE (or KEY, empty); repeatable.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -423,6 +438,13 @@ impl Args {
             ulimits: self.ulimits.clone(),
             extra_hosts: self.add_hosts.clone(),
             shm_size: self.shm_size,
+            dns: skiff::sandbox::Dns {
+                servers: self.dns.clone(),
+                search: self.dns_search.clone(),
+                options: self.dns_options.clone(),
+            },
+            group_add: self.group_add.clone(),
+            stop_timeout: self.stop_timeout,
             restart: self.restart,
             health: skiff::container::HealthOptions {
                 cmd: self.health_cmd.clone(),

@@ -10,9 +10,9 @@ use crate::context::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Seconds to wait before SIGKILL.
-    #[arg(short = 't', long = "time", default_value_t = 10)]
-    pub time: u64,
+    /// Seconds to wait before SIGKILL (default: the container's --stop-timeout, else 10).
+    #[arg(short = 't', long = "time")]
+    pub time: Option<u64>,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -21,7 +21,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let containers = super::run::containers(ctx)?;
     // Every name is found before any container is stopped.
     let states = super::run::find_all(&containers, &args.containers)?;
-    let timeout = Duration::from_secs(args.time);
+    let timeout = args.time.map(Duration::from_secs);
     let stopped: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
         let stops: Vec<_> = states
             .iter()
