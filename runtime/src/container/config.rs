@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub ports: Vec<super::ports::PortMapping>,
     /// `-P`: also every TCP port the image exposes, each on a free host port.
     pub publish_all: bool,
+    /// `--expose`: ports exposed beside the image's (for `-P`).
+    pub expose: Vec<String>,
     pub capabilities: CapabilityOptions,
     pub resources: Resources,
     pub init: bool,
@@ -134,6 +136,7 @@ impl Default for RunOptions {
             network_container: None,
             ports: Vec::new(),
             publish_all: false,
+            expose: Vec::new(),
             capabilities: CapabilityOptions::default(),
             resources: Resources::default(),
             init: false,

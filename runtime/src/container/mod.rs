@@ -340,8 +340,10 @@ impl Containers {
         labels.extend(options.labels.clone());
         let mut ports = options.ports.clone();
         if options.publish_all {
-            let exposed = image_config.config().as_ref().and_then(|c| c.exposed_ports().clone());
-            ports.extend(ports::exposed(&exposed.unwrap_or_default(), &options.ports));
+            let mut exposed =
+                image_config.config().as_ref().and_then(|c| c.exposed_ports().clone()).unwrap_or_default();
+            exposed.extend(options.expose.iter().cloned());
+            ports.extend(ports::exposed(&exposed, &options.ports));
         }
 
         if options.auto_remove && options.restart != RestartPolicy::No {

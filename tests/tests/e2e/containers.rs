@@ -212,6 +212,48 @@ fn dns_group_add_and_stop_timeout_are_dockers() {
 }
 
 #[test]
+fn cidfile_volumes_from_and_expose() {
+    let Some((f, env)) = env() else { return };
+    // --cidfile: the id, in a file that must not exist yet.
+    let cidfile = env.dir.path().join("cid");
+    let cid = cidfile.to_str().unwrap();
+    let id = env.run(&[
+        "create",
+        "--cidfile",
+        cid,
+        "--name",
+        "data",
+        "-v",
+        "/tmp:/shared:ro",
+        &f.busybox_ref,
+        "true",
+    ]);
+    assert_eq!(std::fs::read_to_string(&cidfile).unwrap(), id.ok().trim());
+    assert!(env.run(&["create", "--cidfile", cid, &f.busybox_ref, "true"]).failed().contains("--cidfile"));
+    // --volumes-from: the other's volumes, read-only as there or as asked.
+    let host = env.dir.path().join("vol");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("x"), "from the volume\n").unwrap();
+    let volume = format!("{}:/v", host.display());
+    env.run(&["create", "--name", "owner", "-v", &volume, &f.busybox_ref, "true"]).ok();
+    let read = ["sh", "-c", "cat /v/x; echo w > /v/y && echo wrote"];
+    let mut rw = vec!["run", "--rm", "--volumes-from", "owner", &f.busybox_ref];
+    rw.extend(read);
+    assert_eq!(env.run(&rw).ok(), "from the volume\nwrote\n");
+    let mut ro = vec!["run", "--rm", "--volumes-from", "owner:ro", &f.busybox_ref];
+    ro.extend(read);
+    assert!(env.run(&ro).stderr.contains("Read-only file system"));
+    assert!(env
+        .run(&["run", "--rm", "--volumes-from", "ghost", &f.busybox_ref, "true"])
+        .failed()
+        .contains("ghost"));
+    // --expose adds to what -P publishes.
+    env.detach(&["--name", "exposes", "-P", "--expose", "7100", &f.busybox_ref, "sleep", "1000"]);
+    assert!(env.run(&["port", "exposes"]).ok().starts_with("7100/tcp -> 0.0.0.0:"));
+    assert!(env.run(&["run", "--expose", "http", &f.busybox_ref, "true"]).failed().contains("--expose http"));
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

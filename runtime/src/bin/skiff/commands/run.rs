@@ -76,6 +76,15 @@ pub struct Args {
     /// Publish every TCP port the image exposes, each on a free host port.
     #[arg(short = 'P', long)]
     publish_all: bool,
+    /// Expose a port (PORT[/tcp]) as the image's EXPOSE does, for -P; repeatable.
+    #[arg(long, value_name = "PORT")]
+    expose: Vec<String>,
+    /// Mount the volumes of another container too (NAME[:ro|:rw]); repeatable.
+    #[arg(long = "volumes-from", value_name = "CONTAINER[:ro|:rw]")]
+    volumes_from: Vec<String>,
+    /// Write the container's id to this file (which must not exist).
+    #[arg(long, value_name = "FILE")]
+    cidfile: Option<PathBuf>,
     /// Add a capability to docker's default set (NET_ADMIN or CAP_NET_ADMIN; ALL for every
     /// one); repeatable.
     #[arg(long = "cap-add", value_parser = check_capability)]
@@ -392,6 +401,12 @@ impl Args {
                 v.host.display()
             );
         }
+        for port in &self.expose {
+            let (number, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+            if number.parse::<u16>().is_err() || !matches!(protocol, "tcp" | "udp" | "sctp") {
+                bail!("--expose {port}: expected PORT[/tcp]");
+            }
+        }
         let (network, network_container) = match &self.network {
             NetworkMode::Own(network) => (network.clone(), None),
             NetworkMode::Container(name) => (Network::None, Some(name.clone())),
@@ -415,6 +430,7 @@ impl Args {
             network_container,
             ports: self.publish.clone(),
             publish_all: self.publish_all,
+            expose: self.expose.clone(),
             capabilities: CapabilityOptions {
                 add: self.cap_add.clone(),
                 drop: self.cap_drop.clone(),
@@ -595,8 +611,62 @@ fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, S
         },
     };
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
-    let state = containers.create(&image, &args.options()?).context("creating the container")?;
+    let mut options = args.options()?;
+    for from in &args.volumes_from {
+        add_volumes_from(&containers, from, &mut options.volumes)?;
+    }
+    // Made before the container, so that a file already there stops the create, as under docker.
+    let cidfile = match &args.cidfile {
+        Some(path) => Some((
+            std::fs::OpenOptions::new().write(true).create_new(true).open(path).with_context(|| {
+                format!(
+                    "--cidfile {}: cannot make it (a container whose id it holds may still run)",
+                    path.display()
+                )
+            })?,
+            path,
+        )),
+        None => None,
+    };
+    let state = match containers.create(&image, &options).context("creating the container") {
+        Ok(state) => state,
+        Err(e) => {
+            if let Some((_, path)) = cidfile {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some((mut file, path)) = cidfile {
+        use std::io::Write as _;
+        file.write_all(state.id.as_bytes())
+            .with_context(|| format!("writing --cidfile {}", path.display()))?;
+    }
     Ok((containers, state))
+}
+
+/// `--volumes-from NAME[:ro|:rw]`: the volumes of container NAME, read-only or not as given
+/// (else as they are there), but for those at a path `volumes` has already.
+fn add_volumes_from(containers: &Containers, from: &str, volumes: &mut Vec<Volume>) -> anyhow::Result<()> {
+    let (name, mode) = match from.rsplit_once(':') {
+        Some((name, mode @ ("ro" | "rw"))) => (name, Some(mode == "ro")),
+        _ => (from, None),
+    };
+    let other = containers.find(name).with_context(|| format!("--volumes-from {from}"))?;
+    for volume in &other.spec.volumes {
+        if volumes.iter().any(|v| v.container == volume.container) {
+            continue;
+        }
+        if !volume.host.exists() {
+            bail!(
+                "--volumes-from {from}: its volume {} is made when {name} first starts; start it once first",
+                volume.container.display()
+            );
+        }
+        let read_only = mode.unwrap_or(volume.read_only);
+        volumes.push(Volume { read_only, ..volume.clone() });
+    }
+    Ok(())
 }
 
 /// Supervises `state`'s container to its end in this process; its exit code.
