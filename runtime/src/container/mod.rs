@@ -328,6 +328,11 @@ impl Containers {
         spec.extra_hosts = options.extra_hosts.clone();
         spec.dns = options.dns.clone();
         spec.group_add = options.group_add.clone();
+        let own_network = options.network == sandbox::Network::None && options.network_container.is_none();
+        if let Some(key) = options.sysctls.keys().find(|k| !sandbox::is_namespaced_sysctl(k, own_network)) {
+            return Err(ContainerError::Invalid(ConfigError::Sysctl { key: key.clone() }));
+        }
+        spec.sysctls = options.sysctls.clone();
         spec.shm_size = options.shm_size;
         // The image's labels, then the container's own over them, as docker merges them.
         let mut labels: std::collections::BTreeMap<String, String> = image_config

@@ -133,6 +133,7 @@ fn setup(plan: &InitPlan, etc: &EtcFiles, console: Option<&std::path::Path>) -> 
         user_namespace: spec.user_namespace.is_some(),
         host_network: spec.network == Network::Host,
         shm_size: spec.shm_size,
+        sysctls: &spec.sysctls,
     })?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("chdir to the working directory"))?;
     restrict(plan)

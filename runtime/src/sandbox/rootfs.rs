@@ -5,7 +5,8 @@
 //! Runs in the container's init, in its fresh mount namespace. Everything before the pivot is
 //! reached through a descriptor of the rootfs (see [`super::paths`]).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::Write as _;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -31,6 +32,8 @@ pub enum RootfsError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error("setting the kernel parameter {key} to {value:?}: {source}")]
+    Sysctl { key: String, value: String, source: std::io::Error },
 }
 
 /// The mount points [`setup`] needs in every container besides those of its volumes,
@@ -66,6 +69,8 @@ pub struct RootfsPlan<'a> {
     pub host_network: bool,
     /// `/dev/shm`'s size (docker's default when `None`).
     pub shm_size: Option<u64>,
+    /// `--sysctl`s, checked to be of the container's namespaces.
+    pub sysctls: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// Builds the container's filesystem view and pivots into it; on return `/` is the rootfs.
@@ -162,6 +167,10 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
     for volume in plan.volumes {
         mounts::mount_volume(r, volume)?;
     }
+    // Before /proc/sys turns read-only; the container's namespaces are this process's.
+    for (key, value) in plan.sysctls {
+        set_sysctl(r, key, value)?;
+    }
     if !plan.privileged {
         masks::apply(r)?;
     }
@@ -174,6 +183,15 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
         mounts::remount_read_only(&new_root, Path::new("/"))?;
     }
     Ok(())
+}
+
+/// Writes `value` to `key`'s file under the container's `/proc/sys`.
+fn set_sysctl(root: BorrowedFd<'_>, key: &str, value: &str) -> Result<(), RootfsError> {
+    let err = |source| RootfsError::Sysctl { key: key.to_string(), value: value.to_string(), source };
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    let fd = paths::open_in_root(root, &path, OFlag::O_WRONLY)
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    std::fs::File::from(fd).write_all(value.as_bytes()).map_err(err)
 }
 
 /// `/sys/fs/cgroup` as the container sees it (read-only, rooted at its own cgroup through the

@@ -60,6 +60,28 @@ pub struct ContainerSpec {
     /// for the container's processes and those `exec` runs.
     #[serde(default)]
     pub group_add: Vec<String>,
+    /// `--sysctl`: kernel parameters of the container's own namespaces, set as it starts.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether `key` (`net.ipv4.ip_forward`) is a kernel parameter of a namespace a container has
+/// its own of, so that setting it changes nothing outside: docker's list (IPC and network
+/// parameters; network ones only in a network namespace of its own).
+pub fn is_namespaced_sysctl(key: &str, own_network: bool) -> bool {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let safe_name = !key.is_empty() && key.split('.').all(|part| !part.is_empty() && !part.contains('/'));
+    safe_name
+        && (IPC.contains(&key) || key.starts_with("fs.mqueue.") || (own_network && key.starts_with("net.")))
 }
 
 /// The container's resolver settings; an empty list keeps the host's lines of that kind.
@@ -104,6 +126,7 @@ impl ContainerSpec {
             shm_size: None,
             dns: Dns::default(),
             group_add: Vec::new(),
+            sysctls: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -308,6 +331,18 @@ pub enum SpecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_parameters_of_the_containers_namespaces_are_set() {
+        assert!(is_namespaced_sysctl("kernel.shmmax", true));
+        assert!(is_namespaced_sysctl("fs.mqueue.msg_max", false));
+        assert!(is_namespaced_sysctl("net.ipv4.ip_forward", true));
+        assert!(!is_namespaced_sysctl("net.ipv4.ip_forward", false), "the host's network");
+        assert!(!is_namespaced_sysctl("kernel.panic", true));
+        assert!(!is_namespaced_sysctl("net..core", true));
+        assert!(!is_namespaced_sysctl("net.core/x", true));
+        assert!(!is_namespaced_sysctl("net.ipv4.conf.all../../../kernel/panic", true));
+    }
 
     #[test]
     fn ulimits_and_extra_hosts_parse_docker_syntax() {

@@ -254,6 +254,36 @@ fn cidfile_volumes_from_and_expose() {
 }
 
 #[test]
+fn sysctls_change_the_containers_namespaces_only() {
+    let Some((f, env)) = env() else { return };
+    let host = || std::fs::read_to_string("/proc/sys/kernel/shmmni").unwrap();
+    let before = host();
+    let set = ["--sysctl", "net.ipv4.ip_forward=1", "--sysctl", "kernel.shmmni=1000"];
+    let mut run = vec!["run", "--rm"];
+    run.extend(set);
+    run.extend([f.busybox_ref.as_str(), "cat", "/proc/sys/net/ipv4/ip_forward", "/proc/sys/kernel/shmmni"]);
+    assert_eq!(env.run(&run).ok(), "1\n1000\n");
+    assert_eq!(host(), before);
+    let out = env.run(&["run", "--rm", "--sysctl", "kernel.panic=1", &f.busybox_ref, "true"]);
+    assert!(out
+        .failed()
+        .contains("--sysctl kernel.panic: not a parameter of the container's own namespaces"));
+    let out = env.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        &f.busybox_ref,
+        "true",
+    ]);
+    assert!(out.failed().contains("--sysctl net.ipv4.ip_forward"));
+    let out = env.run(&["run", "--rm", "--sysctl", "net.ipv4.no_such_thing=1", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("setting the kernel parameter net.ipv4.no_such_thing"), "{out:?}");
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

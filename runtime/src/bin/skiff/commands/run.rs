@@ -150,6 +150,10 @@ pub struct Args {
     /// A resolver option (ndots:2), instead of the host's; repeatable.
     #[arg(long = "dns-option", value_name = "OPTION")]
     dns_options: Vec<String>,
+    /// A kernel parameter of the container's namespaces, KEY=VALUE (net.ipv4.ip_forward=1);
+    /// repeatable.
+    #[arg(long = "sysctl", value_name = "KEY=VALUE", value_parser = parse_sysctl)]
+    sysctls: Vec<(String, String)>,
     /// Another supplementary group for the container's processes (name or gid); repeatable.
     #[arg(long = "group-add", value_name = "GROUP")]
     group_add: Vec<String>,
@@ -210,6 +214,13 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
             Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
+    }
+}
+
+fn parse_sysctl(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("invalid sysctl {s:?}: expected KEY=VALUE")),
     }
 }
 
@@ -460,6 +471,7 @@ impl Args {
                 options: self.dns_options.clone(),
             },
             group_add: self.group_add.clone(),
+            sysctls: self.sysctls.iter().cloned().collect(),
             stop_timeout: self.stop_timeout,
             restart: self.restart,
             health: skiff::container::HealthOptions {
