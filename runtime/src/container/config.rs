@@ -60,6 +60,7 @@ pub struct RunOptions {
     pub dns: crate::sandbox::Dns,
     pub group_add: Vec<String>,
     pub sysctls: std::collections::BTreeMap<String, String>,
+    pub devices: Vec<crate::sandbox::Device>,
     /// `--stop-timeout`: seconds `stop` waits before SIGKILL unless told (docker's 10).
     pub stop_timeout: Option<u64>,
     /// `--shm-size`.
@@ -154,6 +155,7 @@ impl Default for RunOptions {
             dns: crate::sandbox::Dns::default(),
             group_add: Vec::new(),
             sysctls: BTreeMap::new(),
+            devices: Vec::new(),
             stop_timeout: None,
             shm_size: None,
             labels: BTreeMap::new(),
@@ -183,6 +185,8 @@ pub enum ConfigError {
     EnvNoName { value: String },
     #[error("a user namespace (--userns, --uidmap) needs --pull-mode lazy: a full pull's unpacked files belong to host root")]
     UsernsNeedsLazy,
+    #[error(transparent)]
+    Device(crate::sandbox::DeviceError),
     #[error("--sysctl {key}: not a parameter of the container's own namespaces (those are kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, and net.* with a network of its own)")]
     Sysctl { key: String },
     #[error("--network container:{other} and {option} cannot go together: the network is {other}'s")]

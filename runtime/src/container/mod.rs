@@ -333,6 +333,11 @@ impl Containers {
             return Err(ContainerError::Invalid(ConfigError::Sysctl { key: key.clone() }));
         }
         spec.sysctls = options.sysctls.clone();
+        for device in &options.devices {
+            sandbox::DeviceNode::of(&device.host)
+                .map_err(|e| ContainerError::Invalid(ConfigError::Device(e)))?;
+        }
+        spec.devices = options.devices.clone();
         spec.shm_size = options.shm_size;
         // The image's labels, then the container's own over them, as docker merges them.
         let mut labels: std::collections::BTreeMap<String, String> = image_config

@@ -134,6 +134,7 @@ fn setup(plan: &InitPlan, etc: &EtcFiles, console: Option<&std::path::Path>) -> 
         host_network: spec.network == Network::Host,
         shm_size: spec.shm_size,
         sysctls: &spec.sysctls,
+        devices: &spec.devices,
     })?;
     nix::unistd::chdir(&spec.cwd).map_err(sys("chdir to the working directory"))?;
     restrict(plan)

@@ -41,6 +41,7 @@ use nix::sys::stat::Mode;
 
 pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
 pub use cgroups::{CgroupError, Frozen, Usage};
+pub use devices::{DeviceError, Node as DeviceNode};
 pub use etc::EtcError;
 pub use exec::exec;
 pub use init::NulError;
@@ -55,7 +56,7 @@ pub use rootfs::MOUNT_POINTS;
 pub use seccomp::SeccompError;
 pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{
-    is_namespaced_sysctl, is_volume_name, CapabilityOptions, ContainerSpec, Dns, ExtraHost, Network,
+    is_namespaced_sysctl, is_volume_name, CapabilityOptions, ContainerSpec, Device, Dns, ExtraHost, Network,
     Resources, Rlimit, RlimitResource, SpecError, TmpfsMount, Volume, DEFAULT_PATH,
 };
 pub use user::UserError;
@@ -112,6 +113,8 @@ pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
     Etc(#[from] EtcError),
     #[error(transparent)]
     Nul(#[from] NulError),
@@ -161,8 +164,16 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
     let command = init::command_line(spec, &user)?;
     let etc = etc::write(spec, spec.user_namespace.as_ref())?;
     let layout = cgroups::Layout::detect()?;
-    let limits =
-        cgroups::Limits { resources: spec.resources, restrict_devices: !spec.capabilities.privileged };
+    let device_rules = spec
+        .devices
+        .iter()
+        .map(|d| devices::Node::of(&d.host).map(|node| node.rule(&d.permissions)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = cgroups::Limits {
+        resources: spec.resources,
+        restrict_devices: !spec.capabilities.privileged,
+        device_rules,
+    };
     let cgroup = cgroups::Cgroup::create(&layout, &spec.id, &limits)?;
     let plan = init::InitPlan {
         spec: spec.clone(),

@@ -69,6 +69,8 @@ pub struct RootfsPlan<'a> {
     pub host_network: bool,
     /// `/dev/shm`'s size (docker's default when `None`).
     pub shm_size: Option<u64>,
+    /// `--device` nodes to make.
+    pub devices: &'a [super::spec::Device],
     /// `--sysctl`s, checked to be of the container's namespaces.
     pub sysctls: &'a std::collections::BTreeMap<String, String>,
 }
@@ -106,6 +108,7 @@ pub fn setup(plan: &RootfsPlan<'_>) -> Result<(), RootfsError> {
     };
     mount_in_root(r, &proc_mount)?;
     devices::setup(r, plan.user_namespace, plan.shm_size)?;
+    devices::add(r, plan.devices, plan.user_namespace)?;
     if let Some(console) = plan.console {
         let spec = MountSpec {
             source: console,

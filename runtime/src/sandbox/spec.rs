@@ -63,6 +63,39 @@ pub struct ContainerSpec {
     /// `--sysctl`: kernel parameters of the container's own namespaces, set as it starts.
     #[serde(default)]
     pub sysctls: std::collections::BTreeMap<String, String>,
+    /// `--device`: host devices the container gets, and may use as their permissions say.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+/// `--device HOST[:CONTAINER][:PERMISSIONS]`: a host device node made in the container (at
+/// the host's path unless told), used as `PERMISSIONS` (of `rwm`, all by default) allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub permissions: String,
+}
+
+impl std::str::FromStr for Device {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::Device { value: s.to_string() };
+        let is_permissions = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, container, permissions) = match parts[..] {
+            [host] => (host, host, "rwm"),
+            [host, p] if is_permissions(p) => (host, host, p),
+            [host, container] => (host, container, "rwm"),
+            [host, container, p] if is_permissions(p) => (host, container, p),
+            _ => return Err(bad()),
+        };
+        if !host.starts_with('/') || !container.starts_with('/') {
+            return Err(bad());
+        }
+        Ok(Device { host: host.into(), container: container.into(), permissions: permissions.to_string() })
+    }
 }
 
 /// Whether `key` (`net.ipv4.ip_forward`) is a kernel parameter of a namespace a container has
@@ -127,6 +160,7 @@ impl ContainerSpec {
             dns: Dns::default(),
             group_add: Vec::new(),
             sysctls: std::collections::BTreeMap::new(),
+            devices: Vec::new(),
         }
     }
 }
@@ -326,11 +360,25 @@ pub enum SpecError {
     Host { value: String },
     #[error("invalid --ulimit {value:?}: {why}")]
     Ulimit { value: String, why: String },
+    #[error("invalid --device {value:?}: expected /HOST[:/CONTAINER][:PERMISSIONS of rwm]")]
+    Device { value: String },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse_as_docker_writes_them() {
+        let d = |s: &str| s.parse::<Device>().map(|d| (d.host, d.container, d.permissions));
+        assert_eq!(d("/dev/fuse").unwrap(), ("/dev/fuse".into(), "/dev/fuse".into(), "rwm".into()));
+        assert_eq!(d("/dev/sda:r").unwrap(), ("/dev/sda".into(), "/dev/sda".into(), "r".into()));
+        assert_eq!(d("/dev/sda:/dev/xvdc").unwrap(), ("/dev/sda".into(), "/dev/xvdc".into(), "rwm".into()));
+        assert_eq!(d("/dev/sda:/dev/xvdc:rw").unwrap(), ("/dev/sda".into(), "/dev/xvdc".into(), "rw".into()));
+        for bad in ["dev/sda", "/dev/sda:xvdc", "/dev/sda:/dev/x:rwx", "/a:/b:r:extra", ""] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_parameters_of_the_containers_namespaces_are_set() {

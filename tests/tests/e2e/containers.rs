@@ -284,6 +284,55 @@ fn sysctls_change_the_containers_namespaces_only() {
 }
 
 #[test]
+fn devices_are_made_in_the_container_as_asked() {
+    let Some((f, env)) = env() else { return };
+    if !Path::new("/dev/fuse").exists() {
+        skiff_tests::skip::<()>("this test passes /dev/fuse to a container");
+        return;
+    }
+    // /dev/fuse is 10:229 (hex a:e5), a node the container does not get by default.
+    let stat = ["stat", "-c", "%F %t:%T %a", "/dev/fuse", "/dev/more/null"];
+    let mut run = vec![
+        "run",
+        "--rm",
+        "--device",
+        "/dev/fuse",
+        "--device",
+        "/dev/null:/dev/more/null:rw",
+        &f.busybox_ref,
+    ];
+    run.extend(stat);
+    let mode = |path: &str| {
+        format!(
+            "{:o}",
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o7777
+        )
+    };
+    assert_eq!(
+        env.run(&run).ok(),
+        format!(
+            "character special file a:e5 {}\ncharacter special file 1:3 {}\n",
+            mode("/dev/fuse"),
+            mode("/dev/null")
+        )
+    );
+    assert!(env.run(&["run", "--rm", &f.busybox_ref, "stat", "/dev/fuse"]).failed().contains("No such file"));
+    let out = env.run(&["run", "--rm", "--device", "/etc/hostname", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--device /etc/hostname: not a character or block device"), "{out:?}");
+    assert!(env
+        .run(&["run", "--device", "/dev/null:rwx", &f.busybox_ref, "true"])
+        .failed()
+        .contains("invalid --device"));
+    // Its permissions hold where the devices controller (cgroup v1) enforces them.
+    if Path::new("/sys/fs/cgroup/devices").exists() {
+        let write = ["sh", "-c", "echo x > /dev/ro-fuse"];
+        let mut run = vec!["run", "--rm", "--device", "/dev/fuse:/dev/ro-fuse:r", &f.busybox_ref];
+        run.extend(write);
+        assert!(env.run(&run).stderr.contains("Operation not permitted"));
+    }
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

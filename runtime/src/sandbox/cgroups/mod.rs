@@ -66,12 +66,14 @@ impl Layout {
 }
 
 /// What the cgroup enforces beyond the spec's [`Resources`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub resources: Resources,
     /// Restrict device access to docker's default allow-list (v1 `devices` controller; v2
     /// needs a BPF program and is not done yet).
     pub restrict_devices: bool,
+    /// Rules allowing the `--device` nodes besides (`c 10:229 rwm`).
+    pub device_rules: Vec<String>,
 }
 
 /// A created container cgroup: one directory per hierarchy (v1) or one directory (v2).

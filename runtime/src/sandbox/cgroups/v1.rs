@@ -115,7 +115,7 @@ pub fn create(
     }
     if let Some(devices) = devices {
         write(&devices.join("devices.deny"), "a")?;
-        for rule in ALLOWED_DEVICES {
+        for rule in ALLOWED_DEVICES.iter().copied().chain(limits.device_rules.iter().map(String::as_str)) {
             write(&devices.join("devices.allow"), rule)?;
         }
     }

@@ -154,6 +154,10 @@ pub struct Args {
     /// repeatable.
     #[arg(long = "sysctl", value_name = "KEY=VALUE", value_parser = parse_sysctl)]
     sysctls: Vec<(String, String)>,
+    /// A host device for the container, /HOST[:/CONTAINER][:PERMISSIONS] (of rwm, all by
+    /// default); repeatable.
+    #[arg(long = "device", value_name = "/HOST[:/CONTAINER][:rwm]")]
+    devices: Vec<skiff::sandbox::Device>,
     /// Another supplementary group for the container's processes (name or gid); repeatable.
     #[arg(long = "group-add", value_name = "GROUP")]
     group_add: Vec<String>,
@@ -472,6 +476,7 @@ impl Args {
             },
             group_add: self.group_add.clone(),
             sysctls: self.sysctls.iter().cloned().collect(),
+            devices: self.devices.clone(),
             stop_timeout: self.stop_timeout,
             restart: self.restart,
             health: skiff::container::HealthOptions {
