@@ -220,6 +220,46 @@ pub struct Place<'a> {
     pub label: String,
 }
 
+/// Makes the directories of `path` that `tree` lacks (mode 0755, owned by its root), as a
+/// Dockerfile's COPY makes those of its destination; the ones there are left as they are.
+pub fn make_dirs(tree: &Tree, path: &Path, label: &str) -> Result<(), CopyError> {
+    let mut at = PathBuf::from("/");
+    for name in normalize(path).components().filter_map(|c| match c {
+        std::path::Component::Normal(name) => Some(name),
+        _ => None,
+    }) {
+        let parent = open_in_root(tree.root.as_fd(), &at, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|source| CopyError::Resolve { label: label.into(), source })?;
+        at.push(name);
+        let made = nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o755));
+        let entry = |step, source| CopyError::Entry { step, label: at.display().to_string(), source };
+        match made {
+            Ok(()) => {
+                let (uid, gid) = (tree.ids.uid_to_host(0), tree.ids.gid_to_host(0));
+                nix::unistd::fchownat(
+                    &parent,
+                    name,
+                    Some(uid.into()),
+                    Some(gid.into()),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|source| entry("owning", source))?;
+                // mkdir honours the umask; the directory is 0755 whatever it is.
+                nix::sys::stat::fchmodat(
+                    &parent,
+                    name,
+                    Mode::from_bits_truncate(0o755),
+                    nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+                )
+                .map_err(|source| entry("setting the mode of", source))?;
+            }
+            Err(Errno::EEXIST) => {}
+            Err(source) => return Err(entry("making", source)),
+        }
+    }
+    Ok(())
+}
+
 /// `cp`'s flags.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyOptions {

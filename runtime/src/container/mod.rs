@@ -32,7 +32,9 @@ pub use config::{
     check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, HealthOptions, Process,
     RunOptions, Userns,
 };
-pub use copy::{archive, copy, export, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree};
+pub use copy::{
+    archive, copy, export, make_dirs, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree,
+};
 pub use exec::{exec, ExecRequest};
 pub use lifecycle::{attach_output, kill, pause, remove, stop, unpause, update, wait, wait_exited};
 pub use named::{NamedVolume, NamedVolumeError, NamedVolumes};

@@ -30,6 +30,8 @@ pub struct CommitOptions {
     /// Dockerfile instructions applied to the new image's config (`-c`), as `import` takes
     /// them.
     pub changes: Vec<String>,
+    /// What the history says made the layer (`skiff commit` if `None`).
+    pub created_by: Option<String>,
 }
 
 pub fn commit(
@@ -40,20 +42,8 @@ pub fn commit(
     options: &CommitOptions,
 ) -> Result<ImageRecord, ImageError> {
     let image = StoredImage::load(store, base)?;
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
-            image: base.name.clone(),
-            digest: image.manifest.config.digest,
-            why: e.to_string(),
-        })?;
     // The changes first: a typo fails before the layer is written.
-    if !config["config"].is_object() {
-        config["config"] = serde_json::json!({});
-    }
-    for change in &options.changes {
-        super::import::apply_change(&mut config["config"], change)
-            .map_err(|why| ImageError::Invalid { what: format!("--change {change:?}"), why })?;
-    }
+    let mut config = changed_config(&image, base, &options.changes)?;
     let what = format!("the changes in {}", union.upper().display());
     let io_err = |e: io::Error| ImageError::Invalid { what: what.clone(), why: e.to_string() };
 
@@ -64,14 +54,9 @@ pub fn commit(
     tar.rewind().map_err(io_err)?;
 
     let docker = image.media_type == DOCKER_MANIFEST;
-    let (layer, layer_desc, diff_id) = layer_from_tar(store, &mut tar, options.compression, docker, &what)?;
-
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    config["rootfs"]["diff_ids"]
-        .as_array_mut()
-        .expect("checked by config()")
-        .push(diff_id.to_string().into());
-    let mut entry = serde_json::json!({ "created": now, "created_by": "skiff commit" });
+    let layer = layer_from_tar(store, &mut tar, options.compression, docker, &what)?;
+    let mut entry =
+        serde_json::json!({ "created_by": options.created_by.as_deref().unwrap_or("skiff commit") });
     if let Some(m) = &options.message {
         entry["comment"] = m.clone().into();
     }
@@ -79,23 +64,82 @@ pub fn commit(
         entry["author"] = a.clone().into();
         config["author"] = a.clone().into();
     }
+    store_image(store, base, &image, config, Some(layer), entry, dest)
+}
+
+/// A new image of `base`'s layers with `changes` (Dockerfile instructions: CMD, ENV, …)
+/// applied to its config, its history saying `created_by` made no layer.
+pub fn change_config(
+    store: &Store,
+    base: &ImageRecord,
+    dest: &Reference,
+    changes: &[String],
+    created_by: &str,
+) -> Result<ImageRecord, ImageError> {
+    let image = StoredImage::load(store, base)?;
+    let config = changed_config(&image, base, changes)?;
+    let entry = serde_json::json!({ "created_by": created_by, "empty_layer": true });
+    store_image(store, base, &image, config, None, entry, dest)
+}
+
+/// `image`'s config with `changes` applied.
+fn changed_config(
+    image: &StoredImage,
+    base: &ImageRecord,
+    changes: &[String],
+) -> Result<serde_json::Value, ImageError> {
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
+            image: base.name.clone(),
+            digest: image.manifest.config.digest,
+            why: e.to_string(),
+        })?;
+    if !config["config"].is_object() {
+        config["config"] = serde_json::json!({});
+    }
+    for change in changes {
+        super::import::apply_change(&mut config["config"], change)
+            .map_err(|why| ImageError::Invalid { what: format!("--change {change:?}"), why })?;
+    }
+    Ok(config)
+}
+
+/// Stores as `dest` the image of `base`'s layers plus `layer` (staged; `None` for none), with
+/// `config`, whose history gets `entry` (its time added).
+fn store_image(
+    store: &Store,
+    base: &ImageRecord,
+    image: &StoredImage,
+    mut config: serde_json::Value,
+    layer: Option<(Verified, Descriptor, Digest)>,
+    mut entry: serde_json::Value,
+    dest: &Reference,
+) -> Result<ImageRecord, ImageError> {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut manifest = image.manifest.clone();
+    let mut objects = Vec::new();
+    if let Some((object, desc, diff_id)) = layer {
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .expect("checked by config()")
+            .push(diff_id.to_string().into());
+        manifest.layers.push(desc);
+        objects.push(object);
+    }
+    entry["created"] = now.clone().into();
     match config["history"].as_array_mut() {
         Some(h) => h.push(entry),
         None => config["history"] = serde_json::json!([entry]),
     }
     config["created"] = now.clone().into();
     let config_bytes = serde_json::to_vec(&config).expect("JSON serializes");
-
-    let mut manifest = image.manifest.clone();
     manifest.config.digest = Digest::of(&config_bytes);
     manifest.config.size = config_bytes.len() as u64;
-    if !docker {
+    if image.media_type != DOCKER_MANIFEST {
         manifest.config.media_type = OCI_CONFIG.into();
     }
-    manifest.layers.push(layer_desc);
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let manifest_digest = Digest::of(&manifest_bytes);
-
     let record = ImageRecord {
         name: dest.to_string(),
         digest: manifest_digest,
@@ -103,7 +147,8 @@ pub fn commit(
         source: base.source.clone(),
         updated: now,
     };
-    let objects = vec![layer, stage(store, &config_bytes)?, stage(store, &manifest_bytes)?];
+    objects.push(stage(store, &config_bytes)?);
+    objects.push(stage(store, &manifest_bytes)?);
     store.commit_image(objects, record.clone())?;
     Ok(record)
 }

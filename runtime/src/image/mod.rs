@@ -3,6 +3,7 @@
 mod archive;
 mod commit;
 mod convert;
+pub mod dockerfile;
 mod format;
 mod import;
 mod inspect;
@@ -13,7 +14,7 @@ pub mod stream;
 use skiff_fs::Digest;
 
 pub use archive::{load, save};
-pub use commit::{commit, CommitOptions, LayerCompression};
+pub use commit::{change_config, commit, CommitOptions, LayerCompression};
 pub use convert::{
     convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,
 };

@@ -333,6 +333,71 @@ fn devices_are_made_in_the_container_as_asked() {
 }
 
 #[test]
+fn build_makes_an_image_from_a_dockerfile() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((f, env)) = env() else { return };
+    let context = env.dir.path().join("context");
+    std::fs::create_dir_all(context.join("app/sub")).unwrap();
+    let script = context.join("app/run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho $GREETING from $(cat /etc/app/version) in $(pwd)\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(context.join("app/sub/data.txt"), "data\n").unwrap();
+    std::fs::write(context.join("notes.txt"), "notes\n").unwrap();
+    let dockerfile = format!(
+        "# a comment\n\
+         FROM {busybox}\n\
+         ARG VERSION=0\n\
+         ENV GREETING=hello \\\n    HOME_DIR=/srv\n\
+         WORKDIR $HOME_DIR\n\
+         COPY app/ app/\n\
+         COPY notes.txt /etc/app/\n\
+         RUN echo $VERSION > /etc/app/version && ls app > listing && mkdir -m 1777 /shared\n\
+         COPY notes.txt /shared/sub/\n\
+         LABEL built.by=skiff\n\
+         CMD [\"/srv/app/run.sh\"]\n",
+        busybox = f.busybox_ref
+    );
+    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+    let tag = format!("{}/built/app:v1", f.registry.addr);
+    let out = env.run(&["build", "-t", &tag, "--build-arg", "VERSION=2", context.to_str().unwrap()]);
+    let printed = out.ok().to_string();
+    assert!(
+        printed.contains("STEP 9/10: LABEL built.by=skiff")
+            && printed.contains(&format!("Successfully tagged {tag}")),
+        "{printed}"
+    );
+    assert_eq!(env.run(&["run", "--rm", &tag]).ok(), "hello from 2 in /srv\n");
+    let files = env.run(&["run", "--rm", &tag, "cat", "listing", "/etc/app/notes.txt", "app/sub/data.txt"]);
+    assert_eq!(files.ok(), "run.sh\nsub\nnotes\ndata\n");
+    let labels = env.run(&["inspect", "-f", "{{json .Config.config.Labels}}", &tag]).ok().to_string();
+    assert_eq!(labels, "{\"built.by\":\"skiff\"}\n");
+    let history = env.run(&["history", &tag]).ok().to_string();
+    assert!(history.contains("RUN echo $VERSION") && history.contains("COPY notes.txt"), "{history}");
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty(), "a build container was left");
+    // A directory COPY went through kept its mode; the one it made is 0755.
+    let modes = env.run(&[
+        "run",
+        "--rm",
+        &tag,
+        "stat",
+        "-c",
+        "%n %a %u",
+        "/shared",
+        "/shared/sub",
+        "/shared/sub/notes.txt",
+    ]);
+    assert_eq!(modes.ok(), "/shared 1777 0\n/shared/sub 755 0\n/shared/sub/notes.txt 644 0\n");
+    // A failing RUN fails the build, naming its line; a path out of the context is refused.
+    std::fs::write(context.join("Dockerfile"), format!("FROM {}\nRUN exit 3\n", f.busybox_ref)).unwrap();
+    let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
+    assert!(out.failed().contains("line 2: RUN exit 3: the command exited with code 3"), "{out:?}");
+    std::fs::write(context.join("Dockerfile"), format!("FROM {}\nCOPY ../ /x\n", f.busybox_ref)).unwrap();
+    let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
+    assert!(out.failed().contains("outside the build context"), "{out:?}");
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty(), "a failed build left a container");
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

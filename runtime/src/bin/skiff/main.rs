@@ -65,6 +65,8 @@ enum Command {
     Load(commands::archive::LoadArgs),
     /// Make an image of one layer from a filesystem tarball (skiff export, docker export).
     Import(commands::import::Args),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::Args),
     /// Remove images.
     Rmi(commands::rmi::Args),
     /// Give an image another name.
@@ -216,6 +218,8 @@ enum ImageCommand {
     Load(commands::archive::LoadArgs),
     /// Make an image of one layer from a filesystem tarball.
     Import(commands::import::Args),
+    /// Build an image from a Dockerfile.
+    Build(commands::build::Args),
     /// Remove images nothing (with -a: no container) needs.
     Prune(commands::prune::ImagePruneArgs),
 }
@@ -282,6 +286,7 @@ fn flatten(command: Command) -> Flattened {
             ImageCommand::Save(a) => top(Command::Save(a)),
             ImageCommand::Load(a) => top(Command::Load(a)),
             ImageCommand::Import(a) => top(Command::Import(a)),
+            ImageCommand::Build(a) => top(Command::Build(a)),
             ImageCommand::Prune(a) => Flattened::ImagePrune(a),
         },
         Command::System(c) => match c {
@@ -338,6 +343,7 @@ fn main() -> ExitCode {
         Command::Save(a) => commands::archive::save(&ctx, a),
         Command::Load(a) => commands::archive::load(&ctx, a),
         Command::Import(a) => commands::import::run(&ctx, a),
+        Command::Build(a) => commands::build::run(&ctx, a),
         Command::Rmi(a) => commands::rmi::run(&ctx, a),
         Command::Tag(a) => commands::tag::run(&ctx, a),
         Command::Run(a) => return commands::run::run(&ctx, *a),

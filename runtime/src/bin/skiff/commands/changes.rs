@@ -62,9 +62,7 @@ fn resolve(ctx: &Context, source: &Path, image: Option<&str>) -> anyhow::Result<
     if !name.contains('/') {
         let containers = super::run::containers(ctx)?;
         if let Ok(state) = containers.find(&name) {
-            let upper = containers.paths(&state.id).upper;
-            let work = skiff::container::work_dir(&upper);
-            let paths = MountPaths { upper, work, record: PathBuf::new() };
+            let paths = container_paths(&containers, &state);
             return Ok(Source { image: state.image.clone(), paths, container: Some(state) });
         }
     }
@@ -116,14 +114,37 @@ pub fn commit_changes(ctx: &Context, args: CommitArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let store = ctx.store()?;
-    let image = StoredImage::load(&store, &base)?;
-    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, &paths, None, &[])?;
     let compression = if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz };
-    let options =
-        CommitOptions { compression, message: args.message, author: args.author, changes: args.changes };
-    let record = commit(&store, &base, &union, &dest, &options)
-        .with_context(|| format!("committing {} onto {}", paths.upper.display(), base.name))?;
+    let options = CommitOptions {
+        compression,
+        message: args.message,
+        author: args.author,
+        changes: args.changes,
+        created_by: None,
+    };
+    let record = commit_upper(ctx, &base, &paths, &dest, &options)?;
     println!("{}", record.digest);
     Ok(())
+}
+
+/// The image of `base` with the changes in `paths`' upper directory as a new layer.
+pub fn commit_upper(
+    ctx: &Context,
+    base: &ImageRecord,
+    paths: &MountPaths,
+    dest: &skiff::Reference,
+    options: &CommitOptions,
+) -> anyhow::Result<ImageRecord> {
+    let store = ctx.store()?;
+    let image = StoredImage::load(&store, base)?;
+    let (_, union) = open_union(&ctx.client()?, &store, &ctx.cache()?, &image, paths, None, &[])?;
+    commit(&store, base, &union, dest, options)
+        .with_context(|| format!("committing {} onto {}", paths.upper.display(), base.name))
+}
+
+/// The upper and work directories of container `state`, as a commit reads them.
+pub fn container_paths(containers: &skiff::container::Containers, state: &State) -> MountPaths {
+    let upper = containers.paths(&state.id).upper;
+    let work = skiff::container::work_dir(&upper);
+    MountPaths { upper, work, record: PathBuf::new() }
 }

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod attach;
+pub mod build;
 pub mod cache;
 pub mod changes;
 pub mod convert;
