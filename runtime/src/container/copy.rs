@@ -148,6 +148,11 @@ impl Tree {
         Ok(Tree { root, ids, is_container: true, volumes: Vec::new(), _mounted: None, _lock: None })
     }
 
+    /// Whether `path` (a symlink followed) is a directory of this tree.
+    pub fn is_dir(&self, path: &Path, label: &str) -> Result<bool, CopyError> {
+        Ok(self.node(path, true, label)?.is_dir())
+    }
+
     fn node(&self, path: &Path, follow: bool, label: &str) -> Result<Node, CopyError> {
         let path = normalize(path);
         let missing = |e: PathError| match e {

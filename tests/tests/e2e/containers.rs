@@ -387,6 +387,23 @@ fn build_makes_an_image_from_a_dockerfile() {
         "/shared/sub/notes.txt",
     ]);
     assert_eq!(modes.ok(), "/shared 1777 0\n/shared/sub 755 0\n/shared/sub/notes.txt 644 0\n");
+    // Stages: files of an earlier one copied by its name or number; only the last one named.
+    let stages = format!(
+        "FROM {busybox} AS builder\n\
+         ARG NAME=stage\n\
+         RUN echo made by $NAME > /artifact && mkdir -p /out/deep && echo deep > /out/deep/f\n\
+         FROM {busybox}\n\
+         COPY --from=builder /artifact /srv/\n\
+         COPY --from=0 /out /copied\n\
+         CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\"]\n",
+        busybox = f.busybox_ref
+    );
+    std::fs::write(context.join("Dockerfile"), stages).unwrap();
+    let staged = format!("{}/built/staged:v1", f.registry.addr);
+    env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
+    assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\n");
+    let images = env.run(&["images"]).ok().to_string();
+    assert!(!images.contains("stage0"), "{images}");
     // A failing RUN fails the build, naming its line; a path out of the context is refused.
     std::fs::write(context.join("Dockerfile"), format!("FROM {}\nRUN exit 3\n", f.busybox_ref)).unwrap();
     let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);

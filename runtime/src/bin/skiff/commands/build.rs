@@ -2,7 +2,8 @@
 //! container of the image so far and its changes become a layer; COPY and ADD copy the
 //! context's files into a container made and never started, whose changes become a layer;
 //! the other instructions change the config alone. Every step's image is stored under the
-//! tag, the last one staying.
+//! tag, the last one staying. Multi-stage: an earlier stage's image is stored under a name of
+//! its own until the build ends, for `FROM` and `COPY --from` of the later ones.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let steps = dockerfile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let stages = steps.iter().filter(|s| s.keyword == "FROM").count();
     let mut build = Build {
         ctx,
         containers,
@@ -65,12 +67,23 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         args: BTreeMap::new(),
         vars: BTreeMap::new(),
         image: None,
+        stages: Vec::new(),
+        left: stages,
+        global: None,
+        stage_name: None,
+        target: super::parse_reference(&args.tag)?,
     };
     for (n, step) in steps.iter().enumerate() {
         println!("STEP {}/{}: {} {}", n + 1, steps.len(), step.keyword, step.args);
         build.step(step).with_context(|| {
             format!("{} line {}: {} {}", file.display(), step.line, step.keyword, step.args)
         })?;
+    }
+    // The earlier stages' images served the last one; their names go.
+    let names: Vec<String> = build.stages.iter().map(|(_, image)| image.name.clone()).collect();
+    if !names.is_empty() {
+        let users = build.containers.list()?;
+        ctx.store()?.remove_images(&names, &super::run::images_in_use(&users))?;
     }
     let Some(image) = build.image else { bail!("{}: no FROM", file.display()) };
     println!("Successfully built {}", image.digest);
@@ -100,6 +113,17 @@ struct Build<'a> {
     vars: BTreeMap<String, String>,
     /// The image so far.
     image: Option<ImageRecord>,
+    /// The stages before this one: their names (`AS NAME`) and images.
+    stages: Vec<(Option<String>, ImageRecord)>,
+    /// The stages to start yet (FROMs not reached).
+    left: usize,
+    /// The ARGs declared before the first FROM: what each stage starts from.
+    global: Option<BTreeMap<String, String>>,
+    /// This stage's name (`AS NAME`).
+    stage_name: Option<String>,
+    /// What this stage's images are stored as: the tag, or for an earlier stage a name
+    /// removed at the end.
+    target: skiff::Reference,
 }
 
 impl Build<'_> {
@@ -142,7 +166,7 @@ impl Build<'_> {
                 self.image = Some(skiff::image::change_config(
                     &store,
                     &base,
-                    &self.dest,
+                    &self.target,
                     std::slice::from_ref(&change),
                     &change,
                 )?);
@@ -157,33 +181,56 @@ impl Build<'_> {
     }
 
     fn from(&mut self, args: &str) -> anyhow::Result<()> {
-        if self.image.is_some() {
-            bail!("a second FROM: multi-stage builds are not supported");
-        }
         let words = dockerfile::words(args).map_err(anyhow::Error::msg)?;
-        let name = match words.as_slice() {
-            [name] => name,
-            [name, r#as, _] if r#as.eq_ignore_ascii_case("as") => name,
+        let (name, stage) = match words.as_slice() {
+            [name] => (name.clone(), None),
+            [name, r#as, stage] if r#as.eq_ignore_ascii_case("as") => (name.clone(), Some(stage.clone())),
             _ => bail!("expected FROM IMAGE [AS NAME]"),
         };
         if name == "scratch" {
             bail!("FROM scratch is not supported (start from an image, or `skiff import` a tarball)");
         }
-        let store = self.ctx.store()?;
-        let record = match store.find_image(name) {
-            Ok(record) => record,
-            Err(_) => super::pulled(&store, &self.ctx.client()?, name, skiff::manifest::Platform::host())?,
+        // The stage before ends here; this one starts from the ARGs before the first FROM.
+        if let Some(done) = self.image.take() {
+            let done_name = self.stage_name.take();
+            self.stages.push((done_name, done));
+        }
+        let global = self.global.get_or_insert_with(|| self.args.clone()).clone();
+        self.left -= 1;
+        self.target = match self.left {
+            0 => self.dest.clone(),
+            _ => super::parse_reference(&format!("{}-stage{}", self.dest, self.stages.len()))?,
         };
+        let store = self.ctx.store()?;
+        let record = match self.stage(&name) {
+            Some(record) => record,
+            None => match store.find_image(&name) {
+                Ok(record) => record,
+                Err(_) => {
+                    super::pulled(&store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
+                }
+            },
+        };
+        self.args = global.clone();
+        self.vars = global;
         // The image's environment counts for `$NAME` in the instructions after.
         for entry in self.config(&record)?["config"]["Env"].as_array().into_iter().flatten() {
             if let Some((key, value)) = entry.as_str().and_then(|e| e.split_once('=')) {
                 self.vars.insert(key.to_string(), value.to_string());
             }
         }
-        // Named as the build's result from the start.
-        let changed = skiff::image::change_config(&store, &record, &self.dest, &[], &format!("FROM {name}"))?;
-        self.image = Some(changed);
+        // Named as the stage's result from the start.
+        self.image =
+            Some(skiff::image::change_config(&store, &record, &self.target, &[], &format!("FROM {name}"))?);
+        self.stage_name = stage;
         Ok(())
+    }
+
+    /// The image of an earlier stage, by its name or its number (from 0).
+    fn stage(&self, name: &str) -> Option<ImageRecord> {
+        let by_number = name.parse::<usize>().ok().and_then(|n| self.stages.get(n));
+        let by_name = self.stages.iter().find(|(stage, _)| stage.as_deref() == Some(name));
+        by_name.or(by_number).map(|(_, image)| image.clone())
     }
 
     fn config(&self, record: &ImageRecord) -> anyhow::Result<serde_json::Value> {
@@ -200,8 +247,12 @@ impl Build<'_> {
     /// A container of the image so far, running `command` when started (with the ARGs in
     /// its environment, as docker's RUN has them).
     fn container(&self, command: Vec<String>) -> anyhow::Result<State> {
-        let base = self.current()?;
-        let image = StoredImage::load(&self.ctx.store()?, &base)?;
+        self.container_of(&self.current()?, command)
+    }
+
+    /// A container of `base`, as [`Build::container`] makes one of the image so far.
+    fn container_of(&self, base: &ImageRecord, command: Vec<String>) -> anyhow::Result<State> {
+        let image = StoredImage::load(&self.ctx.store()?, base)?;
         let env = self.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = RunOptions {
             command,
@@ -224,7 +275,7 @@ impl Build<'_> {
             created_by: Some(created_by),
         };
         let committed =
-            super::changes::commit_upper(self.ctx, &self.current()?, &paths, &self.dest, &options);
+            super::changes::commit_upper(self.ctx, &self.current()?, &paths, &self.target, &options);
         let removed = skiff::container::remove(&self.containers, state, true);
         self.image = Some(committed?);
         removed.context("removing the build container")
@@ -248,8 +299,16 @@ impl Build<'_> {
     fn copy(&mut self, keyword: &str, args: &str) -> anyhow::Result<()> {
         let words = dockerfile::exec_form(args)
             .map_or_else(|| dockerfile::words(args).map_err(anyhow::Error::msg), Ok)?;
-        if let Some(flag) = words.iter().find(|w| w.starts_with("--")) {
-            bail!("{keyword} {flag} is not supported by skiff build");
+        let (flags, words): (Vec<&String>, Vec<&String>) = words.iter().partition(|w| w.starts_with("--"));
+        let mut from = None;
+        for flag in flags {
+            match flag.strip_prefix("--from=") {
+                Some(stage) if keyword == "COPY" => {
+                    from =
+                        Some(self.stage(stage).with_context(|| format!("no stage {stage} before this one"))?)
+                }
+                _ => bail!("{keyword} {flag} is not supported by skiff build"),
+            }
         }
         let [sources @ .., dest] = words.as_slice() else { bail!("expected {keyword} SOURCE... DEST") };
         if sources.is_empty() {
@@ -257,11 +316,36 @@ impl Build<'_> {
         }
         let into_dir = dest.ends_with('/') || sources.len() > 1;
         let dest = self.workdir()?.join(dest);
-        let sources: Vec<PathBuf> =
-            sources.iter().map(|s| self.in_context(keyword, s)).collect::<anyhow::Result<_>>()?;
+        // The files come from the context, or from an earlier stage's image (a container of
+        // it, never started).
+        let stage = from.map(|image| self.container_of(&image, vec!["true".into()])).transpose()?;
+        let copied = self.copy_step(keyword, stage.as_ref(), sources, &dest, into_dir, args);
+        if let Some(stage) = &stage {
+            let _ = skiff::container::remove(&self.containers, stage, true);
+        }
+        copied
+    }
+
+    /// COPY's or ADD's `sources` (as the Dockerfile names them), from the stage container
+    /// `stage` or else the context, into a container of the image so far, committed.
+    fn copy_step(
+        &mut self,
+        keyword: &str,
+        stage: Option<&State>,
+        sources: &[&String],
+        dest: &Path,
+        into_dir: bool,
+        args: &str,
+    ) -> anyhow::Result<()> {
+        let sources: Vec<(PathBuf, String)> = match stage {
+            Some(_) => sources.iter().map(|s| (Path::new("/").join(s), s.to_string())).collect(),
+            None => sources
+                .iter()
+                .map(|s| self.in_context(keyword, s).map(|path| (path, s.to_string())))
+                .collect::<anyhow::Result<_>>()?,
+        };
         let state = self.container(vec!["true".into()])?;
-        let copied = self.copy_into(&state, &sources, &dest, into_dir);
-        match copied {
+        match self.copy_into(stage, &state, &sources, dest, into_dir) {
             Ok(()) => self.commit(&state, format!("{keyword} {args}")),
             Err(e) => {
                 let _ = skiff::container::remove(&self.containers, &state, true);
@@ -290,40 +374,49 @@ impl Build<'_> {
         Ok(resolved)
     }
 
-    /// Copies `sources` (host paths) into the stopped container `state`, by docker's COPY
-    /// rules: a directory's contents into `dest`, a file to `dest` (into it, if it is a
-    /// directory or `into_dir`); the directories on the way made.
+    /// Copies `sources` (paths and their names in the Dockerfile) from the host, or from the
+    /// stopped container `from`, into the stopped container `state` by docker's COPY rules:
+    /// a directory's contents into `dest`, a file to `dest` (into it, if it is a directory
+    /// or `into_dir`); the directories on the way made.
     fn copy_into(
         &self,
+        from: Option<&State>,
         state: &State,
-        sources: &[PathBuf],
+        sources: &[(PathBuf, String)],
         dest: &Path,
         into_dir: bool,
     ) -> anyhow::Result<()> {
-        let store = self.ctx.store()?;
-        let image = StoredImage::load(&store, &state.image)?;
-        let quiet = State { record_profile: false, no_prefetch: true, ..state.clone() };
-        let provider = super::run::provider(self.ctx, &quiet)?;
-        let tree = Tree::container(&self.containers, state, &*provider, &image)?;
-        let host = Tree::host()?;
+        let from_tree = match from {
+            Some(stage) => self.tree(stage)?,
+            None => Tree::host()?,
+        };
+        let tree = self.tree(state)?;
         let options = CopyOptions { archive: false, follow_link: false };
+        let mut is_dir = Vec::with_capacity(sources.len());
+        for (path, label) in sources {
+            is_dir.push(from_tree.is_dir(path, label)?);
+        }
         // The directories on the way, those missing made.
-        let needs_dir = into_dir || sources.iter().any(|s| s.is_dir());
+        let needs_dir = into_dir || is_dir.contains(&true);
         if let Some(dirs) = if needs_dir { Some(dest) } else { dest.parent() } {
             skiff::container::make_dirs(&tree, dirs, &dirs.display().to_string())?;
         }
-        for source in sources {
-            let from = if source.is_dir() { source.join(".") } else { source.clone() };
-            let to = match (source.is_dir(), into_dir) {
-                (false, true) => dest.join(""),
-                _ => dest.to_path_buf(),
-            };
-            let label = source.strip_prefix(&self.context).unwrap_or(source).display().to_string();
-            let src = Place { tree: &host, path: &from, label };
+        for ((source, label), is_dir) in sources.iter().zip(is_dir) {
+            let from = if is_dir { source.join(".") } else { source.clone() };
+            let to = if !is_dir && into_dir { dest.join("") } else { dest.to_path_buf() };
+            let src = Place { tree: &from_tree, path: &from, label: label.clone() };
             let dst = Place { tree: &tree, path: &to, label: to.display().to_string() };
             skiff::container::copy(&src, &dst, options)?;
         }
         Ok(())
+    }
+
+    /// The files of the stopped container `state`, mounted for this process.
+    fn tree(&self, state: &State) -> anyhow::Result<Tree> {
+        let image = StoredImage::load(&self.ctx.store()?, &state.image)?;
+        let quiet = State { record_profile: false, no_prefetch: true, ..state.clone() };
+        let provider = super::run::provider(self.ctx, &quiet)?;
+        Ok(Tree::container(&self.containers, state, &*provider, &image)?)
     }
 }
 
