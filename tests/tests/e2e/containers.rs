@@ -395,13 +395,14 @@ fn build_makes_an_image_from_a_dockerfile() {
          FROM {busybox}\n\
          COPY --from=builder /artifact /srv/\n\
          COPY --from=0 /out /copied\n\
-         CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\"]\n",
+         COPY note?.txt app/sub/*.txt /texts/\n\
+         CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\", \"/texts/notes.txt\", \"/texts/data.txt\"]\n",
         busybox = f.busybox_ref
     );
     std::fs::write(context.join("Dockerfile"), stages).unwrap();
     let staged = format!("{}/built/staged:v1", f.registry.addr);
     env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
-    assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\n");
+    assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\nnotes\ndata\n");
     let images = env.run(&["images"]).ok().to_string();
     assert!(!images.contains("stage0"), "{images}");
     // A failing RUN fails the build, naming its line; a path out of the context is refused.

@@ -339,11 +339,16 @@ impl Build<'_> {
     ) -> anyhow::Result<()> {
         let sources: Vec<(PathBuf, String)> = match stage {
             Some(_) => sources.iter().map(|s| (Path::new("/").join(s), s.to_string())).collect(),
-            None => sources
-                .iter()
-                .map(|s| self.in_context(keyword, s).map(|path| (path, s.to_string())))
-                .collect::<anyhow::Result<_>>()?,
+            None => {
+                let mut all = Vec::new();
+                for source in sources {
+                    all.extend(self.in_context(keyword, source)?);
+                }
+                all
+            }
         };
+        // A wildcard that matched several files makes the destination a directory.
+        let into_dir = into_dir || sources.len() > 1;
         let state = self.container(vec!["true".into()])?;
         match self.copy_into(stage, &state, &sources, dest, into_dir) {
             Ok(()) => self.commit(&state, format!("{keyword} {args}")),
@@ -356,14 +361,44 @@ impl Build<'_> {
 
     /// `source` (relative to the context) as a path inside it; a path that leads out of it,
     /// a URL or a wildcard refused.
-    fn in_context(&self, keyword: &str, source: &str) -> anyhow::Result<PathBuf> {
+    fn in_context(&self, keyword: &str, source: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
         if source.contains("://") {
             bail!("{keyword} of a URL ({source}) is not supported by skiff build");
         }
-        if source.contains(['*', '?', '[']) {
-            bail!("{keyword} with wildcards ({source}) is not supported by skiff build");
+        let relative = Path::new(source.trim_start_matches('/'));
+        let Some(pattern) = relative.file_name().map(|n| n.to_string_lossy()).filter(|n| is_pattern(n))
+        else {
+            return Ok(vec![(
+                self.in_context_path(keyword, source, &self.context.join(relative))?,
+                source.to_string(),
+            )]);
+        };
+        // A wildcard in the last name: the entries of its directory that match, in order.
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        if is_pattern(&parent.to_string_lossy()) {
+            bail!("{source}: wildcards are supported in the last name only");
         }
-        let path = self.context.join(source.trim_start_matches('/'));
+        let dir = self.in_context_path(keyword, source, &self.context.join(parent))?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{source}: reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|name| matches_pattern(&pattern, name))
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            bail!("{source}: no file in the build context matches");
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                let shown = parent.join(&name).display().to_string();
+                Ok((self.in_context_path(keyword, &shown, &dir.join(&name))?, shown))
+            })
+            .collect()
+    }
+
+    /// `path` resolved, checked to be in the context (and, for ADD, no archive).
+    fn in_context_path(&self, keyword: &str, source: &str, path: &Path) -> anyhow::Result<PathBuf> {
         let resolved = path.canonicalize().with_context(|| format!("{source}: not in the build context"))?;
         if !resolved.starts_with(&self.context) {
             bail!("{source}: outside the build context");
@@ -423,4 +458,64 @@ impl Build<'_> {
 fn is_archive(path: &Path) -> bool {
     let name = path.to_string_lossy();
     [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"].iter().any(|s| name.ends_with(s))
+}
+
+/// Whether a name has wildcards (`*`, `?`, `[…]`).
+fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?', '['])
+}
+
+/// Whether `name` matches the shell pattern `pattern` (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`).
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    fn matches(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|skip| matches(rest, &n[skip..])),
+            Some(('?', rest)) => !n.is_empty() && matches(rest, &n[1..]),
+            Some(('[', rest)) => {
+                let Some(end) = rest.iter().skip(1).position(|&c| c == ']').map(|i| i + 1) else {
+                    return n.first() == Some(&'[') && matches(rest, &n[1..]);
+                };
+                let (class, after) = (&rest[..end], &rest[end + 1..]);
+                let (negated, class) = match class.split_first() {
+                    Some(('!' | '^', class)) => (true, class),
+                    _ => (false, class),
+                };
+                let Some(&c) = n.first() else { return false };
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == '-' {
+                        hit |= class[i] <= c && c <= class[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= class[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != negated && matches(after, &n[1..])
+            }
+            Some((&c, rest)) => n.first() == Some(&c) && matches(rest, &n[1..]),
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    matches(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_pattern;
+
+    #[test]
+    fn shell_patterns_match_as_docker_copy_matches_them() {
+        assert!(matches_pattern("*.py", "app.py") && !matches_pattern("*.py", "app.pyc"));
+        assert!(
+            matches_pattern("package*.json", "package.json")
+                && matches_pattern("package*.json", "package-lock.json")
+        );
+        assert!(matches_pattern("file?.txt", "file1.txt") && !matches_pattern("file?.txt", "file10.txt"));
+        assert!(matches_pattern("[ab]*", "beta") && !matches_pattern("[ab]*", "gamma"));
+        assert!(matches_pattern("v[0-9]", "v7") && !matches_pattern("v[!0-9]", "v7"));
+        assert!(matches_pattern("*", ".hidden"), "docker's COPY * copies dotfiles too");
+    }
 }
