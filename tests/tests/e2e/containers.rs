@@ -396,13 +396,20 @@ fn build_makes_an_image_from_a_dockerfile() {
          COPY --from=builder /artifact /srv/\n\
          COPY --from=0 /out /copied\n\
          COPY note?.txt app/sub/*.txt /texts/\n\
+         COPY . /ctx/\n\
          CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\", \"/texts/notes.txt\", \"/texts/data.txt\"]\n",
         busybox = f.busybox_ref
     );
     std::fs::write(context.join("Dockerfile"), stages).unwrap();
+    std::fs::create_dir(context.join("logs")).unwrap();
+    std::fs::write(context.join("logs/x.log"), "log\n").unwrap();
+    std::fs::write(context.join("secret.key"), "key\n").unwrap();
+    std::fs::write(context.join(".dockerignore"), "# left out\n*.key\nlogs\n").unwrap();
     let staged = format!("{}/built/staged:v1", f.registry.addr);
     env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
     assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\nnotes\ndata\n");
+    let copied = env.run(&["run", "--rm", &staged, "ls", "-a", "/ctx"]).ok().to_string();
+    assert_eq!(copied, ".\n..\n.dockerignore\nDockerfile\napp\nnotes.txt\n");
     let images = env.run(&["images"]).ok().to_string();
     assert!(!images.contains("stage0"), "{images}");
     // A failing RUN fails the build, naming its line; a path out of the context is refused.

@@ -59,7 +59,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let mut build = Build {
         ctx,
         containers,
-        context,
+        context: context.clone(),
         dest: super::parse_reference(&args.tag)?,
         compression: if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz },
         network: if args.network == "none" { Network::None } else { Network::Host },
@@ -71,6 +71,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         left: stages,
         global: None,
         stage_name: None,
+        ignore: read_ignore(&context)?,
         target: super::parse_reference(&args.tag)?,
     };
     for (n, step) in steps.iter().enumerate() {
@@ -121,6 +122,8 @@ struct Build<'a> {
     global: Option<BTreeMap<String, String>>,
     /// This stage's name (`AS NAME`).
     stage_name: Option<String>,
+    /// The patterns of the context's .dockerignore.
+    ignore: Vec<Ignore>,
     /// What this stage's images are stored as: the tag, or for an earlier stage a name
     /// removed at the end.
     target: skiff::Reference,
@@ -349,6 +352,13 @@ impl Build<'_> {
         };
         // A wildcard that matched several files makes the destination a directory.
         let into_dir = into_dir || sources.len() > 1;
+        // What .dockerignore leaves out is not copied: the rest is staged, linked or copied.
+        let staging = tempfile::tempdir_in(self.ctx.store()?.root().join("tmp"))
+            .context("making a staging directory")?;
+        let sources = match (stage, self.ignore.is_empty()) {
+            (None, false) => self.without_ignored(&sources, staging.path())?,
+            _ => sources,
+        };
         let state = self.container(vec!["true".into()])?;
         match self.copy_into(stage, &state, &sources, dest, into_dir) {
             Ok(()) => self.commit(&state, format!("{keyword} {args}")),
@@ -357,6 +367,36 @@ impl Build<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// `sources` (paths in the context) staged under `staging` without what .dockerignore
+    /// leaves out.
+    fn without_ignored(
+        &self,
+        sources: &[(PathBuf, String)],
+        staging: &Path,
+    ) -> anyhow::Result<Vec<(PathBuf, String)>> {
+        let mut kept = Vec::new();
+        for (n, (path, label)) in sources.iter().enumerate() {
+            let relative = path.strip_prefix(&self.context).unwrap_or(path);
+            if !relative.as_os_str().is_empty() && ignored(&self.ignore, relative) {
+                continue;
+            }
+            // Each source apart, under its own name (a file's lands under it).
+            let staged = match relative.file_name() {
+                Some(name) => {
+                    std::fs::create_dir(staging.join(n.to_string()))?;
+                    staging.join(n.to_string()).join(name)
+                }
+                None => staging.join(n.to_string()),
+            };
+            stage(&self.ignore, path, &staged, relative).with_context(|| format!("staging {label}"))?;
+            kept.push((staged, label.clone()));
+        }
+        if kept.is_empty() {
+            bail!("every source is left out by .dockerignore");
+        }
+        Ok(kept)
     }
 
     /// `source` (relative to the context) as a path inside it; a path that leads out of it,
@@ -460,6 +500,86 @@ fn is_archive(path: &Path) -> bool {
     [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"].iter().any(|s| name.ends_with(s))
 }
 
+/// A line of .dockerignore: a pattern of path names (`**` any number of them), or with `!`
+/// an exception to the patterns before it.
+struct Ignore {
+    exception: bool,
+    names: Vec<String>,
+}
+
+/// The patterns of `context`'s .dockerignore (none without one).
+fn read_ignore(context: &Path) -> anyhow::Result<Vec<Ignore>> {
+    let path = context.join(".dockerignore");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (exception, pattern) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let names = pattern.split('/').filter(|n| !n.is_empty() && *n != ".").map(String::from).collect();
+            Ignore { exception, names }
+        })
+        .collect())
+}
+
+/// Whether .dockerignore's `patterns` leave out `relative` (a path in the context): the last
+/// pattern matching it, or a directory it is in, decides.
+fn ignored(patterns: &[Ignore], relative: &Path) -> bool {
+    let names: Vec<String> = relative.iter().map(|n| n.to_string_lossy().into_owned()).collect();
+    let mut out = false;
+    for pattern in patterns {
+        if (1..=names.len()).any(|n| matches_names(&pattern.names, &names[..n])) {
+            out = !pattern.exception;
+        }
+    }
+    out
+}
+
+/// Whether the names of a path match a pattern's, `**` standing for any number of them.
+fn matches_names(pattern: &[String], names: &[String]) -> bool {
+    match pattern.split_first() {
+        None => names.is_empty(),
+        Some((first, rest)) if first == "**" => {
+            (0..=names.len()).any(|skip| matches_names(rest, &names[skip..]))
+        }
+        Some((first, rest)) => {
+            names.first().is_some_and(|name| matches_pattern(first, name)) && matches_names(rest, &names[1..])
+        }
+    }
+}
+
+/// Stages `source` (at `relative` in the context) as `staged`, leaving out what `patterns`
+/// do: files hard-linked where they can be (copied where not), links made again, directories
+/// made with their mode.
+fn stage(patterns: &[Ignore], source: &Path, staged: &Path, relative: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(source)?;
+    if meta.is_dir() {
+        std::fs::create_dir(staged)?;
+        for entry in std::fs::read_dir(source)? {
+            let name = entry?.file_name();
+            let inner = relative.join(&name);
+            if !ignored(patterns, &inner) {
+                stage(patterns, &source.join(&name), &staged.join(&name), &inner)?;
+            }
+        }
+        std::fs::set_permissions(staged, meta.permissions())
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(source)?, staged)
+    } else if std::fs::hard_link(source, staged).is_err() {
+        std::fs::copy(source, staged).map(drop)
+    } else {
+        Ok(())
+    }
+}
+
 /// Whether a name has wildcards (`*`, `?`, `[…]`).
 fn is_pattern(name: &str) -> bool {
     name.contains(['*', '?', '['])
@@ -504,7 +624,28 @@ fn matches_pattern(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::matches_pattern;
+    use std::path::Path;
+
+    use super::{ignored, matches_pattern, Ignore};
+
+    #[test]
+    fn dockerignore_patterns_leave_out_what_docker_leaves_out() {
+        let patterns: Vec<Ignore> = [".git", "**/*.log", "build/", "!build/keep.txt", "docs/*.md"]
+            .iter()
+            .map(|line| {
+                let (exception, pattern) = line.strip_prefix('!').map_or((false, *line), |p| (true, p));
+                Ignore {
+                    exception,
+                    names: pattern.split('/').filter(|n| !n.is_empty()).map(String::from).collect(),
+                }
+            })
+            .collect();
+        let out = |path: &str| ignored(&patterns, Path::new(path));
+        assert!(out(".git") && out(".git/config"), "a directory and what it holds");
+        assert!(out("app.log") && out("a/b/c.log") && !out("app.py"));
+        assert!(out("build/x.o") && !out("build/keep.txt"), "an exception after");
+        assert!(out("docs/a.md") && !out("docs/a.txt") && !out("docs"));
+    }
 
     #[test]
     fn shell_patterns_match_as_docker_copy_matches_them() {
