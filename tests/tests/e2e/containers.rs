@@ -367,6 +367,26 @@ fn build_makes_an_image_from_a_dockerfile() {
         "{printed}"
     );
     assert_eq!(env.run(&["run", "--rm", &tag]).ok(), "hello from 2 in /srv\n");
+    // Again: every step from the cache, the same image; a changed file and what comes after
+    // it made again; --no-cache makes all.
+    let digest =
+        |printed: &str| printed.lines().find_map(|l| l.strip_prefix("Successfully built ")).map(String::from);
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "-t", &tag, "--build-arg", "VERSION=2"];
+        args.extend(extra);
+        args.push(context.to_str().unwrap());
+        env.run(&args).ok().to_string()
+    };
+    let again = build(&[]);
+    assert_eq!(again.matches("Using cache").count(), 8, "{again}");
+    assert_eq!(digest(&again), digest(&printed));
+    std::fs::write(context.join("notes.txt"), "new notes\n").unwrap();
+    let changed = build(&[]);
+    // ENV, WORKDIR and COPY app/ come from the cache; from COPY notes.txt on, all is made again.
+    assert_eq!(changed.matches("Using cache").count(), 3, "{changed}");
+    assert_eq!(env.run(&["run", "--rm", &tag, "cat", "/etc/app/notes.txt"]).ok(), "new notes\n");
+    std::fs::write(context.join("notes.txt"), "notes\n").unwrap();
+    assert!(!build(&["--no-cache"]).contains("Using cache"));
     let files = env.run(&["run", "--rm", &tag, "cat", "listing", "/etc/app/notes.txt", "app/sub/data.txt"]);
     assert_eq!(files.ok(), "run.sh\nsub\nnotes\ndata\n");
     let labels = env.run(&["inspect", "-f", "{{json .Config.config.Labels}}", &tag]).ok().to_string();

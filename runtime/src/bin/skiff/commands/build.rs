@@ -32,6 +32,9 @@ pub struct Args {
     /// one of their own, and RUN apt-get needs one) or `none`.
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     network: String,
+    /// Run every step, even one an earlier build made already.
+    #[arg(long)]
+    no_cache: bool,
     /// Layer format: `estargz` (lazy-pullable, the default) or `gzip`.
     #[arg(long, default_value = "estargz", value_parser = ["estargz", "gzip"])]
     format: String,
@@ -72,6 +75,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         global: None,
         stage_name: None,
         ignore: read_ignore(&context)?,
+        cache: Cache { dir: ctx.root().join("build-cache"), enabled: !args.no_cache },
         target: super::parse_reference(&args.tag)?,
     };
     for (n, step) in steps.iter().enumerate() {
@@ -124,6 +128,7 @@ struct Build<'a> {
     stage_name: Option<String>,
     /// The patterns of the context's .dockerignore.
     ignore: Vec<Ignore>,
+    cache: Cache,
     /// What this stage's images are stored as: the tag, or for an earlier stage a name
     /// removed at the end.
     target: skiff::Reference,
@@ -163,20 +168,44 @@ impl Build<'_> {
                         self.vars.insert(key, value);
                     }
                 }
-                let base = self.current()?;
                 let change = format!("{keyword} {text}");
-                let store = self.ctx.store()?;
-                self.image = Some(skiff::image::change_config(
-                    &store,
-                    &base,
-                    &self.target,
-                    std::slice::from_ref(&change),
-                    &change,
-                )?);
-                Ok(())
+                self.cached(&change, b"", |build| {
+                    let store = build.ctx.store()?;
+                    build.image = Some(skiff::image::change_config(
+                        &store,
+                        &build.current()?,
+                        &build.target,
+                        std::slice::from_ref(&change),
+                        &change,
+                    )?);
+                    Ok(())
+                })
             }
             other => bail!("{other} is not supported by skiff build"),
         }
+    }
+
+    /// Does `make` unless the cache holds the image an earlier build made from the image so
+    /// far with the step `step` reading `inputs`; then that image is the next one.
+    fn cached(
+        &mut self,
+        step: &str,
+        inputs: &[u8],
+        make: impl FnOnce(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let parent = self.current()?;
+        let key = Cache::key(&parent, step, inputs);
+        let store = self.ctx.store()?;
+        if let Some(record) = self.cache.find(&store, &key, &parent, &self.target)? {
+            println!(" ---> Using cache");
+            self.image = Some(record);
+            return Ok(());
+        }
+        make(self)?;
+        if let Some(made) = &self.image {
+            self.cache.keep(&key, made);
+        }
+        Ok(())
     }
 
     fn current(&self) -> anyhow::Result<ImageRecord> {
@@ -222,9 +251,11 @@ impl Build<'_> {
                 self.vars.insert(key.to_string(), value.to_string());
             }
         }
-        // Named as the stage's result from the start.
-        self.image =
-            Some(skiff::image::change_config(&store, &record, &self.target, &[], &format!("FROM {name}"))?);
+        // Named as the stage's result from the start: the image itself, so that what the
+        // cache keeps for its steps is found again.
+        let named = ImageRecord { name: self.target.to_string(), ..record };
+        store.commit_image(Vec::new(), named.clone())?;
+        self.image = Some(named);
         self.stage_name = stage;
         Ok(())
     }
@@ -285,6 +316,12 @@ impl Build<'_> {
     }
 
     fn run(&mut self, args: &str) -> anyhow::Result<()> {
+        // The ARGs are its environment: another value, another step.
+        let env: String = self.args.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        self.cached(&format!("RUN {args}"), env.as_bytes(), |build| build.run_uncached(args))
+    }
+
+    fn run_uncached(&mut self, args: &str) -> anyhow::Result<()> {
         let command = match dockerfile::exec_form(args) {
             Some(argv) => argv,
             None => vec!["/bin/sh".into(), "-c".into(), args.into()],
@@ -359,14 +396,29 @@ impl Build<'_> {
             (None, false) => self.without_ignored(&sources, staging.path())?,
             _ => sources,
         };
-        let state = self.container(vec!["true".into()])?;
-        match self.copy_into(stage, &state, &sources, dest, into_dir) {
-            Ok(()) => self.commit(&state, format!("{keyword} {args}")),
-            Err(e) => {
-                let _ = skiff::container::remove(&self.containers, &state, true);
-                Err(e)
+        // What it copies decides whether an earlier build's step serves: the stage's image,
+        // or the context's files themselves.
+        let inputs = match stage {
+            Some(stage) => stage.image.manifest.to_string().into_bytes(),
+            None => {
+                let mut described = Vec::new();
+                for (path, label) in &sources {
+                    describe(path, Path::new(label), &mut described)
+                        .with_context(|| format!("reading {label}"))?;
+                }
+                skiff::Digest::of(&described).to_string().into_bytes()
             }
-        }
+        };
+        self.cached(&format!("{keyword} {args}"), &inputs, |build| {
+            let state = build.container(vec!["true".into()])?;
+            match build.copy_into(stage, &state, &sources, dest, into_dir) {
+                Ok(()) => build.commit(&state, format!("{keyword} {args}")),
+                Err(e) => {
+                    let _ = skiff::container::remove(&build.containers, &state, true);
+                    Err(e)
+                }
+            }
+        })
     }
 
     /// `sources` (paths in the context) staged under `staging` without what .dockerignore
@@ -498,6 +550,92 @@ impl Build<'_> {
 fn is_archive(path: &Path) -> bool {
     let name = path.to_string_lossy();
     [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"].iter().any(|s| name.ends_with(s))
+}
+
+/// Appends what `path` (shown as `name`) holds to `out`: each entry's name, kind, mode and
+/// contents (a link's target), directories in name order.
+fn describe(path: &Path, name: &Path, out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    out.extend_from_slice(name.as_os_str().as_bytes());
+    out.extend_from_slice(format!("\0{:o}\0", meta.mode()).as_bytes());
+    if meta.is_dir() {
+        let mut names: Vec<_> =
+            std::fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        names.sort();
+        for child in names {
+            describe(&path.join(&child), &name.join(&child), out)?;
+        }
+    } else if meta.file_type().is_symlink() {
+        out.extend_from_slice(std::fs::read_link(path)?.as_os_str().as_bytes());
+    } else if meta.is_file() {
+        let mut hashed = skiff_fs::Sha256Writer::new(std::io::sink());
+        std::io::copy(&mut std::fs::File::open(path)?, &mut hashed)?;
+        out.extend_from_slice(hashed.finish().0.to_string().as_bytes());
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+/// What earlier builds made: a file per step, named by the step's key, holding the manifest
+/// digest of the image it made.
+struct Cache {
+    dir: PathBuf,
+    enabled: bool,
+}
+
+impl Cache {
+    /// A step's key: the image it starts from, its instruction, and what else it reads.
+    fn key(parent: &ImageRecord, step: &str, inputs: &[u8]) -> String {
+        let mut all = Vec::new();
+        for part in [parent.manifest.to_string().as_bytes(), step.as_bytes(), inputs] {
+            all.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            all.extend_from_slice(part);
+        }
+        skiff::Digest::of(&all).hex()
+    }
+
+    /// The image an earlier build made for `key`, named `target`, if its objects are still
+    /// stored.
+    fn find(
+        &self,
+        store: &skiff::store::Store,
+        key: &str,
+        parent: &ImageRecord,
+        target: &skiff::Reference,
+    ) -> anyhow::Result<Option<ImageRecord>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let Some(digest) =
+            std::fs::read_to_string(self.dir.join(key)).ok().and_then(|d| d.trim().parse().ok())
+        else {
+            return Ok(None);
+        };
+        let record = ImageRecord {
+            name: target.to_string(),
+            digest,
+            manifest: digest,
+            source: parent.source.clone(),
+            updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        if !store.has(&digest) || StoredImage::load(store, &record).is_err() {
+            return Ok(None);
+        }
+        store.commit_image(Vec::new(), record.clone())?;
+        Ok(Some(record))
+    }
+
+    /// Remembers that `key` made `image` (a failure to is only logged: the build went well).
+    fn keep(&self, key: &str, image: &ImageRecord) {
+        let kept = std::fs::create_dir_all(&self.dir).and_then(|()| {
+            skiff::store::write_atomic(&self.dir.join(key), image.manifest.to_string().as_bytes(), 0o644)
+        });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "keeping a build step in the cache");
+        }
+    }
 }
 
 /// A line of .dockerignore: a pattern of path names (`**` any number of them), or with `!`
