@@ -137,6 +137,13 @@ impl Store {
         Self::save_refs(&locked)
     }
 
+    /// Removes names, and nothing else: what they reached stays until a removal collects it.
+    pub fn untag(&self, names: &[String]) -> Result<(), StoreError> {
+        let mut locked = self.lock_refs()?;
+        locked.refs.images.retain(|r| !names.contains(&r.name));
+        Self::save_refs(&locked)
+    }
+
     /// Removes names; then deletes every object that neither a remaining name nor `in_use`
     /// (the manifests of images containers were made from, named or not) reaches. Returns the
     /// digests of the deleted objects.

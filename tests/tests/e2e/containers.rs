@@ -431,11 +431,12 @@ fn build_makes_an_image_from_a_dockerfile() {
     let copied = env.run(&["run", "--rm", &staged, "ls", "-a", "/ctx"]).ok().to_string();
     assert_eq!(copied, ".\n..\n.dockerignore\nDockerfile\napp\nnotes.txt\n");
     let images = env.run(&["images"]).ok().to_string();
-    assert!(!images.contains("stage0"), "{images}");
+    assert!(!images.contains("building"), "{images}");
     // A failing RUN fails the build, naming its line; a path out of the context is refused.
     std::fs::write(context.join("Dockerfile"), format!("FROM {}\nRUN exit 3\n", f.busybox_ref)).unwrap();
     let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
     assert!(out.failed().contains("line 2: RUN exit 3: the command exited with code 3"), "{out:?}");
+    assert_eq!(env.run(&["run", "--rm", &tag]).ok(), "hello from 2 in /srv\n", "a failed build kept the tag");
     std::fs::write(context.join("Dockerfile"), format!("FROM {}\nCOPY ../ /x\n", f.busybox_ref)).unwrap();
     let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
     assert!(out.failed().contains("outside the build context"), "{out:?}");

@@ -58,7 +58,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let steps = dockerfile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let stages = steps.iter().filter(|s| s.keyword == "FROM").count();
     let mut build = Build {
         ctx,
         containers,
@@ -71,26 +70,39 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         vars: BTreeMap::new(),
         image: None,
         stages: Vec::new(),
-        left: stages,
         global: None,
         stage_name: None,
         ignore: read_ignore(&context)?,
         cache: Cache { dir: ctx.root().join("build-cache"), enabled: !args.no_cache },
         target: super::parse_reference(&args.tag)?,
+        run_id: skiff::Digest::of(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+        )
+        .hex()[..8]
+            .to_string(),
     };
-    for (n, step) in steps.iter().enumerate() {
+    let built = steps.iter().enumerate().try_for_each(|(n, step)| {
         println!("STEP {}/{}: {} {}", n + 1, steps.len(), step.keyword, step.args);
-        build.step(step).with_context(|| {
-            format!("{} line {}: {} {}", file.display(), step.line, step.keyword, step.args)
-        })?;
-    }
-    // The earlier stages' images served the last one; their names go.
-    let names: Vec<String> = build.stages.iter().map(|(_, image)| image.name.clone()).collect();
-    if !names.is_empty() {
-        let users = build.containers.list()?;
-        ctx.store()?.remove_images(&names, &super::run::images_in_use(&users))?;
-    }
-    let Some(image) = build.image else { bail!("{}: no FROM", file.display()) };
+        build
+            .step(step)
+            .with_context(|| format!("{} line {}: {} {}", file.display(), step.line, step.keyword, step.args))
+    });
+    let store = ctx.store()?;
+    // Only a build that went through names its image; the tag stays as it was otherwise.
+    let tagged = match (&built, &build.image) {
+        (Ok(()), Some(image)) => {
+            let tagged = ImageRecord { name: build.dest.to_string(), ..image.clone() };
+            store.commit_image(Vec::new(), tagged.clone())?;
+            Some(tagged)
+        }
+        _ => None,
+    };
+    // The stages' working names go, whatever happened; their images stay (unnamed) for the
+    // cache, until a removal of images collects them.
+    let working = build.stages.iter().map(|(_, i)| i).chain(&build.image);
+    store.untag(&working.map(|i| i.name.clone()).collect::<Vec<_>>())?;
+    built?;
+    let Some(image) = tagged else { bail!("{}: no FROM", file.display()) };
     println!("Successfully built {}", image.digest);
     println!("Successfully tagged {}", image.name);
     Ok(())
@@ -120,8 +132,6 @@ struct Build<'a> {
     image: Option<ImageRecord>,
     /// The stages before this one: their names (`AS NAME`) and images.
     stages: Vec<(Option<String>, ImageRecord)>,
-    /// The stages to start yet (FROMs not reached).
-    left: usize,
     /// The ARGs declared before the first FROM: what each stage starts from.
     global: Option<BTreeMap<String, String>>,
     /// This stage's name (`AS NAME`).
@@ -129,9 +139,10 @@ struct Build<'a> {
     /// The patterns of the context's .dockerignore.
     ignore: Vec<Ignore>,
     cache: Cache,
-    /// What this stage's images are stored as: the tag, or for an earlier stage a name
-    /// removed at the end.
+    /// What this stage's images are stored as: a working name, removed at the end.
     target: skiff::Reference,
+    /// Tells this build's working names from another's.
+    run_id: String,
 }
 
 impl Build<'_> {
@@ -228,11 +239,13 @@ impl Build<'_> {
             self.stages.push((done_name, done));
         }
         let global = self.global.get_or_insert_with(|| self.args.clone()).clone();
-        self.left -= 1;
-        self.target = match self.left {
-            0 => self.dest.clone(),
-            _ => super::parse_reference(&format!("{}-stage{}", self.dest, self.stages.len()))?,
-        };
+        // A working name for the stage's images, the tag given only once the build is done.
+        self.target = super::parse_reference(&format!(
+            "{}-building-{}-stage{}",
+            self.dest,
+            self.run_id,
+            self.stages.len()
+        ))?;
         let store = self.ctx.store()?;
         let record = match self.stage(&name) {
             Some(record) => record,
