@@ -120,7 +120,7 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
         "USER" => config["User"] = rest.into(),
         "STOPSIGNAL" => config["StopSignal"] = rest.into(),
         "ENV" => {
-            for (key, value) in pairs(rest)? {
+            for (key, value) in super::dockerfile::pairs(rest)? {
                 let env = config["Env"].as_array_mut().map(std::mem::take).unwrap_or_default();
                 let mut env: Vec<serde_json::Value> =
                     env.into_iter().filter(|e| e.as_str().and_then(|e| e.split_once('=')).is_none_or(|(k, _)| k != key)).collect();
@@ -129,7 +129,7 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
             }
         }
         "LABEL" => {
-            for (key, value) in pairs(rest)? {
+            for (key, value) in super::dockerfile::pairs(rest)? {
                 config["Labels"][key] = value.into();
             }
         }
@@ -163,41 +163,6 @@ fn command(text: &str) -> Result<Vec<String>, String> {
         return serde_json::from_str(text).map_err(|e| format!("not a JSON array of strings: {e}"));
     }
     Ok(vec!["/bin/sh".into(), "-c".into(), text.into()])
-}
-
-/// `K=V K2="V 2"`, or the old `K V` form.
-fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
-    if !text.split_whitespace().next().is_some_and(|w| w.contains('=')) {
-        let (key, value) = text.split_once(char::is_whitespace).ok_or("expected KEY=VALUE")?;
-        return Ok(vec![(key.to_string(), value.trim().to_string())]);
-    }
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        let key = key.trim().to_string();
-        let mut value = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
-            chars.next();
-            for c in chars.by_ref() {
-                if c == '"' {
-                    break;
-                }
-                value.push(c);
-            }
-        } else {
-            value = chars.by_ref().take_while(|c| !c.is_whitespace()).collect();
-        }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if key.is_empty() || key.contains(char::is_whitespace) {
-            return Err(format!("expected KEY=VALUE, found {key:?}"));
-        }
-        out.push((key, value));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
