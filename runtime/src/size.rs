@@ -1,5 +1,5 @@
 //! Byte sizes as users write them: `512`, `64K`, `200M`, `4G` (binary units, as docker's
-//! `--memory`), with an optional `B`/`iB` suffix.
+//! `--memory`), with an optional `B`/`iB` suffix; and durations as docker writes them.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid size {0:?}: expected a number with an optional K, M, G or T suffix, for example 200M")]
@@ -21,6 +21,34 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         _ => return Err(SizeError(input.to_string())),
     };
     n.checked_mul(1 << shift).ok_or_else(|| SizeError(input.to_string()))
+}
+
+/// A duration as docker writes them: numbers with units, `300ms`, `30s`, `1m30s`, `1.5h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.is_empty() {
+        return Err("an empty duration".to_string());
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let value: f64 =
+            rest[..digits].parse().map_err(|_| format!("{s:?}: expected a duration such as 30s or 1m30s"))?;
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))
+            .ok_or_else(|| format!("{s:?}: a duration needs its unit (ms, s, m, h)"))?;
+        rest = &rest[unit.len()..];
+        let seconds = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            _ => value * 3600.0,
+        };
+        total += std::time::Duration::from_secs_f64(seconds);
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

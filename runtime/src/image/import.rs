@@ -119,6 +119,7 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
         "WORKDIR" => config["WorkingDir"] = rest.into(),
         "USER" => config["User"] = rest.into(),
         "STOPSIGNAL" => config["StopSignal"] = rest.into(),
+        "HEALTHCHECK" => config["Healthcheck"] = healthcheck(rest)?,
         "ENV" => {
             for (key, value) in super::dockerfile::pairs(rest)? {
                 let env = config["Env"].as_array_mut().map(std::mem::take).unwrap_or_default();
@@ -158,6 +159,43 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
 }
 
 /// A command in either of a Dockerfile's forms: a JSON array, or a shell line.
+/// `[--interval=D] [--timeout=D] [--start-period=D] [--retries=N] CMD …`, or `NONE`: the
+/// config's Healthcheck, its durations in nanoseconds as docker writes them.
+fn healthcheck(text: &str) -> Result<serde_json::Value, String> {
+    let mut check = serde_json::json!({});
+    let mut rest = text.trim();
+    while let Some(option) = rest.strip_prefix("--") {
+        let (option, after) = option.split_once(char::is_whitespace).unwrap_or((option, ""));
+        let (name, value) =
+            option.split_once('=').ok_or_else(|| format!("--{option}: expected --NAME=VALUE"))?;
+        let nanos = || crate::size::parse_duration(value).map(|d| d.as_nanos() as u64);
+        match name {
+            "interval" => check["Interval"] = nanos()?.into(),
+            "timeout" => check["Timeout"] = nanos()?.into(),
+            "start-period" => check["StartPeriod"] = nanos()?.into(),
+            "start-interval" => check["StartInterval"] = nanos()?.into(),
+            "retries" => {
+                check["Retries"] =
+                    value.parse::<u64>().map_err(|_| format!("--retries={value}: not a number"))?.into()
+            }
+            _ => return Err(format!("--{name}: not a HEALTHCHECK option")),
+        }
+        rest = after.trim_start();
+    }
+    let (kind, command) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    check["Test"] = match (kind.to_ascii_uppercase().as_str(), command.trim()) {
+        ("NONE", "") => serde_json::json!(["NONE"]),
+        ("CMD", command) if command.starts_with('[') => {
+            let argv: Vec<String> =
+                serde_json::from_str(command).map_err(|e| format!("not a JSON array of strings: {e}"))?;
+            std::iter::once("CMD".to_string()).chain(argv).collect::<Vec<_>>().into()
+        }
+        ("CMD", command) if !command.is_empty() => serde_json::json!(["CMD-SHELL", command]),
+        _ => return Err("expected [OPTIONS] CMD COMMAND, or NONE".into()),
+    };
+    Ok(check)
+}
+
 fn command(text: &str) -> Result<Vec<String>, String> {
     if text.starts_with('[') {
         return serde_json::from_str(text).map_err(|e| format!("not a JSON array of strings: {e}"));
@@ -168,6 +206,24 @@ fn command(text: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthchecks_read_as_dockerfiles_write_them() {
+        let check = healthcheck("--interval=30s --timeout=3s --retries=4 CMD curl -f localhost").unwrap();
+        assert_eq!(
+            check,
+            serde_json::json!({"Interval": 30_000_000_000u64, "Timeout": 3_000_000_000u64, "Retries": 4,
+                "Test": ["CMD-SHELL", "curl -f localhost"]})
+        );
+        assert_eq!(
+            healthcheck("CMD [\"/bin/check\", \"-q\"]").unwrap()["Test"],
+            serde_json::json!(["CMD", "/bin/check", "-q"])
+        );
+        assert_eq!(healthcheck("NONE").unwrap()["Test"], serde_json::json!(["NONE"]));
+        assert!(healthcheck("--every=3s CMD x").unwrap_err().contains("--every"));
+        assert!(healthcheck("--interval=soon CMD x").is_err());
+        assert!(healthcheck("curl localhost").is_err());
+    }
 
     #[test]
     fn changes_set_the_config_as_a_dockerfile_would() {

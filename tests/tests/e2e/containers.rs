@@ -417,6 +417,9 @@ fn build_makes_an_image_from_a_dockerfile() {
          COPY --from=0 /out /copied\n\
          COPY note?.txt app/sub/*.txt /texts/\n\
          COPY . /ctx/\n\
+         SHELL [\"/bin/sh\", \"-ec\"]\n\
+         RUN case $- in *e*) echo errexit > /srv/flags;; esac\n\
+         HEALTHCHECK --interval=5s --retries=2 CMD cat /srv/artifact\n\
          CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\", \"/texts/notes.txt\", \"/texts/data.txt\"]\n",
         busybox = f.busybox_ref
     );
@@ -428,6 +431,12 @@ fn build_makes_an_image_from_a_dockerfile() {
     let staged = format!("{}/built/staged:v1", f.registry.addr);
     env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
     assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\nnotes\ndata\n");
+    assert_eq!(env.run(&["run", "--rm", &staged, "cat", "/srv/flags"]).ok(), "errexit\n", "SHELL ran RUN");
+    let check = env.run(&["inspect", "-f", "{{json .Config.config.Healthcheck}}", &staged]).ok().to_string();
+    assert_eq!(
+        check,
+        "{\"Interval\":5000000000,\"Retries\":2,\"Test\":[\"CMD-SHELL\",\"cat /srv/artifact\"]}\n"
+    );
     let copied = env.run(&["run", "--rm", &staged, "ls", "-a", "/ctx"]).ok().to_string();
     assert_eq!(copied, ".\n..\n.dockerignore\nDockerfile\napp\nnotes.txt\n");
     let images = env.run(&["images"]).ok().to_string();

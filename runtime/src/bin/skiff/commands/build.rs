@@ -43,8 +43,8 @@ pub struct Args {
 }
 
 /// Config instructions: each makes an image of the same layers with its config changed.
-const CONFIG: [&str; 9] =
-    ["ENV", "LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL", "USER", "WORKDIR", "CMD", "ENTRYPOINT"];
+const CONFIG: [&str; 10] =
+    ["ENV", "LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL", "USER", "WORKDIR", "CMD", "ENTRYPOINT", "HEALTHCHECK"];
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // COPY mounts the files of the containers it makes where no one else sees them; they go
@@ -73,6 +73,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         global: None,
         stage_name: None,
         ignore: read_ignore(&context)?,
+        shell: vec!["/bin/sh".into(), "-c".into()],
         cache: Cache { dir: ctx.root().join("build-cache"), enabled: !args.no_cache },
         target: super::parse_reference(&args.tag)?,
         run_id: skiff::Digest::of(
@@ -138,6 +139,8 @@ struct Build<'a> {
     stage_name: Option<String>,
     /// The patterns of the context's .dockerignore.
     ignore: Vec<Ignore>,
+    /// What runs a RUN of the shell form (`SHELL`; `/bin/sh -c` until one).
+    shell: Vec<String>,
     cache: Cache,
     /// What this stage's images are stored as: a working name, removed at the end.
     target: skiff::Reference,
@@ -163,11 +166,17 @@ impl Build<'_> {
                 Ok(())
             }
             "RUN" => self.run(&step.args),
+            "SHELL" => {
+                self.shell = dockerfile::exec_form(&step.args)
+                    .filter(|shell| !shell.is_empty())
+                    .context("expected SHELL [\"executable\", \"parameters\"]")?;
+                Ok(())
+            }
             "COPY" | "ADD" => self.copy(keyword, &dockerfile::substitute(&step.args, &self.vars)),
             _ if CONFIG.contains(&keyword) => {
-                // CMD and ENTRYPOINT are the container's to expand, as docker leaves them.
+                // The commands are the container's to expand, as docker leaves them.
                 let text = match keyword {
-                    "CMD" | "ENTRYPOINT" => step.args.clone(),
+                    "CMD" | "ENTRYPOINT" | "HEALTHCHECK" => step.args.clone(),
                     _ => dockerfile::substitute(&step.args, &self.vars),
                 };
                 let text = match keyword {
@@ -329,15 +338,16 @@ impl Build<'_> {
     }
 
     fn run(&mut self, args: &str) -> anyhow::Result<()> {
-        // The ARGs are its environment: another value, another step.
-        let env: String = self.args.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        // The ARGs are its environment, and SHELL runs it: another of either, another step.
+        let mut env: String = self.args.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        env.push_str(&self.shell.join("\0"));
         self.cached(&format!("RUN {args}"), env.as_bytes(), |build| build.run_uncached(args))
     }
 
     fn run_uncached(&mut self, args: &str) -> anyhow::Result<()> {
         let command = match dockerfile::exec_form(args) {
             Some(argv) => argv,
-            None => vec!["/bin/sh".into(), "-c".into(), args.into()],
+            None => self.shell.iter().cloned().chain([args.to_string()]).collect(),
         };
         let state = self.container(command)?;
         super::run::supervise_with(self.ctx, &self.containers, &state, Attach::Terminal)?;

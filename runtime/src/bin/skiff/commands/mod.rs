@@ -57,32 +57,9 @@ pub fn error_message(error: &anyhow::Error) -> String {
     message
 }
 
-/// A duration as docker writes them: numbers with units, `300ms`, `30s`, `1m30s`, `1.5h`.
+/// A duration as docker writes them (see [`skiff::size::parse_duration`]).
 pub fn duration(s: &str) -> Result<std::time::Duration, String> {
-    if s.is_empty() {
-        return Err("an empty duration".to_string());
-    }
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
-        let value: f64 =
-            rest[..digits].parse().map_err(|_| format!("{s:?}: expected a duration such as 30s or 1m30s"))?;
-        rest = &rest[digits..];
-        let unit = ["ms", "s", "m", "h"]
-            .into_iter()
-            .find(|u| rest.starts_with(u))
-            .ok_or_else(|| format!("{s:?}: a duration needs its unit (ms, s, m, h)"))?;
-        rest = &rest[unit.len()..];
-        let seconds = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            _ => value * 3600.0,
-        };
-        total += std::time::Duration::from_secs_f64(seconds);
-    }
-    Ok(total)
+    skiff::size::parse_duration(s)
 }
 
 /// Prints `rows` (the header first) as docker does: each column as wide as its widest cell,
