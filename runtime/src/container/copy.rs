@@ -31,6 +31,8 @@ use crate::sandbox::paths::{normalize, open_in_root, PathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
+    #[error("--chown={spec}: {why}")]
+    Owner { spec: String, why: String },
     #[error("{label}: no such file or directory")]
     Missing { label: String },
     #[error("{label}: {source}")]
@@ -148,6 +150,15 @@ impl Tree {
         Ok(Tree { root, ids, is_container: true, volumes: Vec::new(), _mounted: None, _lock: None })
     }
 
+    /// The uid and gid `USER[:GROUP]` names in this tree's `/etc/passwd` and `/etc/group`
+    /// (numbers as they are); a user alone gives its uid as the gid too, as docker's
+    /// `COPY --chown` does.
+    pub fn ids_of(&self, spec: &str) -> Result<(u32, u32), CopyError> {
+        let user = crate::sandbox::resolve_user(self.root.as_fd(), spec)
+            .map_err(|e| CopyError::Owner { spec: spec.to_string(), why: e.to_string() })?;
+        Ok(if spec.contains(':') { (user.uid, user.gid) } else { (user.uid, user.uid) })
+    }
+
     /// Whether `path` (a symlink followed) is a directory of this tree.
     pub fn is_dir(&self, path: &Path, label: &str) -> Result<bool, CopyError> {
         Ok(self.node(path, true, label)?.is_dir())
@@ -225,9 +236,10 @@ pub struct Place<'a> {
     pub label: String,
 }
 
-/// Makes the directories of `path` that `tree` lacks (mode 0755, owned by its root), as a
-/// Dockerfile's COPY makes those of its destination; the ones there are left as they are.
-pub fn make_dirs(tree: &Tree, path: &Path, label: &str) -> Result<(), CopyError> {
+/// Makes the directories of `path` that `tree` lacks (mode 0755, owned by `owner`: ids inside
+/// the tree), as a Dockerfile's COPY makes those of its destination; the ones there are left
+/// as they are.
+pub fn make_dirs(tree: &Tree, path: &Path, label: &str, owner: (u32, u32)) -> Result<(), CopyError> {
     let mut at = PathBuf::from("/");
     for name in normalize(path).components().filter_map(|c| match c {
         std::path::Component::Normal(name) => Some(name),
@@ -240,7 +252,7 @@ pub fn make_dirs(tree: &Tree, path: &Path, label: &str) -> Result<(), CopyError>
         let entry = |step, source| CopyError::Entry { step, label: at.display().to_string(), source };
         match made {
             Ok(()) => {
-                let (uid, gid) = (tree.ids.uid_to_host(0), tree.ids.gid_to_host(0));
+                let (uid, gid) = (tree.ids.uid_to_host(owner.0), tree.ids.gid_to_host(owner.1));
                 nix::unistd::fchownat(
                     &parent,
                     name,
@@ -272,6 +284,9 @@ pub struct CopyOptions {
     pub archive: bool,
     /// `-L`: copy what a symlink at the source names, not the link.
     pub follow_link: bool,
+    /// The ids (inside the destination container) that own everything copied, whatever the
+    /// source's (a Dockerfile's `COPY --chown`).
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Copies `src` to `dest` with docker cp's rules: a file onto a directory goes into it; a
@@ -390,6 +405,9 @@ pub fn unarchive(dest: &Place<'_>, options: CopyOptions, tar: &mut dyn Read) -> 
 /// Who owns what a copy makes in `tree`: its user (a container's root, or whoever runs skiff
 /// on the host), or with `-a` the source's owners.
 fn dest_owner(tree: &Tree, options: CopyOptions) -> Owner<'_> {
+    if let Some((uid, gid)) = options.owner {
+        return Owner::Fixed(tree.ids.uid_to_host(uid), tree.ids.gid_to_host(gid));
+    }
     match (options.archive, tree.is_container) {
         (true, true) => Owner::Mapped(&tree.ids),
         (true, false) => Owner::Kept,

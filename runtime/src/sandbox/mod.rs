@@ -59,7 +59,7 @@ pub use spec::{
     is_namespaced_sysctl, is_volume_name, CapabilityOptions, ContainerSpec, Device, Dns, ExtraHost, Network,
     Resources, Rlimit, RlimitResource, SpecError, TmpfsMount, Volume, DEFAULT_PATH,
 };
-pub use user::UserError;
+pub use user::{ExecUser, UserError};
 
 /// How a container's PID 1 ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,4 +262,9 @@ pub fn run(spec: &ContainerSpec, stdio: Stdio) -> Result<ExitStatus, Error> {
     let forwarder = signals::Forwarder::install()?;
     let mut container = spawn(spec, stdio)?;
     signals::wait_forwarding(&mut container, forwarder)
+}
+
+/// The user `spec` (`USER[:GROUP]`, names or numbers) names in the tree at `root`.
+pub fn resolve_user(root: std::os::fd::BorrowedFd<'_>, spec: &str) -> Result<ExecUser, UserError> {
+    user::resolve(root, Some(spec), &[])
 }

@@ -417,6 +417,8 @@ fn build_makes_an_image_from_a_dockerfile() {
          COPY --from=0 /out /copied\n\
          COPY note?.txt app/sub/*.txt /texts/\n\
          COPY . /ctx/\n\
+         COPY --chown=nobody:nogroup notes.txt /owned/\n\
+         COPY --chown=1234 app/sub /owned/sub\n\
          SHELL [\"/bin/sh\", \"-ec\"]\n\
          RUN case $- in *e*) echo errexit > /srv/flags;; esac\n\
          HEALTHCHECK --interval=5s --retries=2 CMD cat /srv/artifact\n\
@@ -432,6 +434,11 @@ fn build_makes_an_image_from_a_dockerfile() {
     env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
     assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\nnotes\ndata\n");
     assert_eq!(env.run(&["run", "--rm", &staged, "cat", "/srv/flags"]).ok(), "errexit\n", "SHELL ran RUN");
+    let owners = ["stat", "-c", "%n %u:%g", "/owned/notes.txt", "/owned/sub", "/owned/sub/data.txt"];
+    let mut run = vec!["run", "--rm", &staged];
+    run.extend(owners);
+    let owned = "/owned/notes.txt 65534:65534\n/owned/sub 1234:1234\n/owned/sub/data.txt 1234:1234\n";
+    assert_eq!(env.run(&run).ok(), owned);
     let check = env.run(&["inspect", "-f", "{{json .Config.config.Healthcheck}}", &staged]).ok().to_string();
     assert_eq!(
         check,

@@ -363,13 +363,14 @@ impl Build<'_> {
         let words = dockerfile::exec_form(args)
             .map_or_else(|| dockerfile::words(args).map_err(anyhow::Error::msg), Ok)?;
         let (flags, words): (Vec<&String>, Vec<&String>) = words.iter().partition(|w| w.starts_with("--"));
-        let mut from = None;
+        let (mut from, mut chown) = (None, None);
         for flag in flags {
-            match flag.strip_prefix("--from=") {
-                Some(stage) if keyword == "COPY" => {
+            match flag.split_once('=') {
+                Some(("--from", stage)) if keyword == "COPY" => {
                     from =
                         Some(self.stage(stage).with_context(|| format!("no stage {stage} before this one"))?)
                 }
+                Some(("--chown", owner)) => chown = Some(owner.to_string()),
                 _ => bail!("{keyword} {flag} is not supported by skiff build"),
             }
         }
@@ -377,12 +378,15 @@ impl Build<'_> {
         if sources.is_empty() {
             bail!("expected {keyword} SOURCE... DEST");
         }
-        let into_dir = dest.ends_with('/') || sources.len() > 1;
-        let dest = self.workdir()?.join(dest);
+        let target = Target {
+            into_dir: dest.ends_with('/') || sources.len() > 1,
+            dest: self.workdir()?.join(dest),
+            chown,
+        };
         // The files come from the context, or from an earlier stage's image (a container of
         // it, never started).
         let stage = from.map(|image| self.container_of(&image, vec!["true".into()])).transpose()?;
-        let copied = self.copy_step(keyword, stage.as_ref(), sources, &dest, into_dir, args);
+        let copied = self.copy_step(keyword, stage.as_ref(), sources, target, args);
         if let Some(stage) = &stage {
             let _ = skiff::container::remove(&self.containers, stage, true);
         }
@@ -396,8 +400,7 @@ impl Build<'_> {
         keyword: &str,
         stage: Option<&State>,
         sources: &[&String],
-        dest: &Path,
-        into_dir: bool,
+        mut target: Target,
         args: &str,
     ) -> anyhow::Result<()> {
         let sources: Vec<(PathBuf, String)> = match stage {
@@ -411,7 +414,7 @@ impl Build<'_> {
             }
         };
         // A wildcard that matched several files makes the destination a directory.
-        let into_dir = into_dir || sources.len() > 1;
+        target.into_dir |= sources.len() > 1;
         // What .dockerignore leaves out is not copied: the rest is staged, linked or copied.
         let staging = tempfile::tempdir_in(self.ctx.store()?.root().join("tmp"))
             .context("making a staging directory")?;
@@ -434,7 +437,7 @@ impl Build<'_> {
         };
         self.cached(&format!("{keyword} {args}"), &inputs, |build| {
             let state = build.container(vec!["true".into()])?;
-            match build.copy_into(stage, &state, &sources, dest, into_dir) {
+            match build.copy_into(stage, &state, &sources, &target) {
                 Ok(()) => build.commit(&state, format!("{keyword} {args}")),
                 Err(e) => {
                     let _ = skiff::container::remove(&build.containers, &state, true);
@@ -533,15 +536,17 @@ impl Build<'_> {
         from: Option<&State>,
         state: &State,
         sources: &[(PathBuf, String)],
-        dest: &Path,
-        into_dir: bool,
+        target: &Target,
     ) -> anyhow::Result<()> {
         let from_tree = match from {
             Some(stage) => self.tree(stage)?,
             None => Tree::host()?,
         };
         let tree = self.tree(state)?;
-        let options = CopyOptions { archive: false, follow_link: false };
+        // The image's root owns what COPY copies, unless --chown names another.
+        let owner = target.chown.as_deref().map(|spec| tree.ids_of(spec)).transpose()?.unwrap_or((0, 0));
+        let options = CopyOptions { archive: false, follow_link: false, owner: Some(owner) };
+        let (dest, into_dir) = (target.dest.as_path(), target.into_dir);
         let mut is_dir = Vec::with_capacity(sources.len());
         for (path, label) in sources {
             is_dir.push(from_tree.is_dir(path, label)?);
@@ -549,7 +554,7 @@ impl Build<'_> {
         // The directories on the way, those missing made.
         let needs_dir = into_dir || is_dir.contains(&true);
         if let Some(dirs) = if needs_dir { Some(dest) } else { dest.parent() } {
-            skiff::container::make_dirs(&tree, dirs, &dirs.display().to_string())?;
+            skiff::container::make_dirs(&tree, dirs, &dirs.display().to_string(), owner)?;
         }
         for ((source, label), is_dir) in sources.iter().zip(is_dir) {
             let from = if is_dir { source.join(".") } else { source.clone() };
@@ -568,6 +573,13 @@ impl Build<'_> {
         let provider = super::run::provider(self.ctx, &quiet)?;
         Ok(Tree::container(&self.containers, state, &*provider, &image)?)
     }
+}
+
+/// Where COPY or ADD copies to: `dest` (into it when `into_dir`), owned by `chown`.
+struct Target {
+    dest: PathBuf,
+    into_dir: bool,
+    chown: Option<String>,
 }
 
 fn is_archive(path: &Path) -> bool {
