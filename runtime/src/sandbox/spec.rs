@@ -311,14 +311,25 @@ pub struct CapabilityOptions {
     pub privileged: bool,
 }
 
-/// `--memory`, `--cpus`, `--pids-limit`.
+/// `--memory`, `--cpus`, `--pids-limit`, `--memory-swap`, `--memory-reservation`,
+/// `--cpu-shares`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
-    /// Bytes; swap is not allowed on top of it.
+    /// Bytes; swap on top of it only as `memory_swap` allows.
     pub memory: Option<u64>,
     /// Fractional CPUs, e.g. 0.5.
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
+    /// Memory and swap together, in bytes (docker's `--memory-swap`); `Some(-1)`: swap
+    /// without limit; `None` with a memory limit: no swap.
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
+    /// The memory the container is left under pressure (a soft limit), in bytes.
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
+    /// Its CPU weight against the others' (docker's 1024 when `None`).
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
 }
 
 /// One resource limit, `--ulimit NAME=SOFT[:HARD]`.

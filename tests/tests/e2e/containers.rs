@@ -1343,6 +1343,42 @@ fn update_changes_a_running_containers_limits_and_keeps_them() {
 }
 
 #[test]
+fn swap_reservation_and_cpu_shares_reach_the_cgroup() {
+    let Some((f, env)) = env() else { return };
+    let limits = ["-m", "64m", "--memory-swap", "128m", "--memory-reservation", "32m", "--cpu-shares", "512"];
+    let mut run = vec!["--name", "weighed"];
+    run.extend(limits);
+    run.extend([f.busybox_ref.as_str(), "sleep", "1000"]);
+    let id = env.detach(&run);
+    // The first of `files` found in the container's cgroup directories, as a number.
+    let read = |files: &[&str]| -> String {
+        cgroup_dirs(&id)
+            .iter()
+            .flat_map(|dir| files.iter().map(move |f| dir.join(f)))
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let v1 = Path::new("/sys/fs/cgroup/memory").exists();
+    let (swap, soft, weight) = if v1 {
+        ("memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes", "cpu.shares")
+    } else {
+        ("memory.swap.max", "memory.low", "cpu.weight")
+    };
+    let expected_swap = if v1 { 128 << 20 } else { 64 << 20 };
+    assert_eq!(read(&[swap]), expected_swap.to_string());
+    assert_eq!(read(&[soft]), (32 << 20).to_string());
+    assert_eq!(read(&[weight]), if v1 { "512" } else { "20" });
+    env.run(&["update", "--cpu-shares", "256", "weighed"]).ok();
+    assert_eq!(read(&[weight]), if v1 { "256" } else { "10" });
+    let out = env.run(&["run", "--rm", "-m", "64m", "--memory-swap", "32m", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--memory-swap (33554432) must be at least --memory"), "{out:?}");
+    let out = env.run(&["run", "--rm", "--memory-swap", "1g", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--memory-swap needs --memory"), "{out:?}");
+}
+
+#[test]
 fn named_volumes_outlive_their_containers() {
     let Some((f, env)) = env() else { return };
     // The first container fills a new volume from its image, and its writes stay.

@@ -373,48 +373,66 @@ fn create_dir(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// v2's `cpu.weight` (1 to 10000, 100 by default) for docker's `--cpu-shares` (2 to 262144,
+/// 1024 by default), as runc converts it.
+fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
 impl Cgroup {
     /// Sets the limits of a container's cgroup to `resources` (`None`: no limit), as `update`
     /// changes them while it runs.
     pub fn set_resources(&self, resources: &Resources) -> Result<(), CgroupError> {
+        let r = resources;
         for dir in &self.dirs {
             let has = |name: &str| dir.join(name).exists();
+            let set = |name: &str, value: String| write(&dir.join(name), &value);
             if has("pids.max") {
-                write(&dir.join("pids.max"), &resources.pids.map_or("max".into(), |p| p.to_string()))?;
+                set("pids.max", r.pids.map_or("max".into(), |p| p.to_string()))?;
             }
             if has("memory.max") {
-                write(&dir.join("memory.max"), &resources.memory.map_or("max".into(), |m| m.to_string()))?;
+                set("memory.max", r.memory.map_or("max".into(), |m| m.to_string()))?;
                 if has("memory.swap.max") {
-                    write(
-                        &dir.join("memory.swap.max"),
-                        if resources.memory.is_some() { "0" } else { "max" },
-                    )?;
+                    // v2 counts swap apart from memory.
+                    let swap = match (r.memory, r.memory_swap) {
+                        (Some(_), None) => "0".into(),
+                        (Some(m), Some(total)) if total >= 0 => (total as u64).saturating_sub(m).to_string(),
+                        _ => "max".into(),
+                    };
+                    set("memory.swap.max", swap)?;
                 }
+                set("memory.low", r.memory_reservation.unwrap_or(0).to_string())?;
             }
             if has("memory.limit_in_bytes") {
-                let value = resources.memory.map_or("-1".into(), |m| m.to_string());
-                let (memory, memsw) =
-                    (dir.join("memory.limit_in_bytes"), dir.join("memory.memsw.limit_in_bytes"));
-                // memsw may never be below the memory limit: raised first, lowered last.
-                let current: u64 =
-                    std::fs::read_to_string(&memory).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-                let raising = resources.memory.is_none_or(|m| m > current);
-                if raising && has("memory.memsw.limit_in_bytes") {
-                    write(&memsw, &value)?;
+                // memsw (memory and swap) may never be below the memory limit: lifted first,
+                // set last.
+                let memsw = match (r.memory, r.memory_swap) {
+                    (Some(m), None) => m.to_string(),
+                    (Some(_), Some(total)) if total >= 0 => total.to_string(),
+                    _ => "-1".into(),
+                };
+                if has("memory.memsw.limit_in_bytes") {
+                    set("memory.memsw.limit_in_bytes", "-1".into())?;
                 }
-                write(&memory, &value)?;
-                if !raising && has("memory.memsw.limit_in_bytes") {
-                    write(&memsw, &value)?;
+                set("memory.limit_in_bytes", r.memory.map_or("-1".into(), |m| m.to_string()))?;
+                if has("memory.memsw.limit_in_bytes") {
+                    set("memory.memsw.limit_in_bytes", memsw)?;
                 }
+                set(
+                    "memory.soft_limit_in_bytes",
+                    r.memory_reservation.map_or("-1".into(), |m| m.to_string()),
+                )?;
             }
             if has("cpu.max") {
-                let quota = resources.cpus.map_or("max".into(), |c| cpu_quota(c).to_string());
-                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                let quota = r.cpus.map_or("max".into(), |c| cpu_quota(c).to_string());
+                set("cpu.max", format!("{quota} {CPU_PERIOD_US}"))?;
+                set("cpu.weight", r.cpu_shares.map_or(100, cpu_weight).to_string())?;
             }
             if has("cpu.cfs_quota_us") {
-                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                let quota = resources.cpus.map_or("-1".into(), |c| cpu_quota(c).to_string());
-                write(&dir.join("cpu.cfs_quota_us"), &quota)?;
+                set("cpu.cfs_period_us", CPU_PERIOD_US.to_string())?;
+                set("cpu.cfs_quota_us", r.cpus.map_or("-1".into(), |c| cpu_quota(c).to_string()))?;
+                set("cpu.shares", r.cpu_shares.unwrap_or(1024).to_string())?;
             }
         }
         Ok(())

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{cpu_quota, create_dir, write, Cgroup, CgroupError, Limits, CPU_PERIOD_US, PARENT};
+use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
 
 /// One mounted v1 hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +85,9 @@ pub fn create(
         Ok(dir)
     };
     // Always joined, so every container process can be found (and killed) by its cgroup.
-    let pids = dir_for("pids")?;
-    let memory = dir_for("memory")?;
-    let cpu = dir_for("cpu")?;
+    for controller in ["pids", "memory", "cpu"] {
+        dir_for(controller)?;
+    }
     let devices = if limits.restrict_devices { Some(dir_for("devices")?) } else { None };
     // Joined where there is one, so `commit` can pause the container as docker's does, and
     // `stats` can tell the CPU time and block I/O it used.
@@ -97,22 +97,9 @@ pub fn create(
         }
     }
 
-    let r = &limits.resources;
-    if let Some(max) = r.pids {
-        write(&pids.join("pids.max"), &max.to_string())?;
-    }
-    if let Some(bytes) = r.memory {
-        write(&memory.join("memory.limit_in_bytes"), &bytes.to_string())?;
-        // No swap on top: a hog is OOM-killed at the limit instead of swapping.
-        let memsw = memory.join("memory.memsw.limit_in_bytes");
-        if memsw.exists() {
-            write(&memsw, &bytes.to_string())?;
-        }
-    }
-    if let Some(cpus) = r.cpus {
-        write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-        write(&cpu.join("cpu.cfs_quota_us"), &cpu_quota(cpus).to_string())?;
-    }
+    // The limits, as `update` sets them (no swap on top of a memory limit unless asked: a
+    // hog is OOM-killed at the limit instead of swapping).
+    cgroup.set_resources(&limits.resources)?;
     if let Some(devices) = devices {
         write(&devices.join("devices.deny"), "a")?;
         for rule in ALLOWED_DEVICES.iter().copied().chain(limits.device_rules.iter().map(String::as_str)) {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{cpu_quota, create_dir, write, Cgroup, CgroupError, Limits, CPU_PERIOD_US, PARENT};
+use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -24,21 +24,8 @@ pub fn create(
         own.iter().find(|(controllers, _)| controllers.is_empty()).map_or("/", |(_, p)| p.as_str());
     cgroup.push(dir.clone(), root.join(own_path.trim_start_matches('/')));
 
-    let r = &limits.resources;
-    if let Some(max) = r.pids {
-        write(&dir.join("pids.max"), &max.to_string())?;
-    }
-    if let Some(bytes) = r.memory {
-        write(&dir.join("memory.max"), &bytes.to_string())?;
-        let swap = dir.join("memory.swap.max");
-        if swap.exists() {
-            write(&swap, "0")?;
-        }
-    }
-    if let Some(cpus) = r.cpus {
-        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", cpu_quota(cpus)))?;
-    }
-    Ok(())
+    // The limits, as `update` sets them.
+    cgroup.set_resources(&limits.resources)
 }
 
 /// Enables in `dir`'s children the controllers `dir` itself has.

@@ -95,15 +95,8 @@ pub struct Args {
     /// All capabilities, no seccomp filter, no masked paths.
     #[arg(long)]
     privileged: bool,
-    /// Memory limit (K, M, G suffixes; at least 6M; 0 for none).
-    #[arg(short, long, value_parser = parse_memory)]
-    memory: Option<u64>,
-    /// Number of CPUs (fractional, from 0.01 to the CPUs available; 0 for no limit).
-    #[arg(long, value_parser = parse_cpus, allow_negative_numbers = true)]
-    cpus: Option<f64>,
-    /// Most processes the container may have (0 or -1 for no limit).
-    #[arg(long, allow_negative_numbers = true)]
-    pids_limit: Option<i64>,
+    #[command(flatten)]
+    resources: ResourceFlags,
     /// Run a minimal init as PID 1 that forwards signals and reaps zombies.
     #[arg(long)]
     init: bool,
@@ -226,6 +219,86 @@ fn parse_sysctl(s: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("invalid sysctl {s:?}: expected KEY=VALUE")),
     }
+}
+
+/// The resource limits `run`, `create` and `update` take, as docker's.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ResourceFlags {
+    /// Memory limit (K, M, G suffixes; at least 6M; 0 for none).
+    #[arg(short, long, value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// Memory and swap together (K, M, G; -1 for swap without limit; default: no swap).
+    #[arg(long, value_parser = parse_memory_swap, allow_negative_numbers = true)]
+    memory_swap: Option<i64>,
+    /// Memory the container is left under pressure, a soft limit (K, M, G; 0 for none).
+    #[arg(long, value_parser = skiff::size::parse_size)]
+    memory_reservation: Option<u64>,
+    /// Number of CPUs (fractional, from 0.01 to the CPUs available; 0 for no limit).
+    #[arg(long, value_parser = parse_cpus, allow_negative_numbers = true)]
+    cpus: Option<f64>,
+    /// CPU weight against the other containers (1024 by default; 0 for the default).
+    #[arg(short = 'c', long)]
+    cpu_shares: Option<u64>,
+    /// Most processes the container may have (0 or -1 for no limit).
+    #[arg(long, allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+}
+
+impl ResourceFlags {
+    /// Whether any flag was given.
+    pub fn any(&self) -> bool {
+        self.memory.is_some()
+            || self.memory_swap.is_some()
+            || self.memory_reservation.is_some()
+            || self.cpus.is_some()
+            || self.cpu_shares.is_some()
+            || self.pids_limit.is_some()
+    }
+
+    /// `base` with the limits given changed (0, and -1 for processes, lift one), checked as
+    /// docker checks them.
+    pub fn apply(&self, mut base: Resources) -> anyhow::Result<Resources> {
+        if let Some(m) = self.memory {
+            base.memory = Some(m).filter(|&m| m > 0);
+        }
+        if let Some(s) = self.memory_swap {
+            base.memory_swap = Some(s).filter(|&s| s != 0);
+        }
+        if let Some(r) = self.memory_reservation {
+            base.memory_reservation = Some(r).filter(|&r| r > 0);
+        }
+        if let Some(c) = self.cpus {
+            base.cpus = Some(c).filter(|&c| c > 0.0);
+        }
+        if let Some(s) = self.cpu_shares {
+            base.cpu_shares = Some(s).filter(|&s| s > 0);
+        }
+        if let Some(p) = self.pids_limit {
+            base.pids = Some(p).filter(|&p| p > 0).map(|p| p as u64);
+        }
+        match (base.memory, base.memory_swap) {
+            (None, Some(_)) => bail!("--memory-swap needs --memory: it is memory and swap together"),
+            (Some(m), Some(total)) if total >= 0 && (total as u64) < m => {
+                bail!("--memory-swap ({total}) must be at least --memory ({m}), or -1 for swap without limit")
+            }
+            _ => {}
+        }
+        if let (Some(m), Some(r)) = (base.memory, base.memory_reservation) {
+            if r > m {
+                bail!("--memory-reservation ({r}) must be at most --memory ({m})");
+            }
+        }
+        Ok(base)
+    }
+}
+
+/// `--memory-swap`: a size, or -1 for no limit.
+fn parse_memory_swap(s: &str) -> Result<i64, String> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let bytes = skiff::size::parse_size(s).map_err(|e| e.to_string())?;
+    i64::try_from(bytes).map_err(|_| format!("--memory-swap {s}: too large"))
 }
 
 /// The least memory limit docker accepts.
@@ -451,12 +524,7 @@ impl Args {
                 drop: self.cap_drop.clone(),
                 privileged: self.privileged,
             },
-            // 0 means no limit, as in docker (and -1 for processes).
-            resources: Resources {
-                memory: self.memory.filter(|&m| m > 0),
-                cpus: self.cpus.filter(|&c| c > 0.0),
-                pids: self.pids_limit.filter(|&p| p > 0).map(|p| p as u64),
-            },
+            resources: self.resources.apply(Resources::default())?,
             init: self.init,
             tty: self.tty,
             interactive: self.interactive,
