@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub group_add: Vec<String>,
     pub sysctls: std::collections::BTreeMap<String, String>,
     pub devices: Vec<crate::sandbox::Device>,
+    /// `--pid/--ipc/--uts host`.
+    pub host_namespaces: crate::sandbox::HostNamespaces,
     /// `--stop-timeout`: seconds `stop` waits before SIGKILL unless told (docker's 10).
     pub stop_timeout: Option<u64>,
     /// `--shm-size`.
@@ -156,6 +158,7 @@ impl Default for RunOptions {
             group_add: Vec::new(),
             sysctls: BTreeMap::new(),
             devices: Vec::new(),
+            host_namespaces: crate::sandbox::HostNamespaces::default(),
             stop_timeout: None,
             shm_size: None,
             labels: BTreeMap::new(),
@@ -189,6 +192,8 @@ pub enum ConfigError {
     Device(crate::sandbox::DeviceError),
     #[error("--sysctl {key}: not a parameter of the container's own namespaces (those are kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, and net.* with a network of its own)")]
     Sysctl { key: String },
+    #[error("{first} and {second} cannot go together")]
+    Conflict { first: &'static str, second: &'static str },
     #[error("--network container:{other} and {option} cannot go together: the network is {other}'s")]
     JoinedNetwork { other: String, option: &'static str },
 }

@@ -331,7 +331,24 @@ impl Containers {
         spec.dns = options.dns.clone();
         spec.group_add = options.group_add.clone();
         let own_network = options.network == sandbox::Network::None && options.network_container.is_none();
-        if let Some(key) = options.sysctls.keys().find(|k| !sandbox::is_namespaced_sysctl(k, own_network)) {
+        let host = options.host_namespaces;
+        let conflict = |first, second| ContainerError::Invalid(ConfigError::Conflict { first, second });
+        if host.uts && options.hostname.is_some() {
+            return Err(conflict("--uts host", "--hostname"));
+        }
+        if host.pid && options.userns != Userns::Host {
+            return Err(conflict("--pid host", "a user namespace"));
+        }
+        if host.uts {
+            // Its /etc/hostname and /etc/hosts name the host, whose name it has.
+            spec.hostname = nix::unistd::gethostname()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| spec.hostname.clone());
+        }
+        spec.host_namespaces = host;
+        if let Some(key) =
+            options.sysctls.keys().find(|k| !sandbox::is_namespaced_sysctl(k, own_network, !host.ipc))
+        {
             return Err(ContainerError::Invalid(ConfigError::Sysctl { key: key.clone() }));
         }
         spec.sysctls = options.sysctls.clone();

@@ -116,7 +116,10 @@ fn setup(plan: &InitPlan, etc: &EtcFiles, console: Option<&std::path::Path>) -> 
     if spec.tty {
         super::pty::make_controlling(std::io::stdin().as_fd()).map_err(sys("ioctl(TIOCSCTTY)"))?;
     }
-    namespaces::set_hostname(&spec.hostname)?;
+    // The host's own name stays the host's.
+    if !spec.host_namespaces.uts {
+        namespaces::set_hostname(&spec.hostname)?;
+    }
     if spec.network == Network::None {
         namespaces::loopback_up()?;
     }

@@ -56,8 +56,8 @@ pub use rootfs::MOUNT_POINTS;
 pub use seccomp::SeccompError;
 pub use signals::{wait_forwarding, Forwarder, FORWARDED};
 pub use spec::{
-    is_namespaced_sysctl, is_volume_name, CapabilityOptions, ContainerSpec, Device, Dns, ExtraHost, Network,
-    Resources, Rlimit, RlimitResource, SpecError, TmpfsMount, Volume, DEFAULT_PATH,
+    is_namespaced_sysctl, is_volume_name, CapabilityOptions, ContainerSpec, Device, Dns, ExtraHost,
+    HostNamespaces, Network, Resources, Rlimit, RlimitResource, SpecError, TmpfsMount, Volume, DEFAULT_PATH,
 };
 pub use user::{ExecUser, UserError};
 

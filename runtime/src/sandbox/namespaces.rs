@@ -8,7 +8,7 @@ use nix::fcntl::OFlag;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::Mode;
 
-use super::spec::Network;
+use super::spec::{HostNamespaces, Network};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
@@ -29,12 +29,21 @@ pub enum NamespaceError {
 /// The namespaces to create, in order. The cgroup namespace comes after the process joined
 /// its cgroups, so the container sees its own cgroup as the root; the PID namespace applies to
 /// the children of the unsharing process, whose first child becomes PID 1.
-pub fn namespaces(network: &Network) -> Vec<CloneFlags> {
-    let mut list = vec![CloneFlags::CLONE_NEWNS, CloneFlags::CLONE_NEWUTS, CloneFlags::CLONE_NEWIPC];
+pub fn namespaces(network: &Network, host: HostNamespaces) -> Vec<CloneFlags> {
+    let mut list = vec![CloneFlags::CLONE_NEWNS];
+    if !host.uts {
+        list.push(CloneFlags::CLONE_NEWUTS);
+    }
+    if !host.ipc {
+        list.push(CloneFlags::CLONE_NEWIPC);
+    }
     if *network == Network::None {
         list.push(CloneFlags::CLONE_NEWNET);
     }
-    list.extend([CloneFlags::CLONE_NEWCGROUP, CloneFlags::CLONE_NEWPID]);
+    list.push(CloneFlags::CLONE_NEWCGROUP);
+    if !host.pid {
+        list.push(CloneFlags::CLONE_NEWPID);
+    }
     list
 }
 

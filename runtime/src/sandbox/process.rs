@@ -190,12 +190,11 @@ fn intermediate_main(plan: &InitPlan, pipes: Pipes, stdio: Stdio) -> ! {
             } else {
                 drop(pipes.userns);
             }
-            namespaces::enter(&namespaces::namespaces(&plan.spec.network)).and_then(|()| {
-                match &plan.spec.network {
+            namespaces::enter(&namespaces::namespaces(&plan.spec.network, plan.spec.host_namespaces))
+                .and_then(|()| match &plan.spec.network {
                     Network::Join(path) => namespaces::join_network(path),
                     _ => Ok(()),
-                }
-            })
+                })
         }
         init::InitMode::Join { namespaces: list } => {
             drop(pipes.userns);

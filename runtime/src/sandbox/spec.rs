@@ -66,6 +66,17 @@ pub struct ContainerSpec {
     /// `--device`: host devices the container gets, and may use as their permissions say.
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// `--pid host`, `--ipc host`, `--uts host`: the host's namespaces instead of its own.
+    #[serde(default)]
+    pub host_namespaces: HostNamespaces,
+}
+
+/// Which of the host's namespaces a container shares (`--pid/--ipc/--uts host`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNamespaces {
+    pub pid: bool,
+    pub ipc: bool,
+    pub uts: bool,
 }
 
 /// `--device HOST[:CONTAINER][:PERMISSIONS]`: a host device node made in the container (at
@@ -101,7 +112,7 @@ impl std::str::FromStr for Device {
 /// Whether `key` (`net.ipv4.ip_forward`) is a kernel parameter of a namespace a container has
 /// its own of, so that setting it changes nothing outside: docker's list (IPC and network
 /// parameters; network ones only in a network namespace of its own).
-pub fn is_namespaced_sysctl(key: &str, own_network: bool) -> bool {
+pub fn is_namespaced_sysctl(key: &str, own_network: bool, own_ipc: bool) -> bool {
     const IPC: [&str; 8] = [
         "kernel.msgmax",
         "kernel.msgmnb",
@@ -114,7 +125,8 @@ pub fn is_namespaced_sysctl(key: &str, own_network: bool) -> bool {
     ];
     let safe_name = !key.is_empty() && key.split('.').all(|part| !part.is_empty() && !part.contains('/'));
     safe_name
-        && (IPC.contains(&key) || key.starts_with("fs.mqueue.") || (own_network && key.starts_with("net.")))
+        && ((own_ipc && (IPC.contains(&key) || key.starts_with("fs.mqueue.")))
+            || (own_network && key.starts_with("net.")))
 }
 
 /// The container's resolver settings; an empty list keeps the host's lines of that kind.
@@ -161,6 +173,7 @@ impl ContainerSpec {
             group_add: Vec::new(),
             sysctls: std::collections::BTreeMap::new(),
             devices: Vec::new(),
+            host_namespaces: HostNamespaces::default(),
         }
     }
 }
@@ -393,14 +406,15 @@ mod tests {
 
     #[test]
     fn only_parameters_of_the_containers_namespaces_are_set() {
-        assert!(is_namespaced_sysctl("kernel.shmmax", true));
-        assert!(is_namespaced_sysctl("fs.mqueue.msg_max", false));
-        assert!(is_namespaced_sysctl("net.ipv4.ip_forward", true));
-        assert!(!is_namespaced_sysctl("net.ipv4.ip_forward", false), "the host's network");
-        assert!(!is_namespaced_sysctl("kernel.panic", true));
-        assert!(!is_namespaced_sysctl("net..core", true));
-        assert!(!is_namespaced_sysctl("net.core/x", true));
-        assert!(!is_namespaced_sysctl("net.ipv4.conf.all../../../kernel/panic", true));
+        assert!(is_namespaced_sysctl("kernel.shmmax", true, true));
+        assert!(is_namespaced_sysctl("fs.mqueue.msg_max", false, true));
+        assert!(is_namespaced_sysctl("net.ipv4.ip_forward", true, true));
+        assert!(!is_namespaced_sysctl("net.ipv4.ip_forward", false, true), "the host's network");
+        assert!(!is_namespaced_sysctl("kernel.panic", true, true));
+        assert!(!is_namespaced_sysctl("net..core", true, true));
+        assert!(!is_namespaced_sysctl("net.core/x", true, true));
+        assert!(!is_namespaced_sysctl("net.ipv4.conf.all../../../kernel/panic", true, true));
+        assert!(!is_namespaced_sysctl("kernel.shmmax", true, false), "the host's IPC");
     }
 
     #[test]

@@ -1379,6 +1379,34 @@ fn swap_reservation_and_cpu_shares_reach_the_cgroup() {
 }
 
 #[test]
+fn host_namespaces_are_shared_only_when_asked() {
+    let Some((f, env)) = env() else { return };
+    let read = "for ns in pid ipc uts; do readlink /proc/self/ns/$ns; done; cat /proc/sys/kernel/hostname";
+    let host: String = ["pid", "ipc", "uts"]
+        .iter()
+        .map(|ns| format!("{}\n", std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap().display()))
+        .chain([std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap()])
+        .collect();
+    let shared = ["--pid", "host", "--ipc", "host", "--uts", "host"];
+    let mut run = vec!["run", "--rm"];
+    run.extend(shared);
+    run.extend([f.busybox_ref.as_str(), "sh", "-c", read]);
+    assert_eq!(env.run(&run).ok(), host);
+    let own = env.run(&["run", "--rm", &f.busybox_ref, "sh", "-c", read]).ok().to_string();
+    assert!(own.lines().zip(host.lines()).all(|(a, b)| a != b), "{own} against {host}");
+    // Its hostname is the host's; it may not set another, nor the host's IPC parameters.
+    let out = env.run(&["run", "--rm", "--uts", "host", "--hostname", "x", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--uts host and --hostname cannot go together"), "{out:?}");
+    let out =
+        env.run(&["run", "--rm", "--ipc", "host", "--sysctl", "kernel.shmmni=1000", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--sysctl kernel.shmmni"), "{out:?}");
+    assert!(env
+        .run(&["run", "--pid", "container:x", &f.busybox_ref, "true"])
+        .failed()
+        .contains("expected host"));
+}
+
+#[test]
 fn named_volumes_outlive_their_containers() {
     let Some((f, env)) = env() else { return };
     // The first container fills a new volume from its image, and its writes stay.

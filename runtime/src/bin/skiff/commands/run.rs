@@ -151,6 +151,15 @@ pub struct Args {
     /// default); repeatable.
     #[arg(long = "device", value_name = "/HOST[:/CONTAINER][:rwm]")]
     devices: Vec<skiff::sandbox::Device>,
+    /// `host`: share the host's PID namespace (its processes show, and are seen).
+    #[arg(long, value_parser = parse_host_namespace, value_name = "host")]
+    pid: Option<bool>,
+    /// `host`: share the host's IPC namespace (its shared memory and message queues).
+    #[arg(long, value_parser = parse_host_namespace, value_name = "host")]
+    ipc: Option<bool>,
+    /// `host`: share the host's UTS namespace (its host name).
+    #[arg(long, value_parser = parse_host_namespace, value_name = "host")]
+    uts: Option<bool>,
     /// Another supplementary group for the container's processes (name or gid); repeatable.
     #[arg(long = "group-add", value_name = "GROUP")]
     group_add: Vec<String>,
@@ -211,6 +220,15 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
             Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
+    }
+}
+
+/// `--pid`, `--ipc`, `--uts`: `host` (a namespace of its own is the default).
+fn parse_host_namespace(s: &str) -> Result<bool, String> {
+    match s {
+        "host" => Ok(true),
+        "" | "private" => Ok(false),
+        other => Err(format!("unsupported mode {other:?} (expected host)")),
     }
 }
 
@@ -545,6 +563,11 @@ impl Args {
             group_add: self.group_add.clone(),
             sysctls: self.sysctls.iter().cloned().collect(),
             devices: self.devices.clone(),
+            host_namespaces: skiff::sandbox::HostNamespaces {
+                pid: self.pid.unwrap_or(false),
+                ipc: self.ipc.unwrap_or(false),
+                uts: self.uts.unwrap_or(false),
+            },
             stop_timeout: self.stop_timeout,
             restart: self.restart,
             health: skiff::container::HealthOptions {
