@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub group_add: Vec<String>,
     pub sysctls: std::collections::BTreeMap<String, String>,
     pub devices: Vec<crate::sandbox::Device>,
+    /// `--log-opt max-size/max-file`.
+    pub log_rotation: Option<super::log::Rotation>,
     /// `--pid/--ipc/--uts host`.
     pub host_namespaces: crate::sandbox::HostNamespaces,
     /// `--stop-timeout`: seconds `stop` waits before SIGKILL unless told (docker's 10).
@@ -159,6 +161,7 @@ impl Default for RunOptions {
             sysctls: BTreeMap::new(),
             devices: Vec::new(),
             host_namespaces: crate::sandbox::HostNamespaces::default(),
+            log_rotation: None,
             stop_timeout: None,
             shm_size: None,
             labels: BTreeMap::new(),

@@ -446,6 +446,7 @@ impl Containers {
             labels,
             ports: if options.network == sandbox::Network::Host { Vec::new() } else { ports },
             network_container,
+            log_rotation: options.log_rotation,
             published: Vec::new(),
             spec,
         };

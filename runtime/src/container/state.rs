@@ -172,6 +172,9 @@ pub struct State {
     /// each start (its `spec.network` is then that namespace's).
     #[serde(default)]
     pub network_container: Option<String>,
+    /// `--log-opt max-size/max-file`: how its log is rotated (never, if `None`).
+    #[serde(default)]
+    pub log_rotation: Option<super::log::Rotation>,
     /// `-p`: the ports published, as asked for (host port 0: any free one).
     #[serde(default)]
     pub ports: Vec<super::ports::PortMapping>,

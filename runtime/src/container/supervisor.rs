@@ -228,7 +228,7 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
     if let Some(path) = joined_network {
         spec.network = sandbox::Network::Join(path);
     }
-    let log = LogFile::open(&paths.log).map_err(super::io_err("opening", &paths.log))?;
+    let log = LogFile::open(&paths.log, state.log_rotation).map_err(super::io_err("opening", &paths.log))?;
     let wiring =
         Wiring { attached: s.attach == Attach::Terminal, tty: spec.tty, interactive: state.interactive };
     let (stdio, wired) =

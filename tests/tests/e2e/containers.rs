@@ -1407,6 +1407,33 @@ fn host_namespaces_are_shared_only_when_asked() {
 }
 
 #[test]
+fn log_options_rotate_the_log_and_logs_reads_across_files() {
+    let Some((f, env)) = env() else { return };
+    let script = "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done; sleep 1000";
+    let rotate = ["--log-opt", "max-size=2k", "--log-opt", "max-file=3"];
+    let mut run = vec!["--name", "chatty"];
+    run.extend(rotate);
+    run.extend([f.busybox_ref.as_str(), "sh", "-c", script]);
+    let id = env.detach(&run);
+    wait_for("the last line", || env.run(&["logs", "--tail", "1", "chatty"]).stdout == "line 299\n");
+    let dir = env.containers_dir().join(&id);
+    assert!(dir.join("log.2").exists() && !dir.join("log.3").exists());
+    let numbers: Vec<u32> = env
+        .run(&["logs", "chatty"])
+        .ok()
+        .lines()
+        .map(|l| l.trim_start_matches("line ").parse().unwrap())
+        .collect();
+    // What the three files keep: the last lines, in order.
+    assert_eq!(numbers.last(), Some(&299));
+    assert!(numbers[0] > 0 && numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    let out = env.run(&["run", "--rm", "--log-opt", "max-file=2", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("max-file needs max-size"), "{out:?}");
+    let out = env.run(&["run", "--rm", "--log-opt", "mode=non-blocking", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--log-opt mode=non-blocking: unsupported"), "{out:?}");
+}
+
+#[test]
 fn named_volumes_outlive_their_containers() {
     let Some((f, env)) = env() else { return };
     // The first container fills a new volume from its image, and its writes stay.

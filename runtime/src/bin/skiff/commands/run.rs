@@ -151,6 +151,10 @@ pub struct Args {
     /// default); repeatable.
     #[arg(long = "device", value_name = "/HOST[:/CONTAINER][:rwm]")]
     devices: Vec<skiff::sandbox::Device>,
+    /// A log option, as docker's json-file takes them: max-size=SIZE (rotate past it),
+    /// max-file=N (files kept, with max-size; 1 by default); repeatable.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opts: Vec<String>,
     /// `host`: share the host's PID namespace (its processes show, and are seen).
     #[arg(long, value_parser = parse_host_namespace, value_name = "host")]
     pid: Option<bool>,
@@ -220,6 +224,31 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
             Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
+    }
+}
+
+/// `--log-opt`s: max-size and max-file, as docker's json-file driver takes them.
+fn log_rotation(options: &[String]) -> anyhow::Result<Option<skiff::container::log::Rotation>> {
+    let (mut max_size, mut max_files) = (None, None);
+    for option in options {
+        match option.split_once('=') {
+            Some(("max-size", size)) => {
+                max_size = Some(skiff::size::parse_size(size).with_context(|| format!("--log-opt {option}"))?)
+            }
+            Some(("max-file", n)) => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => max_files = Some(n),
+                _ => bail!("--log-opt {option}: expected a number of files, at least 1"),
+            },
+            _ => bail!("--log-opt {option}: unsupported (expected max-size=SIZE or max-file=N)"),
+        }
+    }
+    match (max_size, max_files) {
+        (Some(0), _) => bail!("--log-opt max-size must be above 0"),
+        (Some(max_size), files) => {
+            Ok(Some(skiff::container::log::Rotation { max_size, max_files: files.unwrap_or(1) }))
+        }
+        (None, Some(_)) => bail!("--log-opt max-file needs max-size"),
+        (None, None) => Ok(None),
     }
 }
 
@@ -563,6 +592,7 @@ impl Args {
             group_add: self.group_add.clone(),
             sysctls: self.sysctls.iter().cloned().collect(),
             devices: self.devices.clone(),
+            log_rotation: log_rotation(&self.log_opts)?,
             host_namespaces: skiff::sandbox::HostNamespaces {
                 pid: self.pid.unwrap_or(false),
                 ipc: self.ipc.unwrap_or(false),
