@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub group_add: Vec<String>,
     pub sysctls: std::collections::BTreeMap<String, String>,
     pub devices: Vec<crate::sandbox::Device>,
+    /// `--security-opt`s.
+    pub security: Security,
     /// `--log-opt max-size/max-file`.
     pub log_rotation: Option<super::log::Rotation>,
     /// `--pid/--ipc/--uts host`.
@@ -162,12 +164,26 @@ impl Default for RunOptions {
             devices: Vec::new(),
             host_namespaces: crate::sandbox::HostNamespaces::default(),
             log_rotation: None,
+            security: Security::default(),
             stop_timeout: None,
             shm_size: None,
             labels: BTreeMap::new(),
             restart: super::RestartPolicy::No,
             health: HealthOptions::default(),
         }
+    }
+}
+
+/// `--security-opt`: docker's seccomp filter and `no_new_privs`, each on unless turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub seccomp: bool,
+    pub no_new_privileges: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security { seccomp: true, no_new_privileges: true }
     }
 }
 

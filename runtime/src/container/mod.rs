@@ -30,7 +30,7 @@ use fs2::FileExt;
 
 pub use config::{
     check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, HealthOptions, Process,
-    RunOptions, Userns,
+    RunOptions, Security, Userns,
 };
 pub use copy::{
     archive, copy, export, make_dirs, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree,
@@ -346,6 +346,8 @@ impl Containers {
                 .unwrap_or_else(|_| spec.hostname.clone());
         }
         spec.host_namespaces = host;
+        spec.seccomp = options.security.seccomp;
+        spec.no_new_privileges = options.security.no_new_privileges;
         if let Some(key) =
             options.sysctls.keys().find(|k| !sandbox::is_namespaced_sysctl(k, own_network, !host.ipc))
         {

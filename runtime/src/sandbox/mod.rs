@@ -160,7 +160,8 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
         .map_err(|source| Error::User { id: spec.id.clone(), source })?;
     drop(root);
     let caps = capabilities::resolve(&spec.capabilities)?;
-    let seccomp = if spec.capabilities.privileged { None } else { Some(seccomp::default_filters(&caps)?) };
+    let confined = spec.seccomp && !spec.capabilities.privileged;
+    let seccomp = if confined { Some(seccomp::default_filters(&caps)?) } else { None };
     let command = init::command_line(spec, &user)?;
     let etc = etc::write(spec, spec.user_namespace.as_ref())?;
     let layout = cgroups::Layout::detect()?;

@@ -20,8 +20,10 @@ pub enum SeccompError {
     Compile { arch: &'static str, source: seccompiler::BackendError },
     #[error("unsupported architecture {arch} for the seccomp filter")]
     Arch { arch: &'static str },
+    #[error("the seccomp filter has {len} instructions, more than the kernel takes")]
+    TooLong { len: usize },
     #[error("installing the seccomp filter: {source}")]
-    Install { source: seccompiler::Error },
+    Syscall { source: std::io::Error },
 }
 
 /// The compiled filters, installed in order.
@@ -151,9 +153,30 @@ pub fn default_filters(caps: &CapsHashSet) -> Result<Filters, SeccompError> {
 impl Filters {
     /// Installs the filters on the calling thread (the container's single-threaded init).
     /// Needs `no_new_privs` or `CAP_SYS_ADMIN`.
+    /// Installs the filters on this thread. With CAP_SYS_ADMIN held that needs no
+    /// `no_new_privs`, so it is left as the container's options set it (seccompiler's own
+    /// installer would always set it, and a setuid program in the container would not run).
     pub fn install(&self) -> Result<(), SeccompError> {
         for program in &self.programs {
-            seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { source })?;
+            let fprog = libc::sock_fprog {
+                len: u16::try_from(program.len())
+                    .map_err(|_| SeccompError::TooLong { len: program.len() })?,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: `fprog` points into `program`, alive and unchanged for the call; the
+            // kernel copies the filter.
+            #[allow(unsafe_code)]
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &fprog as *const libc::sock_fprog,
+                )
+            };
+            if rc != 0 {
+                return Err(SeccompError::Syscall { source: std::io::Error::last_os_error() });
+            }
         }
         Ok(())
     }

@@ -66,9 +66,16 @@ pub struct ContainerSpec {
     /// `--device`: host devices the container gets, and may use as their permissions say.
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// docker's default seccomp filter (`--security-opt seccomp=unconfined` turns it off).
+    #[serde(default = "yes")]
+    pub seccomp: bool,
     /// `--pid host`, `--ipc host`, `--uts host`: the host's namespaces instead of its own.
     #[serde(default)]
     pub host_namespaces: HostNamespaces,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Which of the host's namespaces a container shares (`--pid/--ipc/--uts host`).
@@ -174,6 +181,7 @@ impl ContainerSpec {
             sysctls: std::collections::BTreeMap::new(),
             devices: Vec::new(),
             host_namespaces: HostNamespaces::default(),
+            seccomp: true,
         }
     }
 }

@@ -1434,6 +1434,30 @@ fn log_options_rotate_the_log_and_logs_reads_across_files() {
 }
 
 #[test]
+fn security_opts_turn_off_seccomp_and_no_new_privs() {
+    let Some((f, env)) = env() else { return };
+    // Seccomp and NoNewPrivs of the container's process, from its /proc/self/status.
+    let status = |options: &[&str]| -> (String, String) {
+        let mut run = vec!["run", "--rm"];
+        run.extend(options);
+        run.extend([f.busybox_ref.as_str(), "cat", "/proc/self/status"]);
+        let text = env.run(&run).ok().to_string();
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().trim().to_string()
+        };
+        (field("Seccomp:"), field("NoNewPrivs:"))
+    };
+    assert_eq!(status(&[]), ("2".to_string(), "1".to_string()));
+    assert_eq!(status(&["--security-opt", "seccomp=unconfined"]).0, "0");
+    assert_eq!(
+        status(&["--security-opt", "no-new-privileges=false", "--security-opt", "label=disable"]).1,
+        "0"
+    );
+    let out = env.run(&["run", "--rm", "--security-opt", "seccomp=/x.json", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("--security-opt seccomp=/x.json: unsupported"), "{out:?}");
+}
+
+#[test]
 fn named_volumes_outlive_their_containers() {
     let Some((f, env)) = env() else { return };
     // The first container fills a new volume from its image, and its writes stay.

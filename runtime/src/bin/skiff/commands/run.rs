@@ -151,6 +151,11 @@ pub struct Args {
     /// default); repeatable.
     #[arg(long = "device", value_name = "/HOST[:/CONTAINER][:rwm]")]
     devices: Vec<skiff::sandbox::Device>,
+    /// A security option: seccomp=unconfined (no seccomp filter), no-new-privileges[=true|false]
+    /// (on by default), apparmor=unconfined and label=disable (which skiff applies none of);
+    /// repeatable.
+    #[arg(long = "security-opt", value_name = "OPTION")]
+    security_opts: Vec<String>,
     /// A log option, as docker's json-file takes them: max-size=SIZE (rotate past it),
     /// max-file=N (files kept, with max-size; 1 by default); repeatable.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
@@ -225,6 +230,24 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
     }
+}
+
+/// `--security-opt`s, as docker takes them (`:` or `=` between a key and its value).
+fn security(options: &[String]) -> anyhow::Result<skiff::container::Security> {
+    let mut security = skiff::container::Security::default();
+    for option in options {
+        let (key, value) = option.split_once(['=', ':']).unwrap_or((option.as_str(), ""));
+        match (key, value) {
+            ("seccomp", "unconfined") => security.seccomp = false,
+            ("no-new-privileges", "" | "true") => security.no_new_privileges = true,
+            ("no-new-privileges", "false") => security.no_new_privileges = false,
+            ("apparmor", "unconfined") | ("label", "disable") => {}
+            _ => bail!(
+                "--security-opt {option}: unsupported (expected seccomp=unconfined, no-new-privileges[=false], apparmor=unconfined or label=disable)"
+            ),
+        }
+    }
+    Ok(security)
 }
 
 /// `--log-opt`s: max-size and max-file, as docker's json-file driver takes them.
@@ -593,6 +616,7 @@ impl Args {
             sysctls: self.sysctls.iter().cloned().collect(),
             devices: self.devices.clone(),
             log_rotation: log_rotation(&self.log_opts)?,
+            security: security(&self.security_opts)?,
             host_namespaces: skiff::sandbox::HostNamespaces {
                 pid: self.pid.unwrap_or(false),
                 ipc: self.ipc.unwrap_or(false),
