@@ -444,6 +444,12 @@ fn build_makes_an_image_from_a_dockerfile() {
         check,
         "{\"Interval\":5000000000,\"Retries\":2,\"Test\":[\"CMD-SHELL\",\"cat /srv/artifact\"]}\n"
     );
+    // --target: the image of that stage.
+    let first = format!("{}/built/first:v1", f.registry.addr);
+    env.run(&["build", "--target", "builder", "-t", &first, context.to_str().unwrap()]).ok();
+    assert_eq!(env.run(&["run", "--rm", &first, "cat", "/artifact"]).ok(), "made by stage\n");
+    let out = env.run(&["build", "--target", "nope", "-t", &first, context.to_str().unwrap()]);
+    assert!(out.failed().contains("no stage named nope"), "{out:?}");
     let copied = env.run(&["run", "--rm", &staged, "ls", "-a", "/ctx"]).ok().to_string();
     assert_eq!(copied, ".\n..\n.dockerignore\nDockerfile\napp\nnotes.txt\n");
     let images = env.run(&["images"]).ok().to_string();

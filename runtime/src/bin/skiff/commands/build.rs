@@ -32,6 +32,9 @@ pub struct Args {
     /// one of their own, and RUN apt-get needs one) or `none`.
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     network: String,
+    /// Build up to this stage (`FROM … AS STAGE`) and tag its image.
+    #[arg(long)]
+    target: Option<String>,
     /// Run every step, even one an earlier build made already.
     #[arg(long)]
     no_cache: bool,
@@ -82,12 +85,25 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         .hex()[..8]
             .to_string(),
     };
-    let built = steps.iter().enumerate().try_for_each(|(n, step)| {
+    let mut built = Ok(());
+    for (n, step) in steps.iter().enumerate() {
+        // The target stage ends where the next one begins.
+        if step.keyword == "FROM" && args.target.is_some() && build.stage_name == args.target {
+            break;
+        }
         println!("STEP {}/{}: {} {}", n + 1, steps.len(), step.keyword, step.args);
-        build
-            .step(step)
-            .with_context(|| format!("{} line {}: {} {}", file.display(), step.line, step.keyword, step.args))
-    });
+        built = build.step(step).with_context(|| {
+            format!("{} line {}: {} {}", file.display(), step.line, step.keyword, step.args)
+        });
+        if built.is_err() {
+            break;
+        }
+    }
+    if let Some(target) =
+        args.target.as_ref().filter(|t| built.is_ok() && build.stage_name.as_ref() != Some(t))
+    {
+        built = Err(anyhow::anyhow!("{}: no stage named {target}", file.display()));
+    }
     let store = ctx.store()?;
     // Only a build that went through names its image; the tag stays as it was otherwise.
     let tagged = match (&built, &build.image) {
