@@ -198,11 +198,21 @@ impl Cgroup {
     /// Lets the processes of a frozen cgroup go on; whether it was frozen.
     pub fn thaw(&self) -> Result<bool, CgroupError> {
         let Some(freezer) = Freezer::of(self) else { return Ok(false) };
-        let frozen = freezer.requested()?;
-        if frozen {
-            freezer.set(false)?;
+        let thawed = freezer.requested().and_then(|frozen| {
+            if frozen {
+                freezer.set(false)?;
+            }
+            Ok(frozen)
+        });
+        match thawed {
+            // Removed meanwhile, its processes gone (as after a SIGKILL): nothing to let go on.
+            Err(CgroupError::Read { source, .. } | CgroupError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
+            other => other,
         }
-        Ok(frozen)
     }
 
     /// Whether the cgroup is frozen (or being frozen).
