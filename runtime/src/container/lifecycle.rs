@@ -70,10 +70,10 @@ pub fn kill(state: &State, signal: Signal) -> Result<(), ContainerError> {
         .init
         .filter(|p| state.status == Status::Running && p.is_alive())
         .ok_or_else(|| ContainerError::NotRunning { id: state.id.clone() })?;
-    nix::sys::signal::kill(Pid::from_raw(init.pid), signal).map_err(|source| ContainerError::Signal {
-        id: state.id.clone(),
-        pid: init.pid,
-        source,
+    nix::sys::signal::kill(Pid::from_raw(init.pid), signal).map_err(|source| match source {
+        // It ended between the check and the signal.
+        nix::errno::Errno::ESRCH => ContainerError::NotRunning { id: state.id.clone() },
+        source => ContainerError::Signal { id: state.id.clone(), pid: init.pid, source },
     })?;
     if signal == Signal::SIGKILL {
         thaw(state)?;
