@@ -159,10 +159,9 @@ pub fn read(
     // hold of the rest, oldest first.
     let in_current = match tail {
         Some(n) => {
-            let start = tail_start(&file, n)?;
-            let wanted = n.saturating_sub(count_records(&file, start)?);
+            let (start, found) = tail_start(&file, n)?;
             file.seek(SeekFrom::Start(start))?;
-            wanted
+            n - found
         }
         None => usize::MAX,
     };
@@ -246,24 +245,10 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// The whole records from `start` to the end of `file`.
-fn count_records(file: &File, start: u64) -> io::Result<usize> {
-    let mut reader = BufReader::new(file.try_clone()?);
-    reader.seek(SeekFrom::Start(start))?;
-    let mut count = 0;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 || !line.ends_with(b"\n") {
-            return Ok(count);
-        }
-        count += 1;
-    }
-}
-
 /// Where the last `n` whole records of the log start, found from its end (a record still
-/// being written, without its newline yet, is not one of them).
-fn tail_start(file: &File, n: usize) -> io::Result<u64> {
+/// being written, without its newline yet, is not one of them), and how many there are (fewer
+/// than `n` in a shorter log, which then starts at 0).
+fn tail_start(file: &File, n: usize) -> io::Result<(u64, usize)> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 64 << 10];
     let mut end = file.metadata()?.len();
@@ -276,13 +261,13 @@ fn tail_start(file: &File, n: usize) -> io::Result<u64> {
         file.read_exact_at(chunk, start)?;
         for (i, _) in chunk.iter().enumerate().rev().filter(|(_, b)| **b == b'\n') {
             if newlines == n {
-                return Ok(start + i as u64 + 1);
+                return Ok((start + i as u64 + 1, n));
             }
             newlines += 1;
         }
         end = start;
     }
-    Ok(0)
+    Ok((0, newlines))
 }
 
 #[cfg(test)]

@@ -431,11 +431,15 @@ impl Build<'_> {
         };
         // A wildcard that matched several files makes the destination a directory.
         target.into_dir |= sources.len() > 1;
-        // What .dockerignore leaves out is not copied: the rest is staged, linked or copied.
-        let staging = tempfile::tempdir_in(self.ctx.store()?.root().join("tmp"))
-            .context("making a staging directory")?;
+        // What .dockerignore leaves out is not copied: the rest is staged, linked or copied
+        // (kept until the copy is done).
+        let mut staging = None;
         let sources = match (stage, self.ignore.is_empty()) {
-            (None, false) => self.without_ignored(&sources, staging.path())?,
+            (None, false) => {
+                let dir = tempfile::tempdir_in(self.ctx.store()?.root().join("tmp"))
+                    .context("making a staging directory")?;
+                self.without_ignored(&sources, staging.insert(dir).path())?
+            }
             _ => sources,
         };
         // What it copies decides whether an earlier build's step serves: the stage's image,
@@ -584,10 +588,7 @@ impl Build<'_> {
 
     /// The files of the stopped container `state`, mounted for this process.
     fn tree(&self, state: &State) -> anyhow::Result<Tree> {
-        let image = StoredImage::load(&self.ctx.store()?, &state.image)?;
-        let quiet = State { record_profile: false, no_prefetch: true, ..state.clone() };
-        let provider = super::run::provider(self.ctx, &quiet)?;
-        Ok(Tree::container(&self.containers, state, &*provider, &image)?)
+        super::cp::tree_of(self.ctx, &self.containers, state)
     }
 }
 

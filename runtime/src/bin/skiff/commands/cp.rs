@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use skiff::container::{CopyOptions, Place, Tree};
+use skiff::container::{Containers, CopyOptions, Place, State, Tree};
 use skiff::image::StoredImage;
 
 use crate::context::Context;
@@ -99,13 +99,19 @@ pub fn container_tree(ctx: &Context, name: &str) -> anyhow::Result<Tree> {
     let containers = super::run::containers(ctx)?;
     skiff::container::private_mounts(&containers)?;
     let state = containers.find(name)?;
+    tree_of(ctx, &containers, &state)
+}
+
+/// The files of container `state`: a running one's as it sees them, a stopped one's mounted
+/// for this process (which has called [`skiff::container::private_mounts`]).
+pub fn tree_of(ctx: &Context, containers: &Containers, state: &State) -> anyhow::Result<Tree> {
     let store = ctx.store()?;
     let image =
         StoredImage::load(&store, &state.image).with_context(|| format!("loading {}", state.image.name))?;
     // What a copy reads is no start-up: it records no profile and prefetches none.
-    let quiet = skiff::container::State { record_profile: false, no_prefetch: true, ..state.clone() };
+    let quiet = State { record_profile: false, no_prefetch: true, ..state.clone() };
     let provider = super::run::provider(ctx, &quiet)?;
-    Ok(Tree::container(&containers, &state, &*provider, &image)?)
+    Ok(Tree::container(containers, state, &*provider, &image)?)
 }
 
 fn with_slash(path: &Path) -> PathBuf {
