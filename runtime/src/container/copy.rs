@@ -123,6 +123,7 @@ impl Tree {
             .mount(image, &paths.upper, &paths.rootfs)
             .map_err(|e| mount_err("mounting", Box::new(e)))?;
         let root = open_dir(mounted.path()).map_err(|e| mount_err("opening", Box::new(e)))?;
+        let rootfs = mounted.path().to_path_buf();
         let mut tree = Tree {
             root,
             ids,
@@ -131,6 +132,14 @@ impl Tree {
             _mounted: Some(std::sync::Mutex::new(mounted)),
             _lock: Some(lock),
         };
+        // A container never started has no volumes yet: they are made as its start makes them.
+        super::volumes::fill_for_container(
+            &state.spec.volumes,
+            &paths.volumes,
+            &containers.named_volumes(),
+            &rootfs,
+        )
+        .map_err(|e| mount_err("filling the volumes of", Box::new(e)))?;
         for volume in &state.spec.volumes {
             let fd = mount_volume(tree.root.as_fd(), volume)
                 .map_err(|e| mount_err("mounting a volume in", Box::new(e)))?;

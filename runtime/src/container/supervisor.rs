@@ -213,16 +213,9 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         .provider
         .mount(s.image, &paths.upper, &paths.rootfs)
         .map_err(|source| ContainerError::Rootfs { id: id.clone(), source: Box::new(source) })?;
-    super::volumes::fill_missing(&state.spec.volumes, &paths.volumes, mounted.path())
-        .map_err(|source| ContainerError::Volume { id: id.clone(), source })?;
-    // A named volume's files are made, from the image, by the first container to start with it.
     let named = s.containers.named_volumes();
-    for volume in state.spec.volumes.iter().filter(|v| named.holds(&v.host)) {
-        if let Some(dir) = volume.host.parent() {
-            super::volumes::fill_missing(std::slice::from_ref(volume), dir, mounted.path())
-                .map_err(|source| ContainerError::Volume { id: id.clone(), source })?;
-        }
-    }
+    super::volumes::fill_for_container(&state.spec.volumes, &paths.volumes, &named, mounted.path())
+        .map_err(|source| ContainerError::Volume { id: id.clone(), source })?;
     let mut spec = state.spec.clone();
     spec.rootfs = mounted.path().to_path_buf();
     if let Some(path) = joined_network {

@@ -55,6 +55,25 @@ pub fn anonymous(declared: &[String], volumes: &[Volume], tmpfs: &[TmpfsMount], 
         .collect()
 }
 
+/// Fills what a container's volumes need before its rootfs (mounted at `rootfs`) is used: its
+/// anonymous volumes, under `dir`, and the named volumes no container has filled yet. A
+/// container's first start does this, and so does a copy from or into one never started.
+pub fn fill_for_container(
+    volumes: &[Volume],
+    dir: &Path,
+    named: &super::named::NamedVolumes,
+    rootfs: &Path,
+) -> Result<(), VolumeError> {
+    fill_missing(volumes, dir, rootfs)?;
+    // A named volume's files are made, from the image, by the first container to start with it.
+    for volume in volumes.iter().filter(|v| named.holds(&v.host)) {
+        if let Some(dir) = volume.host.parent() {
+            fill_missing(std::slice::from_ref(volume), dir, rootfs)?;
+        }
+    }
+    Ok(())
+}
+
 /// Fills each anonymous volume (a volume whose host directory is under `dir`) that does not
 /// exist yet from the image tree mounted at `rootfs`. A volume is built beside its final name
 /// and renamed into place, so a start that fails halfway leaves no half-filled volume behind.

@@ -966,6 +966,20 @@ fn image_volumes_are_anonymous_volumes_filled_from_the_image() {
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains(&format!("{} does not exist on the host", missing.display())), "{out:?}");
     assert!(!missing.exists() && env.run(&["ps", "-aq"]).ok().is_empty(), "nothing made");
+    // A container never started has its volumes made by a copy, as its start would make them:
+    // the image's files come out of one, and what goes into one is there at the start.
+    env.run(&["create", "--name", "created", &image, "sh", "-c", "cat /fresh/in.txt /srv/data/seed"]).ok();
+    let seed = env.dir.path().join("seed");
+    env.run(&["cp", "created:/srv/data/seed", seed.to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read_to_string(&seed).unwrap(), "from the image\n");
+    let exported = env.skiff.command().args(["export", "created"]).output().unwrap();
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    env.run(&["cp", seed.to_str().unwrap(), "created:/fresh/in.txt"]).ok();
+    let id = env.id_of("created");
+    let volume = env.containers_dir().join(&id).join("volumes/1/in.txt");
+    assert_eq!(std::fs::read_to_string(volume).unwrap(), "from the image\n");
+    assert_eq!(env.run(&["start", "-a", "created"]).ok(), "from the image\nfrom the image\n");
+    assert_eq!(mounts_under(env.dir.path()), Vec::<String>::new());
 }
 
 #[test]
