@@ -174,7 +174,8 @@ impl Default for RunOptions {
     }
 }
 
-/// `--security-opt`: docker's seccomp filter and `no_new_privs`, each on unless turned off.
+/// `--security-opt`: docker's seccomp filter, on unless turned off, and `no_new_privs`, off
+/// unless asked for, as docker's defaults are (a setuid program such as sudo works).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Security {
     pub seccomp: bool,
@@ -183,7 +184,7 @@ pub struct Security {
 
 impl Default for Security {
     fn default() -> Self {
-        Security { seccomp: true, no_new_privileges: true }
+        Security { seccomp: true, no_new_privileges: false }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct ContainerSpec {
     pub capabilities: CapabilityOptions,
     pub resources: Resources,
     pub rlimits: Vec<Rlimit>,
-    /// Set `no_new_privs` before exec (on by default).
+    /// Set `no_new_privs` before exec (off by default, as docker has it).
     pub no_new_privileges: bool,
     /// The container's stdin, stdout and stderr are a pty slave (which must be given as its
     /// stdin): it becomes the controlling terminal and `/dev/console`.
@@ -170,7 +170,7 @@ impl ContainerSpec {
             capabilities: CapabilityOptions::default(),
             resources: Resources::default(),
             rlimits: Vec::new(),
-            no_new_privileges: true,
+            no_new_privileges: false,
             tty: false,
             init: false,
             user_namespace: None,

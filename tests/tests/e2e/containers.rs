@@ -1467,12 +1467,12 @@ fn security_opts_turn_off_seccomp_and_no_new_privs() {
         };
         (field("Seccomp:"), field("NoNewPrivs:"))
     };
-    assert_eq!(status(&[]), ("2".to_string(), "1".to_string()));
+    // docker's defaults: a seccomp filter, and no no_new_privs.
+    assert_eq!(status(&[]), ("2".to_string(), "0".to_string()));
     assert_eq!(status(&["--security-opt", "seccomp=unconfined"]).0, "0");
-    assert_eq!(
-        status(&["--security-opt", "no-new-privileges=false", "--security-opt", "label=disable"]).1,
-        "0"
-    );
+    assert_eq!(status(&["--security-opt", "no-new-privileges", "--security-opt", "label=disable"]).1, "1");
+    assert_eq!(status(&["--security-opt", "no-new-privileges=true"]).1, "1");
+    assert_eq!(status(&["--security-opt", "no-new-privileges=false"]).1, "0");
     let out = env.run(&["run", "--rm", "--security-opt", "seccomp=/x.json", &f.busybox_ref, "true"]);
     assert!(out.failed().contains("--security-opt seccomp=/x.json: unsupported"), "{out:?}");
 }

@@ -49,7 +49,10 @@ fn capabilities_seccomp_and_no_new_privs_match_docker_defaults() {
     assert_eq!(probe["CapInh"], "0000000000000000");
     assert_eq!(probe["CapAmb"], "0000000000000000");
     assert_eq!(probe["Seccomp"], "2");
-    assert_eq!(probe["NoNewPrivs"], "1");
+    assert_eq!(probe["NoNewPrivs"], "0");
+    let mut strict = root.spec(&["/probe"]);
+    strict.no_new_privileges = true;
+    assert_eq!(run(&root, &strict).unwrap().probe()["NoNewPrivs"], "1");
 }
 
 #[test]

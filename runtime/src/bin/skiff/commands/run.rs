@@ -152,8 +152,8 @@ pub struct Args {
     #[arg(long = "device", value_name = "/HOST[:/CONTAINER][:rwm]")]
     devices: Vec<skiff::sandbox::Device>,
     /// A security option: seccomp=unconfined (no seccomp filter), no-new-privileges[=true|false]
-    /// (on by default), apparmor=unconfined and label=disable (which skiff applies none of);
-    /// repeatable.
+    /// (off by default, as docker has it), apparmor=unconfined and label=disable (which skiff
+    /// applies none of); repeatable.
     #[arg(long = "security-opt", value_name = "OPTION")]
     security_opts: Vec<String>,
     /// A log option, as docker's json-file takes them: max-size=SIZE (rotate past it),
