@@ -245,15 +245,27 @@ pub struct Place<'a> {
     pub label: String,
 }
 
-/// Makes the directories of `path` that `tree` lacks (mode 0755, owned by `owner`: ids inside
-/// the tree), as a Dockerfile's COPY makes those of its destination; the ones there are left
-/// as they are.
-pub fn make_dirs(tree: &Tree, path: &Path, label: &str, owner: (u32, u32)) -> Result<(), CopyError> {
+/// Makes the directories of `path` that `tree` lacks (mode 0755, or `last_mode` for `path`
+/// itself; owned by `owner`: ids inside the tree), as a Dockerfile's COPY makes those of its
+/// destination; the ones there are left as they are.
+pub fn make_dirs(
+    tree: &Tree,
+    path: &Path,
+    label: &str,
+    owner: (u32, u32),
+    last_mode: Option<u32>,
+) -> Result<(), CopyError> {
     let mut at = PathBuf::from("/");
-    for name in normalize(path).components().filter_map(|c| match c {
-        std::path::Component::Normal(name) => Some(name),
-        _ => None,
-    }) {
+    let path = normalize(path);
+    let names: Vec<&OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    for (n, name) in names.iter().copied().enumerate() {
+        let mode = if n + 1 == names.len() { last_mode.unwrap_or(0o755) } else { 0o755 };
         let parent = open_in_root(tree.root.as_fd(), &at, OFlag::O_PATH | OFlag::O_DIRECTORY)
             .map_err(|source| CopyError::Resolve { label: label.into(), source })?;
         at.push(name);
@@ -270,11 +282,11 @@ pub fn make_dirs(tree: &Tree, path: &Path, label: &str, owner: (u32, u32)) -> Re
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|source| entry("owning", source))?;
-                // mkdir honours the umask; the directory is 0755 whatever it is.
+                // mkdir honours the umask; the directory gets its mode whatever it is.
                 nix::sys::stat::fchmodat(
                     &parent,
                     name,
-                    Mode::from_bits_truncate(0o755),
+                    Mode::from_bits_truncate(mode),
                     nix::sys::stat::FchmodatFlags::NoFollowSymlink,
                 )
                 .map_err(|source| entry("setting the mode of", source))?;
@@ -296,6 +308,9 @@ pub struct CopyOptions {
     /// The ids (inside the destination container) that own everything copied, whatever the
     /// source's (a Dockerfile's `COPY --chown`).
     pub owner: Option<(u32, u32)>,
+    /// The permission bits of every file and directory copied, whatever the source's (a
+    /// Dockerfile's `COPY --chmod`).
+    pub mode: Option<u32>,
 }
 
 /// Copies `src` to `dest` with docker cp's rules: a file onto a directory goes into it; a
@@ -351,7 +366,7 @@ pub fn copy(src: &Place<'_>, dest: &Place<'_>, options: CopyOptions) -> Result<u
     std::thread::scope(|scope| {
         let packing = scope.spawn(move || {
             let mut out = io::BufWriter::with_capacity(256 << 10, File::from(writer));
-            pack(src, node, target.name.as_deref(), &mut out)?;
+            pack(src, node, target.name.as_deref(), options.mode, &mut out)?;
             out.flush().map_err(|source| CopyError::Archive { label: src.label.clone(), source })
         });
         let unpacked =
@@ -372,7 +387,7 @@ pub fn archive(src: &Place<'_>, options: CopyOptions, out: &mut dyn Write) -> Re
     let node = src.tree.node(src.path, options.follow_link, &src.label)?;
     let name = base_name(src.path);
     let mut out = io::BufWriter::with_capacity(256 << 10, out);
-    pack(src, node, Some(&name), &mut out)?;
+    pack(src, node, Some(&name), options.mode, &mut out)?;
     out.flush().map_err(|source| CopyError::Archive { label: src.label.clone(), source })
 }
 
@@ -387,6 +402,7 @@ pub fn export(tree: &Tree, label: &str, out: &mut dyn Write) -> Result<(), CopyE
         builder: tar::Builder::new(&mut out),
         links: HashMap::new(),
         device: Some(node.stat.st_dev),
+        mode: None,
     };
     packer.children(&node, Path::new(""))?;
     packer.builder.finish().map_err(|source| CopyError::Archive { label: label.to_string(), source })?;
@@ -458,9 +474,17 @@ impl Node {
 
 /// Writes the tree at `node` into `out` as a tar stream. Its top entry is named `name`; with no
 /// name, only what a directory holds is written, its entries at the top. Owners are written as
-/// the source's tree sees them (a container's ids, not the host's they map to).
-fn pack(src: &Place<'_>, node: Node, name: Option<&OsStr>, out: &mut dyn Write) -> Result<(), CopyError> {
-    let mut packer = Packer { src, builder: tar::Builder::new(out), links: HashMap::new(), device: None };
+/// the source's tree sees them (a container's ids, not the host's they map to); the modes of
+/// files and directories as they are, or `mode`.
+fn pack(
+    src: &Place<'_>,
+    node: Node,
+    name: Option<&OsStr>,
+    mode: Option<u32>,
+    out: &mut dyn Write,
+) -> Result<(), CopyError> {
+    let mut packer =
+        Packer { src, builder: tar::Builder::new(out), links: HashMap::new(), device: None, mode };
     match name {
         Some(name) => packer.entry(node, Path::new(name))?,
         None => packer.children(&node, Path::new(""))?,
@@ -476,6 +500,8 @@ struct Packer<'a, 'b> {
     /// Only this filesystem's contents: what is mounted on it (`/proc`, a volume, a bound
     /// `/etc/hosts`) is written as the empty directory or file it is mounted on.
     device: Option<u64>,
+    /// The permission bits written for every file and directory, instead of their own.
+    mode: Option<u32>,
 }
 
 impl Packer<'_, '_> {
@@ -495,7 +521,9 @@ impl Packer<'_, '_> {
         let st = &node.stat;
         let ids = &self.src.tree.ids;
         let mut header = tar::Header::new_gnu();
-        header.set_mode(st.st_mode & 0o7777);
+        let own_mode = st.st_mode & 0o7777;
+        let mode = self.mode.filter(|_| matches!(node.kind(), SFlag::S_IFDIR | SFlag::S_IFREG));
+        header.set_mode(mode.unwrap_or(own_mode));
         header.set_uid(u64::from(ids.uid_from_host(st.st_uid)));
         header.set_gid(u64::from(ids.gid_from_host(st.st_gid)));
         header.set_mtime(st.st_mtime.max(0) as u64);

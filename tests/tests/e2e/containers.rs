@@ -408,19 +408,26 @@ fn build_makes_an_image_from_a_dockerfile() {
     ]);
     assert_eq!(modes.ok(), "/shared 1777 0\n/shared/sub 755 0\n/shared/sub/notes.txt 644 0\n");
     // Stages: files of an earlier one copied by its name or number; only the last one named.
+    // An ARG before the first FROM is seen by FROM lines, and in a stage that declares it.
     let stages = format!(
-        "FROM {busybox} AS builder\n\
+        "ARG BASE={busybox}\n\
+         ARG GLOBAL=global\n\
+         FROM $BASE AS builder\n\
          ARG NAME=stage\n\
-         RUN echo made by $NAME > /artifact && mkdir -p /out/deep && echo deep > /out/deep/f\n\
-         FROM {busybox}\n\
+         RUN echo made by $NAME$GLOBAL > /artifact && mkdir -p /out/deep && echo deep > /out/deep/f\n\
+         SHELL [\"/bin/sh\", \"-ec\"]\n\
+         CMD case $- in *e*) echo CMD in SHELL;; esac\n\
+         FROM $BASE\n\
+         ARG GLOBAL\n\
          COPY --from=builder /artifact /srv/\n\
          COPY --from=0 /out /copied\n\
          COPY note?.txt app/sub/*.txt /texts/\n\
          COPY . /ctx/\n\
          COPY --chown=nobody:nogroup notes.txt /owned/\n\
          COPY --chown=1234 app/sub /owned/sub\n\
+         COPY --chmod=0750 app/sub /moded/sub\n\
          SHELL [\"/bin/sh\", \"-ec\"]\n\
-         RUN case $- in *e*) echo errexit > /srv/flags;; esac\n\
+         RUN case $- in *e*) echo errexit $GLOBAL > /srv/flags;; esac\n\
          HEALTHCHECK --interval=5s --retries=2 CMD cat /srv/artifact\n\
          CMD [\"cat\", \"/srv/artifact\", \"/copied/deep/f\", \"/texts/notes.txt\", \"/texts/data.txt\"]\n",
         busybox = f.busybox_ref
@@ -431,13 +438,20 @@ fn build_makes_an_image_from_a_dockerfile() {
     std::fs::write(context.join("secret.key"), "key\n").unwrap();
     std::fs::write(context.join(".dockerignore"), "# left out\n*.key\nlogs\n").unwrap();
     let staged = format!("{}/built/staged:v1", f.registry.addr);
-    env.run(&["build", "-t", &staged, context.to_str().unwrap()]).ok();
+    let out = env.run(&["build", "-t", &staged, "--build-arg", "UNUSED=1", context.to_str().unwrap()]);
+    out.ok();
+    assert!(out.stderr.contains("build-args [UNUSED] were not consumed"), "{out:?}");
     assert_eq!(env.run(&["run", "--rm", &staged]).ok(), "made by stage\ndeep\nnotes\ndata\n");
-    assert_eq!(env.run(&["run", "--rm", &staged, "cat", "/srv/flags"]).ok(), "errexit\n", "SHELL ran RUN");
-    let owners = ["stat", "-c", "%n %u:%g", "/owned/notes.txt", "/owned/sub", "/owned/sub/data.txt"];
+    let flags = env.run(&["run", "--rm", &staged, "cat", "/srv/flags"]);
+    assert_eq!(flags.ok(), "errexit global\n", "SHELL ran RUN, with the ARG declared again");
+    let owners =
+        ["stat", "-c", "%n %u:%g %a", "/owned/notes.txt", "/owned/sub", "/owned/sub/data.txt", "/moded/sub"];
     let mut run = vec!["run", "--rm", &staged];
     run.extend(owners);
-    let owned = "/owned/notes.txt 65534:65534\n/owned/sub 1234:1234\n/owned/sub/data.txt 1234:1234\n";
+    run.push("/moded/sub/data.txt");
+    let owned =
+        "/owned/notes.txt 65534:65534 644\n/owned/sub 1234:1234 755\n/owned/sub/data.txt 1234:1234 644\n\
+                 /moded/sub 0:0 750\n/moded/sub/data.txt 0:0 750\n";
     assert_eq!(env.run(&run).ok(), owned);
     let check = env.run(&["inspect", "-f", "{{json .Config.config.Healthcheck}}", &staged]).ok().to_string();
     assert_eq!(
@@ -448,6 +462,7 @@ fn build_makes_an_image_from_a_dockerfile() {
     let first = format!("{}/built/first:v1", f.registry.addr);
     env.run(&["build", "--target", "builder", "-t", &first, context.to_str().unwrap()]).ok();
     assert_eq!(env.run(&["run", "--rm", &first, "cat", "/artifact"]).ok(), "made by stage\n");
+    assert_eq!(env.run(&["run", "--rm", &first]).ok(), "CMD in SHELL\n");
     let out = env.run(&["build", "--target", "nope", "-t", &first, context.to_str().unwrap()]);
     assert!(out.failed().contains("no stage named nope"), "{out:?}");
     let copied = env.run(&["run", "--rm", &staged, "ls", "-a", "/ctx"]).ok().to_string();
@@ -462,6 +477,13 @@ fn build_makes_an_image_from_a_dockerfile() {
     std::fs::write(context.join("Dockerfile"), format!("FROM {}\nCOPY ../ /x\n", f.busybox_ref)).unwrap();
     let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
     assert!(out.failed().contains("outside the build context"), "{out:?}");
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {}\nCOPY --chmod=u+x notes.txt /\n", f.busybox_ref),
+    )
+    .unwrap();
+    let out = env.run(&["build", "-t", &tag, context.to_str().unwrap()]);
+    assert!(out.failed().contains("COPY --chmod=u+x: expected octal permissions"), "{out:?}");
     assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty(), "a failed build left a container");
 }
 

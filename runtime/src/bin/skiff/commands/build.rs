@@ -74,6 +74,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         image: None,
         stages: Vec::new(),
         global: None,
+        declared: Default::default(),
         stage_name: None,
         ignore: read_ignore(&context)?,
         shell: vec!["/bin/sh".into(), "-c".into()],
@@ -119,6 +120,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let working = build.stages.iter().map(|(_, i)| i).chain(&build.image);
     store.untag(&working.map(|i| i.name.clone()).collect::<Vec<_>>())?;
     built?;
+    let unused: Vec<&str> =
+        build.given.keys().filter(|name| !build.declared.contains(*name)).map(String::as_str).collect();
+    if !unused.is_empty() {
+        eprintln!("[Warning] One or more build-args [{}] were not consumed", unused.join(" "));
+    }
     let Some(image) = tagged else { bail!("{}: no FROM", file.display()) };
     println!("Successfully built {}", image.digest);
     println!("Successfully tagged {}", image.name);
@@ -149,13 +155,16 @@ struct Build<'a> {
     image: Option<ImageRecord>,
     /// The stages before this one: their names (`AS NAME`) and images.
     stages: Vec<(Option<String>, ImageRecord)>,
-    /// The ARGs declared before the first FROM: what each stage starts from.
+    /// The ARGs declared before the first FROM: what FROM lines see, and the values a
+    /// stage's `ARG NAME` takes.
     global: Option<BTreeMap<String, String>>,
+    /// The names any ARG declared: a `--build-arg` of no other name is reported unused.
+    declared: std::collections::BTreeSet<String>,
     /// This stage's name (`AS NAME`).
     stage_name: Option<String>,
     /// The patterns of the context's .dockerignore.
     ignore: Vec<Ignore>,
-    /// What runs a RUN of the shell form (`SHELL`; `/bin/sh -c` until one).
+    /// What runs a RUN, CMD or ENTRYPOINT of the shell form (`SHELL`; `/bin/sh -c` until one).
     shell: Vec<String>,
     cache: Cache,
     /// What this stage's images are stored as: a working name, removed at the end.
@@ -168,14 +177,22 @@ impl Build<'_> {
     fn step(&mut self, step: &Instruction) -> anyhow::Result<()> {
         let keyword = step.keyword.as_str();
         match keyword {
-            "FROM" => self.from(&dockerfile::substitute(&step.args, &self.vars)),
+            // FROM sees the ARGs before the first FROM, and only those.
+            "FROM" => {
+                let global = self.global.clone().unwrap_or_else(|| self.args.clone());
+                self.from(&dockerfile::substitute(&step.args, &global))
+            }
             "ARG" => {
                 let text = dockerfile::substitute(&step.args, &self.vars);
                 let (name, default) = match text.split_once('=') {
                     Some((name, value)) => (name.to_string(), Some(value.to_string())),
                     None => (text.clone(), None),
                 };
-                if let Some(value) = self.given.get(&name).cloned().or(default) {
+                self.declared.insert(name.clone());
+                // A stage's `ARG NAME` without a default takes the value it had before the
+                // first FROM.
+                let before = self.global.as_ref().and_then(|g| g.get(&name)).cloned();
+                if let Some(value) = self.given.get(&name).cloned().or(default).or(before) {
                     self.args.insert(name.clone(), value.clone());
                     self.vars.entry(name).or_insert(value);
                 }
@@ -197,6 +214,14 @@ impl Build<'_> {
                 };
                 let text = match keyword {
                     "WORKDIR" => self.workdir()?.join(&text).to_string_lossy().into_owned(),
+                    // The shell form runs in SHELL's shell, as docker writes it down.
+                    "CMD" | "ENTRYPOINT"
+                        if dockerfile::exec_form(&text).is_none() && !text.trim().is_empty() =>
+                    {
+                        let mut command = self.shell.clone();
+                        command.push(text.trim().to_string());
+                        serde_json::to_string(&command)?
+                    }
                     _ => text,
                 };
                 if keyword == "ENV" {
@@ -263,7 +288,7 @@ impl Build<'_> {
             let done_name = self.stage_name.take();
             self.stages.push((done_name, done));
         }
-        let global = self.global.get_or_insert_with(|| self.args.clone()).clone();
+        self.global.get_or_insert_with(|| self.args.clone());
         // A working name for the stage's images, the tag given only once the build is done.
         self.target = super::parse_reference(&format!(
             "{}-building-{}-stage{}",
@@ -281,8 +306,10 @@ impl Build<'_> {
                 }
             },
         };
-        self.args = global.clone();
-        self.vars = global;
+        // A stage starts with no ARGs: one from before the first FROM is declared again
+        // (`ARG NAME`) to be seen, as docker has it.
+        self.args = BTreeMap::new();
+        self.vars = BTreeMap::new();
         // The image's environment counts for `$NAME` in the instructions after.
         for entry in self.config(&record)?["config"]["Env"].as_array().into_iter().flatten() {
             if let Some((key, value)) = entry.as_str().and_then(|e| e.split_once('=')) {
@@ -379,7 +406,7 @@ impl Build<'_> {
         let words = dockerfile::exec_form(args)
             .map_or_else(|| dockerfile::words(args).map_err(anyhow::Error::msg), Ok)?;
         let (flags, words): (Vec<&String>, Vec<&String>) = words.iter().partition(|w| w.starts_with("--"));
-        let (mut from, mut chown) = (None, None);
+        let (mut from, mut chown, mut chmod) = (None, None, None);
         for flag in flags {
             match flag.split_once('=') {
                 Some(("--from", stage)) if keyword == "COPY" => {
@@ -387,6 +414,11 @@ impl Build<'_> {
                         Some(self.stage(stage).with_context(|| format!("no stage {stage} before this one"))?)
                 }
                 Some(("--chown", owner)) => chown = Some(owner.to_string()),
+                Some(("--chmod", mode)) => {
+                    chmod = Some(u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o7777).with_context(
+                        || format!("{keyword} --chmod={mode}: expected octal permissions, as 755"),
+                    )?)
+                }
                 _ => bail!("{keyword} {flag} is not supported by skiff build"),
             }
         }
@@ -398,6 +430,7 @@ impl Build<'_> {
             into_dir: dest.ends_with('/') || sources.len() > 1,
             dest: self.workdir()?.join(dest),
             chown,
+            chmod,
         };
         // The files come from the context, or from an earlier stage's image (a container of
         // it, never started).
@@ -565,7 +598,8 @@ impl Build<'_> {
         let tree = self.tree(state)?;
         // The image's root owns what COPY copies, unless --chown names another.
         let owner = target.chown.as_deref().map(|spec| tree.ids_of(spec)).transpose()?.unwrap_or((0, 0));
-        let options = CopyOptions { archive: false, follow_link: false, owner: Some(owner) };
+        let options =
+            CopyOptions { archive: false, follow_link: false, owner: Some(owner), mode: target.chmod };
         let (dest, into_dir) = (target.dest.as_path(), target.into_dir);
         let mut is_dir = Vec::with_capacity(sources.len());
         for (path, label) in sources {
@@ -574,7 +608,9 @@ impl Build<'_> {
         // The directories on the way, those missing made.
         let needs_dir = into_dir || is_dir.contains(&true);
         if let Some(dirs) = if needs_dir { Some(dest) } else { dest.parent() } {
-            skiff::container::make_dirs(&tree, dirs, &dirs.display().to_string(), owner)?;
+            // A directory copied to a new name gets --chmod's mode, as its files do.
+            let copied_dir = if is_dir.contains(&true) { target.chmod } else { None };
+            skiff::container::make_dirs(&tree, dirs, &dirs.display().to_string(), owner, copied_dir)?;
         }
         for ((source, label), is_dir) in sources.iter().zip(is_dir) {
             let from = if is_dir { source.join(".") } else { source.clone() };
@@ -592,11 +628,14 @@ impl Build<'_> {
     }
 }
 
-/// Where COPY or ADD copies to: `dest` (into it when `into_dir`), owned by `chown`.
+/// Where COPY or ADD copies to: `dest` (into it when `into_dir`), owned by `chown`, with the
+/// mode `chmod`.
 struct Target {
     dest: PathBuf,
     into_dir: bool,
     chown: Option<String>,
+    /// `--chmod`: the mode of every file and directory copied.
+    chmod: Option<u32>,
 }
 
 fn is_archive(path: &Path) -> bool {

@@ -60,7 +60,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let container = container_tree(ctx, name)?;
     let host = Tree::host()?;
     let in_container = Place { tree: &container, path, label: format!("{name}:{}", path.display()) };
-    let options = CopyOptions { archive: args.archive, follow_link: args.follow_link, owner: None };
+    let options =
+        CopyOptions { archive: args.archive, follow_link: args.follow_link, owner: None, mode: None };
     let on_host = |path: &'_ Path| -> anyhow::Result<PathBuf> {
         let absolute = std::path::absolute(path).with_context(|| format!("{}", path.display()))?;
         // `absolute` keeps a trailing slash out; docker's rules need it.
