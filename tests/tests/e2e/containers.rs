@@ -1674,6 +1674,32 @@ fn attach_follows_a_running_containers_output_to_its_exit_code() {
 }
 
 #[test]
+fn attach_passes_its_signals_to_the_container_unless_told_not_to() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Some((f, env)) = env() else { return };
+    let script = "trap 'echo got INT; exit 7' INT; echo up; while true; do sleep 0.05; done";
+    env.detach(&["--name", "trapper", &f.busybox_ref, "sh", "-c", script]);
+    wait_for("the trap", || env.run(&["logs", "trapper"]).stdout.contains("up"));
+    let attach = |extra: &[&str]| {
+        let mut args = vec!["attach"];
+        args.extend(extra);
+        args.push("trapper");
+        let attached = env.skiff.command().args(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        wait_for("the attach to hold the waiters' lock", || waiter_attached(&env, "trapper"));
+        kill(Pid::from_raw(attached.id() as i32), Signal::SIGINT).unwrap();
+        attached.wait_with_output().unwrap()
+    };
+    // --sig-proxy=false: Ctrl-C ends the attach; the container runs on.
+    let out = attach(&["--sig-proxy=false"]);
+    assert_eq!(out.status.signal(), Some(Signal::SIGINT as i32), "{out:?}");
+    assert_eq!(env.run(&["inspect", "-f", "{{.status}}", "trapper"]).ok(), "running\n");
+    // By default the container gets it, and the attach ends with the container's code.
+    let out = attach(&[]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(7), "got INT\n"));
+}
+
+#[test]
 fn restart_and_dockers_container_and_image_groups() {
     let Some((f, env)) = env() else { return };
     // `container run` is `run`, `container ls` is `ps`, `image ls` is `images`.

@@ -29,7 +29,7 @@ fn start(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
         if state.is_running() {
             // Running already: `-a` attaches to it, as docker start does.
             if args.attach {
-                return super::attach::attach(ctx, input);
+                return super::attach::attach(ctx, input, true);
             }
             println!("{input}");
             continue;
