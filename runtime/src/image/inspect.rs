@@ -13,19 +13,32 @@ use crate::store::{ImageRecord, Store};
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ImageDetails {
+    /// docker's image ID: the config's digest.
+    pub id: Digest,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
     pub name: String,
     /// What the name resolved to in the registry (a manifest or an index).
     pub digest: Digest,
     pub manifest_digest: Digest,
     pub media_type: String,
     pub platform: String,
+    pub architecture: String,
+    pub os: String,
     pub created: Option<String>,
     /// Compressed size of config and layers.
     pub size: u64,
     pub source: String,
     pub layers: Vec<LayerDetails>,
     pub manifest: serde_json::Value,
+    /// What a container of the image runs with (the image config's `config`), as docker
+    /// shows it: Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes, ...
     pub config: serde_json::Value,
+    /// The layers' uncompressed digests (`diff_ids`).
+    #[serde(rename = "RootFS")]
+    pub root_fs: serde_json::Value,
+    /// How each layer was made (the image config's `history`).
+    pub history: serde_json::Value,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,17 +100,30 @@ pub fn inspect(
     if let Some(v) = config.variant() {
         platform = format!("{platform}/{v}");
     }
+    let full: serde_json::Value = serde_json::from_slice(&image.config_bytes).unwrap_or_default();
+    // A name by digest is no tag; docker lists it among the digests.
+    let (repo_tags, by_digest) = match record.name.contains('@') {
+        true => (Vec::new(), record.name.clone()),
+        false => (vec![record.name.clone()], format!("{}@{}", record.source, record.manifest)),
+    };
     Ok(ImageDetails {
+        id: image.manifest.config.digest,
+        repo_tags,
+        repo_digests: vec![by_digest],
         name: record.name.clone(),
         digest: record.digest,
         manifest_digest: record.manifest,
         media_type: image.media_type.clone(),
         platform,
+        architecture: config.architecture().to_string(),
+        os: config.os().to_string(),
         created: config.created().clone(),
         size: image.manifest.total_size(),
         source: record.source.clone(),
         layers,
         manifest: serde_json::from_slice(&image.manifest_bytes).unwrap_or_default(),
-        config: serde_json::from_slice(&image.config_bytes).unwrap_or_default(),
+        config: full.get("config").cloned().unwrap_or_default(),
+        root_fs: full.get("rootfs").cloned().unwrap_or_default(),
+        history: full.get("history").cloned().unwrap_or_default(),
     })
 }

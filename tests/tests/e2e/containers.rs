@@ -80,6 +80,15 @@ fn detached_container_logs_stops_and_is_removed() {
     // -f: fields of the JSON, as docker inspect's templates.
     let line = env.run(&["inspect", "-f", "{{.name}} {{.status}} {{.nope}}", "web"]).ok().to_string();
     assert_eq!(line, "web running <no value>\n");
+    // docker's fields too, for the templates written for docker.
+    let docker = "{{.Name}} {{.State.Status}} {{.State.Running}} {{.State.ExitCode}} {{.Config.Hostname}} {{.HostConfig.NetworkMode}}";
+    let line = env.run(&["inspect", "-f", docker, "web"]).ok().to_string();
+    assert_eq!(line, format!("/web running true 0 {} none\n", &id[..12]));
+    let pid = env.run(&["inspect", "-f", "{{.State.Pid}}", "web"]).ok().trim().parse::<i32>().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "{pid}");
+    let image =
+        env.run(&["inspect", "-f", "{{json .RepoTags}} {{.Os}} {{json .Config.Cmd}}", &f.busybox_ref]);
+    assert_eq!(image.ok(), format!("[\"{}\"] linux [\"/bin/sh\"]\n", f.busybox_ref));
     // rm refuses a running container.
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();
@@ -389,7 +398,7 @@ fn build_makes_an_image_from_a_dockerfile() {
     assert!(!build(&["--no-cache"]).contains("Using cache"));
     let files = env.run(&["run", "--rm", &tag, "cat", "listing", "/etc/app/notes.txt", "app/sub/data.txt"]);
     assert_eq!(files.ok(), "run.sh\nsub\nnotes\ndata\n");
-    let labels = env.run(&["inspect", "-f", "{{json .Config.config.Labels}}", &tag]).ok().to_string();
+    let labels = env.run(&["inspect", "-f", "{{json .Config.Labels}}", &tag]).ok().to_string();
     assert_eq!(labels, "{\"built.by\":\"skiff\"}\n");
     let history = env.run(&["history", &tag]).ok().to_string();
     assert!(history.contains("RUN echo $VERSION") && history.contains("COPY notes.txt"), "{history}");
@@ -453,7 +462,7 @@ fn build_makes_an_image_from_a_dockerfile() {
         "/owned/notes.txt 65534:65534 644\n/owned/sub 1234:1234 755\n/owned/sub/data.txt 1234:1234 644\n\
                  /moded/sub 0:0 750\n/moded/sub/data.txt 0:0 750\n";
     assert_eq!(env.run(&run).ok(), owned);
-    let check = env.run(&["inspect", "-f", "{{json .Config.config.Healthcheck}}", &staged]).ok().to_string();
+    let check = env.run(&["inspect", "-f", "{{json .Config.Healthcheck}}", &staged]).ok().to_string();
     assert_eq!(
         check,
         "{\"Interval\":5000000000,\"Retries\":2,\"Test\":[\"CMD-SHELL\",\"cat /srv/artifact\"]}\n"

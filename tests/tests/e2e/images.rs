@@ -25,7 +25,7 @@ fn pull_and_inspect_show_the_digest_skopeo_shows_for_both_formats() {
         assert_eq!(details["MediaType"], media_type);
         assert_eq!(details["Layers"][0]["Format"], "gzip", "{details:#}");
         assert_eq!(details["Layers"][0]["Local"], false, "a lazy pull downloads no layer");
-        assert_eq!(details["Config"]["config"]["Cmd"][0], "/bin/sh");
+        assert_eq!(details["Config"]["Cmd"][0], "/bin/sh");
     }
 }
 

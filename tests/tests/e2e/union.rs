@@ -233,7 +233,7 @@ fn diff_commit_push_pull_mount_round_trip_shows_exactly_the_changes() {
         serde_json::from_str(m.skiff.run(&["inspect", &committed]).ok()).unwrap();
     assert_eq!(inspect[0]["Layers"].as_array().unwrap().len(), 3);
     assert_eq!(inspect[0]["Layers"][2]["Format"], "eStargz");
-    assert_eq!(inspect[0]["Config"]["history"].as_array().unwrap().last().unwrap()["comment"], "round trip");
+    assert_eq!(inspect[0]["History"].as_array().unwrap().last().unwrap()["comment"], "round trip");
 }
 
 /// `/proc/self/fd/N/name`: `name` inside the open directory `dir`, whatever its full path's

@@ -1,4 +1,5 @@
 use anyhow::{bail, Context as _};
+use skiff::container::State;
 use skiff::store::StoreError;
 
 use crate::context::Context;
@@ -53,7 +54,114 @@ fn render(template: &str, value: &serde_json::Value) -> anyhow::Result<String> {
 #[serde(untagged)]
 enum Described {
     Image(Box<skiff::image::ImageDetails>),
-    Container(Box<skiff::container::State>),
+    /// A container's record, with docker's fields of it beside skiff's own.
+    Container(serde_json::Value),
+}
+
+/// Docker's time of an event that has not happened.
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// A container as docker inspect shows it (the fields skiff has): Id, Name, Created, Path,
+/// Args, State, Image, Config, HostConfig, Mounts, NetworkSettings.Ports, RestartCount.
+fn docker_fields(s: &State) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or(NEVER.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+    };
+    let status = super::ps::state(s);
+    let running = s.is_running();
+    let health = s.health.as_ref().map(|h| {
+        let log: Vec<_> = h
+            .log
+            .iter()
+            .map(|p| {
+                json!({"Start": time(Some(p.start)), "End": time(Some(p.end)), "ExitCode": p.exit_code, "Output": p.output})
+            })
+            .collect();
+        json!({"Status": h.status.to_string(), "FailingStreak": h.failing_streak, "Log": log})
+    });
+    let mut state = json!({
+        "Status": status,
+        "Running": running,
+        "Paused": status == "paused",
+        "Restarting": status == "restarting",
+        "OOMKilled": false,
+        "Dead": false,
+        "Pid": s.init.filter(|_| running).map_or(0, |p| p.pid),
+        "ExitCode": s.exit_code.unwrap_or(0),
+        "Error": s.error.clone().unwrap_or_default(),
+        "StartedAt": time(s.started_at),
+        "FinishedAt": time(s.finished_at),
+    });
+    if let Some(health) = health {
+        state["Health"] = health;
+    }
+    let spec = &s.spec;
+    let mounts: Vec<_> = spec
+        .volumes
+        .iter()
+        .map(|v| json!({"Type": "bind", "Source": v.host, "Destination": v.container, "RW": !v.read_only}))
+        .chain(
+            spec.tmpfs
+                .iter()
+                .map(|t| json!({"Type": "tmpfs", "Source": "", "Destination": t.path, "RW": true})),
+        )
+        .collect();
+    let mut ports = serde_json::Map::new();
+    for p in &s.published {
+        let bindings = ports.entry(format!("{}/tcp", p.container_port)).or_insert_with(|| json!([]));
+        if let Some(list) = bindings.as_array_mut() {
+            list.push(json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
+        }
+    }
+    let (restart, retries) = match s.restart {
+        skiff::container::RestartPolicy::No => ("no", 0),
+        skiff::container::RestartPolicy::OnFailure(n) => ("on-failure", n.unwrap_or(0)),
+        skiff::container::RestartPolicy::Always => ("always", 0),
+        skiff::container::RestartPolicy::UnlessStopped => ("unless-stopped", 0),
+    };
+    let network = match (&spec.network, &s.network_container) {
+        (_, Some(other)) => format!("container:{other}"),
+        (skiff::sandbox::Network::Host, None) => "host".to_string(),
+        _ => "none".to_string(),
+    };
+    let fields = json!({
+        "Id": s.id,
+        "Name": format!("/{}", s.name),
+        "Created": time(Some(s.created)),
+        "Path": spec.args.first().cloned().unwrap_or_default(),
+        "Args": spec.args.iter().skip(1).collect::<Vec<_>>(),
+        "State": state,
+        "Image": s.image.manifest.to_string(),
+        "RestartCount": s.restart_count,
+        "Config": {
+            "Hostname": spec.hostname,
+            "User": spec.user.clone().unwrap_or_default(),
+            "Env": spec.env,
+            "Cmd": spec.args,
+            "Image": s.image.name,
+            "WorkingDir": spec.cwd,
+            "Labels": s.labels,
+            "Tty": spec.tty,
+            "OpenStdin": s.interactive,
+            "StopSignal": s.stop_signal,
+        },
+        "HostConfig": {
+            "AutoRemove": s.auto_remove,
+            "RestartPolicy": {"Name": restart, "MaximumRetryCount": retries},
+            "NetworkMode": network,
+            "ReadonlyRootfs": spec.read_only_rootfs,
+            "Memory": spec.resources.memory.unwrap_or(0),
+            "NanoCpus": spec.resources.cpus.map_or(0, |c| (c * 1e9) as u64),
+            "PidsLimit": spec.resources.pids.unwrap_or(0),
+        },
+        "Mounts": mounts,
+        "NetworkSettings": {"Ports": ports},
+    });
+    match fields {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("an object literal"),
+    }
 }
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
@@ -68,7 +176,11 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                 let Ok(state) = containers.find(input) else {
                     bail!("no such image or container: {input}");
                 };
-                out.push(Described::Container(Box::new(state)));
+                let mut value = serde_json::to_value(&state)?;
+                if let serde_json::Value::Object(map) = &mut value {
+                    map.extend(docker_fields(&state));
+                }
+                out.push(Described::Container(value));
                 continue;
             }
             found => found?,

@@ -127,7 +127,7 @@ fn row(s: &State, state: &str, now: DateTime<Utc>, no_trunc: bool) -> [String; 9
 }
 
 /// docker's State: created, running, paused, exited.
-fn state(s: &State) -> &'static str {
+pub(super) fn state(s: &State) -> &'static str {
     match s.status {
         Status::Created => "created",
         Status::Running if skiff::sandbox::is_paused(&s.id) => "paused",
