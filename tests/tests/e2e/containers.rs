@@ -1776,6 +1776,17 @@ fn health_checks_make_a_container_healthy_or_unhealthy() {
     let health: serde_json::Value =
         serde_json::from_str(env.run(&["inspect", "-f", "{{json .health}}", "slow"]).ok()).unwrap();
     assert_eq!(health["log"][0]["exit_code"].as_i64(), Some(-1));
+    // One that ignores the SIGTERM is killed, not left running in the container.
+    let stubborn = "echo $$ >> /tmp/checks; trap '' TERM; while true; do sleep 0.1; done";
+    let run = ["--name", "stubborn", "--health-cmd", stubborn, "--health-timeout", "100ms"];
+    let mut run = run.to_vec();
+    run.extend(["--health-interval", "100ms", &f.busybox_ref, "sleep", "1000"]);
+    env.detach(&run);
+    wait_for("the timed-out check", || status("stubborn").contains("(unhealthy)"));
+    let first = "kill -0 $(head -n 1 /tmp/checks) 2>/dev/null && echo running || echo ended";
+    wait_for("the first check to be killed", || {
+        env.run(&["exec", "stubborn", "sh", "-c", first]).stdout == "ended\n"
+    });
     assert!(env
         .run(&["run", "--health-interval", "soon", &f.busybox_ref, "true"])
         .failed()
