@@ -40,7 +40,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
-pub use cgroups::{CgroupError, Frozen, Usage};
+pub use cgroups::{attach_device_filter, CgroupError, DeviceRule, FilterError, Frozen, Usage};
 pub use devices::{DeviceError, Node as DeviceNode};
 pub use etc::EtcError;
 pub use exec::exec;

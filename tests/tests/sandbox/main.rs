@@ -392,3 +392,48 @@ fn a_frozen_container_makes_no_progress_until_thawed() {
     container.signal(Signal::SIGKILL).unwrap();
     assert_eq!(container.wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
 }
+
+/// Where the unified (cgroup2) hierarchy is mounted, if anywhere.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].into())
+    })
+}
+
+#[test]
+fn the_cgroup2_device_filter_allows_only_its_rules() {
+    if !available() {
+        return;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        skiff_tests::skip::<()>("no cgroup2 hierarchy is mounted");
+        return;
+    };
+    let dir = mount.join(format!("skiff-test-devices-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let rules: Vec<sandbox::DeviceRule> =
+        ["c 1:3 rw", "c *:* m"].iter().map(|r| r.parse().unwrap()).collect();
+    sandbox::attach_device_filter(&dir, &rules).unwrap();
+    // A shell that joins the cgroup, then tries /dev/null (allowed), /dev/zero (not) and
+    // mknod of a char device (allowed) and a block device (not).
+    let nodes = tempfile::tempdir().unwrap();
+    let script = r#"echo $$ > "$1/cgroup.procs" && exec sh -c '
+        head -c 0 /dev/null && echo null
+        head -c 1 /dev/zero >/dev/null 2>&1 && echo zero
+        mknod "$0/c" c 1 5 2>/dev/null && echo mknod-char
+        mknod "$0/b" b 7 0 2>/dev/null && echo mknod-block
+        true' "$2""#;
+    let out = std::process::Command::new("/bin/busybox")
+        .args(["sh", "-c", script, "sh"])
+        .arg(&dir)
+        .arg(nodes.path())
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "null\nmknod-char\n");
+    let bad = "c 1:x rw".parse::<sandbox::DeviceRule>().unwrap_err().to_string();
+    assert!(bad.contains("device rule \"c 1:x rw\""), "{bad}");
+}

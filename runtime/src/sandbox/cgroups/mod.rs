@@ -4,7 +4,10 @@
 //! cgroup2 mount has no controllers) and pure cgroup v2 are told apart as runc does: v2 only
 //! when `/sys/fs/cgroup` itself is a cgroup2 mount.
 
+mod device_filter;
 mod stats;
+pub use device_filter::{attach as attach_device_filter, FilterError, Rule as DeviceRule};
+
 pub use stats::Usage;
 mod v1;
 mod v2;
@@ -39,7 +42,24 @@ pub enum CgroupError {
     NoController { controller: &'static str },
     #[error("the processes of cgroup {path} did not freeze within {seconds} seconds")]
     FreezeTimeout { path: PathBuf, seconds: u64 },
+    #[error(transparent)]
+    DeviceFilter(#[from] FilterError),
 }
+
+/// Docker's default device allow-list: the devices `/dev` gets, ptys, and `mknod` of anything.
+const ALLOWED_DEVICES: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
 
 /// How long [`Cgroup::freeze`] waits for every process to stop.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,8 +89,8 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub resources: Resources,
-    /// Restrict device access to docker's default allow-list (v1 `devices` controller; v2
-    /// needs a BPF program and is not done yet).
+    /// Restrict device access to docker's default allow-list (v1: the `devices` controller;
+    /// v2: a BPF program attached to the cgroup).
     pub restrict_devices: bool,
     /// Rules allowing the `--device` nodes besides (`c 10:229 rwm`).
     pub device_rules: Vec<String>,

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
+use super::{create_dir, write, Cgroup, CgroupError, Limits, ALLOWED_DEVICES, PARENT};
 
 /// One mounted v1 hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,21 +46,6 @@ pub fn home(h: &Hierarchy, own: &[(Vec<String>, String)]) -> PathBuf {
         .map_or("/", |(_, path)| path.as_str());
     h.mountpoint.join(path.trim_start_matches('/'))
 }
-
-/// Docker's default device allow-list: the devices `/dev` gets, ptys, and `mknod` of anything.
-const ALLOWED_DEVICES: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:200 rwm",
-];
 
 pub fn create(
     hierarchies: &[Hierarchy],

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
+use super::{create_dir, device_filter, write, Cgroup, CgroupError, Limits, ALLOWED_DEVICES, PARENT};
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -25,7 +25,17 @@ pub fn create(
     cgroup.push(dir.clone(), root.join(own_path.trim_start_matches('/')));
 
     // The limits, as `update` sets them.
-    cgroup.set_resources(&limits.resources)
+    cgroup.set_resources(&limits.resources)?;
+    if limits.restrict_devices {
+        let rules = ALLOWED_DEVICES
+            .iter()
+            .copied()
+            .chain(limits.device_rules.iter().map(String::as_str))
+            .map(str::parse)
+            .collect::<Result<Vec<device_filter::Rule>, _>>()?;
+        device_filter::attach(&dir, &rules)?;
+    }
+    Ok(())
 }
 
 /// Enables in `dir`'s children the controllers `dir` itself has.
