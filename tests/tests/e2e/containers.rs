@@ -1792,3 +1792,34 @@ fn health_checks_make_a_container_healthy_or_unhealthy() {
         .failed()
         .contains("duration"));
 }
+
+#[test]
+fn on_cgroup_v2_a_container_opens_only_the_devices_docker_allows() {
+    let Some((f, env)) = env() else { return };
+    // A hybrid host's unified hierarchy, mounted over /sys/fs/cgroup in a mount namespace of
+    // the test's own, makes skiff take the host for a cgroup v2 one.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2")) {
+        skiff_tests::skip::<()>("no cgroup2 hierarchy is mounted");
+        return;
+    }
+    // /dev/fuse, made in the container (mknod is allowed, as in docker), is not on docker's
+    // list: opening it is refused. /dev/zero is on it.
+    let script = ": < /dev/zero && echo zero; mknod /dev/fuse c 10 229 && : < /dev/fuse && echo fuse";
+    let skiff = env.skiff.command();
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.envs(skiff.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))));
+    unshare.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --make-rprivate / && mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"",
+        "sh",
+    ]);
+    unshare.arg(skiff.get_program());
+    unshare.args(["run", "--rm", &f.busybox_ref, "sh", "-c", script]);
+    let out = unshare.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout, "zero\n", "{stderr}");
+    assert!(stderr.contains("/dev/fuse: Operation not permitted"), "{stderr}");
+}
