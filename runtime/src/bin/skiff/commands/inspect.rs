@@ -85,7 +85,8 @@ fn docker_fields(s: &State) -> serde_json::Map<String, serde_json::Value> {
         "Running": running,
         "Paused": status == "paused",
         "Restarting": status == "restarting",
-        "OOMKilled": false,
+        // skiff has no dead state (a removal that failed halfway); whether the kernel's OOM
+        // killer ended it is not recorded, so OOMKilled is left out rather than guessed.
         "Dead": false,
         "Pid": s.init.filter(|_| running).map_or(0, |p| p.pid),
         "ExitCode": s.exit_code.unwrap_or(0),
