@@ -1544,6 +1544,11 @@ fn named_volumes_outlive_their_containers() {
         serde_json::from_str(env.run(&["volume", "inspect", "shared"]).ok()).unwrap();
     let data = std::path::PathBuf::from(inspected[0]["Mountpoint"].as_str().unwrap());
     assert_eq!(std::fs::read_to_string(data.join("mine")).unwrap(), "kept\n");
+    // docker inspect's Mounts name it.
+    let mounts = env.run(&["inspect", "-f", "{{json .Mounts}}", "holder"]).ok().to_string();
+    let mounts: serde_json::Value = serde_json::from_str(&mounts).unwrap();
+    assert_eq!((mounts[0]["Type"].as_str(), mounts[0]["Name"].as_str()), (Some("volume"), Some("shared")));
+    assert_eq!(mounts[0]["Source"].as_str(), data.to_str());
     let out = env.run(&["volume", "prune", "-a", "-f"]).ok().to_string();
     assert!(out.contains("spare") && !out.contains("shared"), "{out}");
     env.run(&["rm", "holder"]).ok();

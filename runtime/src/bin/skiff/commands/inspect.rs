@@ -1,5 +1,5 @@
 use anyhow::{bail, Context as _};
-use skiff::container::State;
+use skiff::container::{Containers, State};
 use skiff::store::StoreError;
 
 use crate::context::Context;
@@ -63,7 +63,7 @@ const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// A container as docker inspect shows it (the fields skiff has): Id, Name, Created, Path,
 /// Args, State, Image, Config, HostConfig, Mounts, NetworkSettings.Ports, RestartCount.
-fn docker_fields(s: &State) -> serde_json::Map<String, serde_json::Value> {
+fn docker_fields(containers: &Containers, s: &State) -> serde_json::Map<String, serde_json::Value> {
     use serde_json::json;
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or(NEVER.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
@@ -98,10 +98,25 @@ fn docker_fields(s: &State) -> serde_json::Map<String, serde_json::Value> {
         state["Health"] = health;
     }
     let spec = &s.spec;
+    // A volume (an image's VOLUME, or a named one) or a bind mount of a host path.
+    let (anonymous, named) = (containers.paths(&s.id).volumes, containers.named_volumes());
     let mounts: Vec<_> = spec
         .volumes
         .iter()
-        .map(|v| json!({"Type": "bind", "Source": v.host, "Destination": v.container, "RW": !v.read_only}))
+        .map(|v| {
+            let name = match v.host.parent() {
+                Some(dir) if dir == anonymous => v.host.file_name(),
+                Some(dir) if named.holds(&v.host) => dir.file_name(),
+                _ => None,
+            };
+            let mut mount =
+                json!({"Type": "bind", "Source": v.host, "Destination": v.container, "RW": !v.read_only});
+            if let Some(name) = name {
+                mount["Type"] = json!("volume");
+                mount["Name"] = json!(name.to_string_lossy());
+            }
+            mount
+        })
         .chain(
             spec.tmpfs
                 .iter()
@@ -179,7 +194,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
                 };
                 let mut value = serde_json::to_value(&state)?;
                 if let serde_json::Value::Object(map) = &mut value {
-                    map.extend(docker_fields(&state));
+                    map.extend(docker_fields(&containers, &state));
                 }
                 out.push(Described::Container(value));
                 continue;
