@@ -227,6 +227,10 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
         "host" => Ok(NetworkMode::Own(Network::Host)),
         _ => match s.strip_prefix("container:") {
             Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
+            _ if s == "bridge" || s == "default" => Err(format!(
+                "network {s:?}: skiff has no bridge network; a container has its own loopback (none, \
+                 the default, with -p to publish ports), the host's (host) or another's (container:NAME)"
+            )),
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
     }
@@ -929,6 +933,16 @@ pub fn supervise_detached(ctx: &Context, args: SuperviseArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_parse_and_a_bridge_is_refused_with_what_there_is() {
+        assert!(matches!(parse_network("none"), Ok(NetworkMode::Own(Network::None))));
+        assert!(matches!(parse_network("host"), Ok(NetworkMode::Own(Network::Host))));
+        assert!(matches!(parse_network("container:db"), Ok(NetworkMode::Container(n)) if n == "db"));
+        assert!(parse_network("bridge").unwrap_err().contains("skiff has no bridge network"));
+        assert!(parse_network("container:").unwrap_err().contains("unsupported network"));
+        assert!(parse_network("mynet").unwrap_err().contains("unsupported network \"mynet\""));
+    }
 
     #[test]
     fn durations_parse_as_docker_writes_them() {
