@@ -442,6 +442,7 @@ impl Containers {
             interactive: options.interactive,
             restart: options.restart,
             restart_count: 0,
+            oom_killed: false,
             manually_stopped: false,
             healthcheck: options.health.resolve(image)?,
             health: None,

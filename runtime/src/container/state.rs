@@ -156,6 +156,9 @@ pub struct State {
     /// How many times the restart policy has started it again.
     #[serde(default)]
     pub restart_count: u32,
+    /// Whether the kernel's OOM killer killed a process of its last run (at its memory limit).
+    #[serde(default)]
+    pub oom_killed: bool,
     /// `stop` or `kill` ended it: no restart policy starts it again until `start` does.
     #[serde(default)]
     pub manually_stopped: bool,

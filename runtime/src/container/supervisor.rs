@@ -162,6 +162,7 @@ fn forget_last_run(st: &mut State) {
     st.exit_code = None;
     st.error = None;
     st.finished_at = None;
+    st.oom_killed = false;
 }
 
 /// The network namespace of container `other`, which container `id` joins: it must be running.
@@ -269,6 +270,9 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         done.store(true, Ordering::Relaxed);
         status
     });
+    if container.oom_killed() {
+        s.containers.update(s.id, |st| st.oom_killed = true)?;
+    }
     wired.finish();
     drop(mounted);
     drop(rootfs_lock);

@@ -34,6 +34,8 @@ pub struct Container {
     report: std::fs::File,
     cgroup: Option<Cgroup>,
     status: Option<ExitStatus>,
+    /// Whether the OOM killer killed any of its processes, known once it has ended.
+    oom_killed: bool,
 }
 
 fn sys(step: &'static str) -> impl Fn(Errno) -> Error {
@@ -91,7 +93,14 @@ pub fn start(plan: &InitPlan, cgroup: Cgroup, stdio: Stdio) -> Result<Container,
     let mut failure = Vec::new();
     std::fs::File::from(error_r).read_to_end(&mut failure).map_err(|source| abort(Error::Pipe { source }))?;
     match (init_pid, failure.len()) {
-        (Some(init), 0) => Ok(Container { init, intermediate, report, cgroup: Some(cgroup), status: None }),
+        (Some(init), 0) => Ok(Container {
+            init,
+            intermediate,
+            report,
+            cgroup: Some(cgroup),
+            status: None,
+            oom_killed: false,
+        }),
         (_, n) if n >= 5 => {
             let _ = waitpid(intermediate, None);
             let errno = Errno::from_raw(i32::from_ne_bytes([failure[1], failure[2], failure[3], failure[4]]));
@@ -326,9 +335,17 @@ impl Container {
         };
         self.status = Some(status);
         if let Some(mut cgroup) = self.cgroup.take() {
+            // Read before the cgroup, and its counters, go.
+            self.oom_killed = cgroup.oom_kills() > 0;
             cgroup.remove()?;
         }
         Ok(status)
+    }
+
+    /// Whether the kernel's OOM killer killed any of the container's processes (docker's
+    /// OOMKilled); false until [`Container::wait`] has returned.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed
     }
 }
 

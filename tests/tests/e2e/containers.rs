@@ -1828,3 +1828,17 @@ fn on_cgroup_v2_a_container_opens_only_the_devices_docker_allows() {
     assert_eq!(stdout, "zero\n", "{stderr}");
     assert!(stderr.contains("/dev/fuse: Operation not permitted"), "{stderr}");
 }
+
+#[test]
+fn a_process_the_oom_killer_ends_at_the_memory_limit_is_reported() {
+    let Some((f, env)) = env() else { return };
+    // sort holds its whole input: 32 MB against a 6 MB limit (and no swap on top).
+    let hog = "head -c 32000000 /dev/zero | tr '\\0' a | sort > /dev/null";
+    let out = env.run(&["run", "--name", "hog", "--memory", "6m", &f.busybox_ref, "sh", "-c", hog]);
+    assert_eq!(out.code, 137, "{out:?}");
+    let state = "{{.State.OOMKilled}} {{.State.ExitCode}}";
+    assert_eq!(env.run(&["inspect", "-f", state, "hog"]).ok(), "true 137\n");
+    // A run that stays within its limit is not.
+    env.run(&["run", "--name", "fits", "--memory", "6m", &f.busybox_ref, "true"]).ok();
+    assert_eq!(env.run(&["inspect", "-f", state, "fits"]).ok(), "false 0\n");
+}

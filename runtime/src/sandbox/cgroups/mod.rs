@@ -193,6 +193,20 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// How many of its processes the kernel's OOM killer has killed for the memory limit: the
+    /// `oom_kill` count of v1's `memory.oom_control` or v2's `memory.events` (0 where the
+    /// kernel keeps neither).
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .flat_map(|dir| ["memory.oom_control", "memory.events"].map(|f| dir.join(f)))
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .filter_map(|text| {
+                text.lines().find_map(|l| l.strip_prefix("oom_kill "))?.trim().parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// Stops every process of the cgroup (the freezer: v1's `freezer.state`, v2's
     /// `cgroup.freeze`) and waits until all have. They go on when the returned guard is
     /// dropped, unless they were paused already (then they stay so). `None` when the cgroup

@@ -85,8 +85,8 @@ fn docker_fields(containers: &Containers, s: &State) -> serde_json::Map<String, 
         "Running": running,
         "Paused": status == "paused",
         "Restarting": status == "restarting",
-        // skiff has no dead state (a removal that failed halfway); whether the kernel's OOM
-        // killer ended it is not recorded, so OOMKilled is left out rather than guessed.
+        "OOMKilled": s.oom_killed,
+        // skiff has no dead state (a removal that failed halfway).
         "Dead": false,
         "Pid": s.init.filter(|_| running).map_or(0, |p| p.pid),
         "ExitCode": s.exit_code.unwrap_or(0),
