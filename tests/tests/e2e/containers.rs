@@ -1064,7 +1064,9 @@ fn pause_stops_every_process_until_unpause() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(read(), before, "a paused container wrote");
     assert!(env.run(&["pause", "busy"]).failed().contains("already paused"));
-    assert!(env.run(&["exec", "busy", "true"]).failed().contains("is paused: unpause it first"));
+    let out = env.run(&["exec", "busy", "true"]);
+    assert_eq!(out.code, 126, "{out:?}");
+    assert!(out.stderr.contains("is paused: unpause it first"), "{out:?}");
     // A commit leaves it paused.
     env.run(&["commit", "busy", &format!("{}/committed/paused:v1", f.registry.addr)]).ok();
     assert!(env.run(&["ps"]).ok().contains("(Paused)"));
@@ -1296,7 +1298,10 @@ fn exec_detaches_and_reads_env_files() {
     assert_eq!(out.ok(), "");
     wait_for("the detached command", || env.run(&["exec", "host", "cat", "/tmp/done"]).stdout == "1\n");
     env.run(&["stop", "-t", "0", "host"]).ok();
-    assert!(env.run(&["exec", "-d", "host", "true"]).failed().contains("is not running"));
+    let out = env.run(&["exec", "-d", "host", "true"]);
+    assert_eq!(out.code, 126, "{out:?}");
+    assert!(out.stderr.contains("is not running"), "{out:?}");
+    assert_eq!(env.run(&["exec", "nosuch", "true"]).code, 125, "no such container");
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use skiff::container::ExecRequest;
+use skiff::container::{ContainerError, ExecRequest};
 
 use super::run::{code, failed};
 use crate::context::Context;
@@ -63,7 +63,20 @@ pub fn run(ctx: &Context, args: Args) -> ExitCode {
         };
         Ok(code(skiff::container::exec(&state, &request)?.code()))
     };
-    exec().unwrap_or_else(failed)
+    exec().unwrap_or_else(|error| {
+        // A container that is there but not running (or paused) cannot take the command:
+        // 126, as podman's exec says it, where other failures are 125.
+        let wrong_state = error.chain().any(|e| {
+            matches!(
+                e.downcast_ref(),
+                Some(ContainerError::NotRunning { .. } | ContainerError::Paused { .. })
+            )
+        });
+        match failed(error) {
+            _ if wrong_state => code(126),
+            other => other,
+        }
+    })
 }
 
 /// `exec -d`: the same exec, refused here if it cannot start, run by a skiff of its own in the
