@@ -44,7 +44,7 @@ enum Command {
     Images(commands::images::Args),
     /// Show how an image was built: its steps, newest first, and their layers' sizes.
     History(commands::history::Args),
-    /// Show an image's manifest, config and layers.
+    /// Show images (manifest, config, layers) or containers as JSON, with docker's fields.
     Inspect(commands::inspect::Args),
     /// Rewrite an image's layers as eStargz, so it can be pulled lazily, and push it.
     Convert(commands::convert::Args),
