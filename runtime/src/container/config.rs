@@ -59,6 +59,7 @@ pub struct RunOptions {
     pub extra_hosts: Vec<ExtraHost>,
     pub dns: crate::sandbox::Dns,
     pub group_add: Vec<String>,
+    pub oom_score_adj: Option<i32>,
     pub sysctls: std::collections::BTreeMap<String, String>,
     pub devices: Vec<crate::sandbox::Device>,
     /// `--security-opt`s.
@@ -160,6 +161,7 @@ impl Default for RunOptions {
             extra_hosts: Vec::new(),
             dns: crate::sandbox::Dns::default(),
             group_add: Vec::new(),
+            oom_score_adj: None,
             sysctls: BTreeMap::new(),
             devices: Vec::new(),
             host_namespaces: crate::sandbox::HostNamespaces::default(),

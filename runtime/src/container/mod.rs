@@ -330,6 +330,7 @@ impl Containers {
         spec.extra_hosts = options.extra_hosts.clone();
         spec.dns = options.dns.clone();
         spec.group_add = options.group_add.clone();
+        spec.oom_score_adj = options.oom_score_adj;
         let own_network = options.network == sandbox::Network::None && options.network_container.is_none();
         let host = options.host_namespaces;
         let conflict = |first, second| ContainerError::Invalid(ConfigError::Conflict { first, second });

@@ -157,11 +157,19 @@ fn join_setup(plan: &InitPlan) -> Result<(), InitError> {
     restrict(plan)
 }
 
-/// rlimits, bounding set, `no_new_privs`, seccomp, user and capabilities, in that order.
+/// rlimits, OOM score, bounding set, `no_new_privs`, seccomp, user and capabilities, in that
+/// order.
 fn restrict(plan: &InitPlan) -> Result<(), InitError> {
     let sys = |step| move |source| InitError::Syscall { step, source };
     let spec = &plan.spec;
     rlimits::apply(&spec.rlimits)?;
+    // While every capability is held: lowering it takes CAP_SYS_RESOURCE.
+    if let Some(adj) = spec.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| InitError::Syscall {
+            step: "writing /proc/self/oom_score_adj (lowering it takes CAP_SYS_RESOURCE)",
+            source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+    }
     capabilities::drop_bounding(&plan.capabilities)?;
     if spec.no_new_privileges {
         nix::sys::prctl::set_no_new_privs().map_err(sys("prctl(PR_SET_NO_NEW_PRIVS)"))?;

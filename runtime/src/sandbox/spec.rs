@@ -60,6 +60,10 @@ pub struct ContainerSpec {
     /// for the container's processes and those `exec` runs.
     #[serde(default)]
     pub group_add: Vec<String>,
+    /// `--oom-score-adj`: how readily the kernel's OOM killer picks the container's processes
+    /// (-1000 to 1000; theirs and those `exec` runs).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
     /// `--sysctl`: kernel parameters of the container's own namespaces, set as it starts.
     #[serde(default)]
     pub sysctls: std::collections::BTreeMap<String, String>,
@@ -178,6 +182,7 @@ impl ContainerSpec {
             shm_size: None,
             dns: Dns::default(),
             group_add: Vec::new(),
+            oom_score_adj: None,
             sysctls: std::collections::BTreeMap::new(),
             devices: Vec::new(),
             host_namespaces: HostNamespaces::default(),

@@ -1847,3 +1847,17 @@ fn a_process_the_oom_killer_ends_at_the_memory_limit_is_reported() {
     env.run(&["run", "--name", "fits", "--memory", "6m", &f.busybox_ref, "true"]).ok();
     assert_eq!(env.run(&["inspect", "-f", state, "fits"]).ok(), "false 0\n");
 }
+
+#[test]
+fn oom_score_adj_is_the_containers_and_its_execs() {
+    let Some((f, env)) = env() else { return };
+    // Raised: lowering it takes CAP_SYS_RESOURCE, which the host's root may not hold.
+    let adj = ["--oom-score-adj", "300"];
+    let out = env.run(&["run", "--rm", adj[0], adj[1], &f.busybox_ref, "cat", "/proc/self/oom_score_adj"]);
+    assert_eq!(out.ok(), "300\n");
+    env.detach(&["--name", "scored", "--oom-score-adj", "700", &f.busybox_ref, "sleep", "1000"]);
+    assert_eq!(env.run(&["exec", "scored", "cat", "/proc/self/oom_score_adj"]).ok(), "700\n");
+    let out = env.run(&["run", "--rm", "--oom-score-adj", "1001", &f.busybox_ref, "true"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--oom-score-adj"), "{out:?}");
+}

@@ -172,6 +172,10 @@ pub struct Args {
     /// Another supplementary group for the container's processes (name or gid); repeatable.
     #[arg(long = "group-add", value_name = "GROUP")]
     group_add: Vec<String>,
+    /// How readily the kernel's OOM killer picks the container's processes, -1000 (never) to
+    /// 1000 (first).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    oom_score_adj: Option<i32>,
     /// Seconds `stop` waits for it before SIGKILL, unless given its own -t (default 10).
     #[arg(long, value_name = "SECONDS")]
     stop_timeout: Option<u64>,
@@ -617,6 +621,7 @@ impl Args {
                 options: self.dns_options.clone(),
             },
             group_add: self.group_add.clone(),
+            oom_score_adj: self.oom_score_adj,
             sysctls: self.sysctls.iter().cloned().collect(),
             devices: self.devices.clone(),
             log_rotation: log_rotation(&self.log_opts)?,
