@@ -1270,8 +1270,25 @@ fn run_takes_ulimits_extra_hosts_shm_size_labels_and_a_pull_policy() {
         .contains("above the hard"));
     assert!(env.run(&["run", "--add-host", "nohost", &f.busybox_ref, "true"]).failed().contains("NAME:IP"));
     assert!(env.run(&["ps", "-aq"]).ok().is_empty());
-    // Labels: the container's own, filtered on by ps.
-    env.detach(&["--name", "tagged", "-l", "team=web", "-l", "solo", &f.busybox_ref, "sleep", "1000"]);
+    // Labels: the container's own (from a file, then -l over it), filtered on by ps.
+    let labels = env.dir.path().join("labels");
+    std::fs::write(
+        &labels,
+        "# ours
+team=db
+tier=front
+",
+    )
+    .unwrap();
+    let file = labels.to_str().unwrap();
+    let tagged = ["--name", "tagged", "--label-file", file, "-l", "team=web", "-l", "solo"];
+    let mut run = tagged.to_vec();
+    run.extend([f.busybox_ref.as_str(), "sleep", "1000"]);
+    env.detach(&run);
+    let json = env.run(&["inspect", "-f", "{{json .Config.Labels}}", "tagged"]).ok().to_string();
+    assert_eq!(json, "{\"solo\":\"\",\"team\":\"web\",\"tier\":\"front\"}\n");
+    let out = env.run(&["run", "--rm", "--label-file", "/no/such/labels", &f.busybox_ref, "true"]);
+    assert!(out.failed().contains("reading the label file /no/such/labels"), "{out:?}");
     env.detach(&["--name", "plain", &f.busybox_ref, "sleep", "1000"]);
     let names = |filter: &str| env.run(&["ps", "-f", filter, "--format", "{{.Names}}"]).ok().to_string();
     assert_eq!(names("label=team=web"), "tagged\n");

@@ -182,6 +182,9 @@ pub struct Args {
     /// A label, KEY=VALUE (or KEY, empty); repeatable.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// A file of labels, a KEY=VALUE line each (`#` comments), before the -l ones; repeatable.
+    #[arg(long = "label-file", value_name = "FILE")]
+    label_files: Vec<std::path::PathBuf>,
     /// Start it again when it ends: no, on-failure[:N], always, unless-stopped (until
     /// `stop` or `kill`).
     #[arg(long, default_value = "no")]
@@ -641,12 +644,30 @@ impl Args {
                 retries: self.health_retries.filter(|&r| r > 0),
                 disabled: self.no_healthcheck,
             },
-            labels: self
-                .labels
-                .iter()
-                .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.into(), v.into())))
-                .collect(),
+            labels: self.all_labels()?,
         })
+    }
+}
+
+impl Args {
+    /// The labels of the --label-files, in order, then the -l ones; a later one of a key wins.
+    fn all_labels(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let mut lines = Vec::new();
+        for path in &self.label_files {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the label file {}", path.display()))?;
+            lines.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+        lines.extend(self.labels.iter().cloned());
+        Ok(lines
+            .into_iter()
+            .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.into(), v.into())))
+            .collect())
     }
 }
 
