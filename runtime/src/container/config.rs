@@ -341,12 +341,13 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
 pub fn read_env_file(path: &Path) -> Result<Vec<String>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::EnvFile { path: path.to_path_buf(), source })?;
-    Ok(text
-        .lines()
-        .map(|l| l.trim_start())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect())
+    Ok(setting_lines(&text).map(str::to_string).collect())
+}
+
+/// The lines of an env or label file that say something: blank lines and `#` comments left
+/// out, leading blanks trimmed.
+pub fn setting_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// `SIGTERM`, `TERM`, `term` or `15`.

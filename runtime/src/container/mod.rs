@@ -29,8 +29,8 @@ use chrono::Utc;
 use fs2::FileExt;
 
 pub use config::{
-    check_name, parse_signal, read_env_file, resolve as resolve_process, ConfigError, HealthOptions, Process,
-    RunOptions, Security, Userns,
+    check_name, parse_signal, read_env_file, resolve as resolve_process, setting_lines, ConfigError,
+    HealthOptions, Process, RunOptions, Security, Userns,
 };
 pub use copy::{
     archive, copy, export, make_dirs, private_mounts, unarchive, CopyError, CopyOptions, Place, Tree,

@@ -61,10 +61,14 @@ pub fn supervise(s: Supervision<'_>) -> Result<ExitStatus, ContainerError> {
     let mut state = claim(s.containers, s.id)?;
     loop {
         let started = Instant::now();
-        let result = run(&s, &state);
+        let (result, oom_killed) = match run(&s, &state) {
+            Ok((status, oom_killed)) => (Ok(status), oom_killed),
+            Err(e) => (Err(e), false),
+        };
         let mut restarting = false;
         let finished = s.containers.update(s.id, |st| {
             st.status = Status::Exited;
+            st.oom_killed = oom_killed;
             st.init = None;
             st.published.clear();
             st.finished_at = Some(Utc::now());
@@ -127,12 +131,9 @@ fn wait_to_restart(
             Err(ContainerError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if current.manually_stopped {
-            containers.update(id, |st| st.supervisor = None)?;
-            return Ok(None);
-        }
+        // A stopped container is let go by the claim, as one stopped at the last moment is.
         let now = Instant::now();
-        if now >= until {
+        if current.manually_stopped || now >= until {
             return claim_again(containers, id);
         }
         std::thread::sleep((until - now).min(Duration::from_millis(50)));
@@ -198,7 +199,8 @@ fn claim(containers: &Containers, id: &str) -> Result<State, ContainerError> {
     }
 }
 
-fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError> {
+/// One run of the container: how it ended, and whether the OOM killer killed a process of it.
+fn run(s: &Supervision<'_>, state: &State) -> Result<(ExitStatus, bool), ContainerError> {
     let id = s.id.to_string();
     let paths = s.containers.paths(s.id);
     // First: a port another process holds fails the start before anything is mounted.
@@ -270,11 +272,8 @@ fn run(s: &Supervision<'_>, state: &State) -> Result<ExitStatus, ContainerError>
         done.store(true, Ordering::Relaxed);
         status
     });
-    if container.oom_killed() {
-        s.containers.update(s.id, |st| st.oom_killed = true)?;
-    }
     wired.finish();
     drop(mounted);
     drop(rootfs_lock);
-    status
+    Ok((status?, container.oom_killed()))
 }

@@ -43,7 +43,7 @@ pub fn commit(
 ) -> Result<ImageRecord, ImageError> {
     let image = StoredImage::load(store, base)?;
     // The changes first: a typo fails before the layer is written.
-    let mut config = changed_config(&image, base, &options.changes)?;
+    let mut config = changed_config(&image, &options.changes)?;
     let what = format!("the changes in {}", union.upper().display());
     let io_err = |e: io::Error| ImageError::Invalid { what: what.clone(), why: e.to_string() };
 
@@ -64,33 +64,28 @@ pub fn commit(
         entry["author"] = a.clone().into();
         config["author"] = a.clone().into();
     }
-    store_image(store, base, &image, config, Some(layer), entry, dest)
+    store_image(store, &image, config, Some(layer), entry, dest)
 }
 
-/// A new image of `base`'s layers with `changes` (Dockerfile instructions: CMD, ENV, …)
-/// applied to its config, its history saying `created_by` made no layer.
+/// A new image of `base`'s layers with `change` (a Dockerfile instruction: CMD, ENV, …)
+/// applied to its config, its history saying the change made no layer.
 pub fn change_config(
     store: &Store,
     base: &ImageRecord,
     dest: &Reference,
-    changes: &[String],
-    created_by: &str,
+    change: &str,
 ) -> Result<ImageRecord, ImageError> {
     let image = StoredImage::load(store, base)?;
-    let config = changed_config(&image, base, changes)?;
-    let entry = serde_json::json!({ "created_by": created_by, "empty_layer": true });
-    store_image(store, base, &image, config, None, entry, dest)
+    let config = changed_config(&image, &[change.to_string()])?;
+    let entry = serde_json::json!({ "created_by": change, "empty_layer": true });
+    store_image(store, &image, config, None, entry, dest)
 }
 
 /// `image`'s config with `changes` applied.
-fn changed_config(
-    image: &StoredImage,
-    base: &ImageRecord,
-    changes: &[String],
-) -> Result<serde_json::Value, ImageError> {
+fn changed_config(image: &StoredImage, changes: &[String]) -> Result<serde_json::Value, ImageError> {
     let mut config: serde_json::Value =
         serde_json::from_slice(&image.config_bytes).map_err(|e| ImageError::Config {
-            image: base.name.clone(),
+            image: image.record.name.clone(),
             digest: image.manifest.config.digest,
             why: e.to_string(),
         })?;
@@ -104,11 +99,10 @@ fn changed_config(
     Ok(config)
 }
 
-/// Stores as `dest` the image of `base`'s layers plus `layer` (staged; `None` for none), with
+/// Stores as `dest` the image of `image`'s layers plus `layer` (staged; `None` for none), with
 /// `config`, whose history gets `entry` (its time added).
 fn store_image(
     store: &Store,
-    base: &ImageRecord,
     image: &StoredImage,
     mut config: serde_json::Value,
     layer: Option<(Verified, Descriptor, Digest)>,
@@ -144,7 +138,7 @@ fn store_image(
         name: dest.to_string(),
         digest: manifest_digest,
         manifest: manifest_digest,
-        source: base.source.clone(),
+        source: image.record.source.clone(),
         updated: now,
     };
     objects.push(stage(store, &config_bytes)?);

@@ -158,7 +158,6 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
     Ok(())
 }
 
-/// A command in either of a Dockerfile's forms: a JSON array, or a shell line.
 /// `[--interval=D] [--timeout=D] [--start-period=D] [--retries=N] CMD …`, or `NONE`: the
 /// config's Healthcheck, its durations in nanoseconds as docker writes them.
 fn healthcheck(text: &str) -> Result<serde_json::Value, String> {
@@ -186,9 +185,7 @@ fn healthcheck(text: &str) -> Result<serde_json::Value, String> {
     check["Test"] = match (kind.to_ascii_uppercase().as_str(), command.trim()) {
         ("NONE", "") => serde_json::json!(["NONE"]),
         ("CMD", command) if command.starts_with('[') => {
-            let argv: Vec<String> =
-                serde_json::from_str(command).map_err(|e| format!("not a JSON array of strings: {e}"))?;
-            std::iter::once("CMD".to_string()).chain(argv).collect::<Vec<_>>().into()
+            std::iter::once("CMD".to_string()).chain(self::command(command)?).collect::<Vec<_>>().into()
         }
         ("CMD", command) if !command.is_empty() => serde_json::json!(["CMD-SHELL", command]),
         _ => return Err("expected [OPTIONS] CMD COMMAND, or NONE".into()),
@@ -196,6 +193,7 @@ fn healthcheck(text: &str) -> Result<serde_json::Value, String> {
     Ok(check)
 }
 
+/// A command in either of a Dockerfile's forms: a JSON array, or a shell line.
 fn command(text: &str) -> Result<Vec<String>, String> {
     if text.starts_with('[') {
         return serde_json::from_str(text).map_err(|e| format!("not a JSON array of strings: {e}"));

@@ -40,7 +40,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 pub use capabilities::{parse as parse_capability, CapabilityError, DOCKER_DEFAULT};
-pub use cgroups::{attach_device_filter, CgroupError, DeviceRule, FilterError, Frozen, Usage};
+pub use cgroups::{attach_device_filter, CgroupError, DeviceRule, Frozen, Usage};
 pub use devices::{DeviceError, Node as DeviceNode};
 pub use etc::EtcError;
 pub use exec::exec;
@@ -172,8 +172,7 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let limits = cgroups::Limits {
         resources: spec.resources,
-        restrict_devices: !spec.capabilities.privileged,
-        device_rules,
+        devices: (!spec.capabilities.privileged).then(|| cgroups::allowed_devices(device_rules)),
     };
     let cgroup = cgroups::Cgroup::create(&layout, &spec.id, &limits)?;
     let plan = init::InitPlan {

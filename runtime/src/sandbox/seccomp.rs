@@ -151,9 +151,7 @@ pub fn default_filters(caps: &CapsHashSet) -> Result<Filters, SeccompError> {
 }
 
 impl Filters {
-    /// Installs the filters on the calling thread (the container's single-threaded init).
-    /// Needs `no_new_privs` or `CAP_SYS_ADMIN`.
-    /// Installs the filters on this thread. With CAP_SYS_ADMIN held that needs no
+    /// Installs the filters on the calling thread (the container's single-threaded init). With CAP_SYS_ADMIN held that needs no
     /// `no_new_privs`, so it is left as the container's options set it (seccompiler's own
     /// installer would always set it, and a setuid program in the container would not run).
     pub fn install(&self) -> Result<(), SeccompError> {

@@ -74,27 +74,13 @@ pub fn resolve(
     let groups = read_db(root, "/etc/group")?;
     let groups: Vec<GroupEntry> = groups.lines().filter_map(parse_group).collect();
     if let Some(group) = group_part.filter(|g| !g.is_empty()) {
-        user.gid = match group.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => groups
-                .iter()
-                .find(|g| g.name == group)
-                .map(|g| g.gid)
-                .ok_or_else(|| UserError::NoSuchGroup { name: group.to_string() })?,
-        };
+        user.gid = gid_of(&groups, group)?;
     }
     if let Some(e) = entry {
         user.groups = groups.iter().filter(|g| g.members.contains(&e.name)).map(|g| g.gid).collect();
     }
     for added in group_add {
-        let gid = match added.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => groups
-                .iter()
-                .find(|g| &g.name == added)
-                .map(|g| g.gid)
-                .ok_or_else(|| UserError::NoSuchGroup { name: added.clone() })?,
-        };
+        let gid = gid_of(&groups, added)?;
         if !user.groups.contains(&gid) {
             user.groups.push(gid);
         }
@@ -125,6 +111,18 @@ fn parse_passwd(line: &str) -> Option<PasswdEntry> {
         gid: f[3].parse().ok()?,
         home: f[5].to_string(),
     })
+}
+
+/// The gid `group` names: a number as it is, else a name in the image's `/etc/group`.
+fn gid_of(groups: &[GroupEntry], group: &str) -> Result<u32, UserError> {
+    match group.parse::<u32>() {
+        Ok(gid) => Ok(gid),
+        Err(_) => groups
+            .iter()
+            .find(|g| g.name == group)
+            .map(|g| g.gid)
+            .ok_or_else(|| UserError::NoSuchGroup { name: group.to_string() }),
+    }
 }
 
 fn parse_group(line: &str) -> Option<GroupEntry> {

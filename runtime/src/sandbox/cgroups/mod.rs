@@ -89,11 +89,14 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub resources: Resources,
-    /// Restrict device access to docker's default allow-list (v1: the `devices` controller;
-    /// v2: a BPF program attached to the cgroup).
-    pub restrict_devices: bool,
-    /// Rules allowing the `--device` nodes besides (`c 10:229 rwm`).
-    pub device_rules: Vec<String>,
+    /// The device accesses allowed, all others denied (v1: the `devices` controller; v2: a
+    /// BPF program attached to the cgroup): see [`allowed_devices`]. `None`: no restriction.
+    pub devices: Option<Vec<String>>,
+}
+
+/// Docker's default device allow-list with `extra` rules (`c 10:229 rwm`) after it.
+pub fn allowed_devices(extra: Vec<String>) -> Vec<String> {
+    ALLOWED_DEVICES.iter().map(|r| r.to_string()).chain(extra).collect()
 }
 
 /// A created container cgroup: one directory per hierarchy (v1) or one directory (v2).
@@ -191,20 +194,6 @@ impl Cgroup {
     /// The cgroup's directories (one per v1 hierarchy).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
-    }
-
-    /// How many of its processes the kernel's OOM killer has killed for the memory limit: the
-    /// `oom_kill` count of v1's `memory.oom_control` or v2's `memory.events` (0 where the
-    /// kernel keeps neither).
-    pub fn oom_kills(&self) -> u64 {
-        self.dirs
-            .iter()
-            .flat_map(|dir| ["memory.oom_control", "memory.events"].map(|f| dir.join(f)))
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .filter_map(|text| {
-                text.lines().find_map(|l| l.strip_prefix("oom_kill "))?.trim().parse::<u64>().ok()
-            })
-            .sum()
     }
 
     /// Stops every process of the cgroup (the freezer: v1's `freezer.state`, v2's
@@ -456,11 +445,12 @@ impl Cgroup {
                     (Some(_), Some(total)) if total >= 0 => total.to_string(),
                     _ => "-1".into(),
                 };
-                if has("memory.memsw.limit_in_bytes") {
+                let has_memsw = has("memory.memsw.limit_in_bytes");
+                if has_memsw {
                     set("memory.memsw.limit_in_bytes", "-1".into())?;
                 }
                 set("memory.limit_in_bytes", r.memory.map_or("-1".into(), |m| m.to_string()))?;
-                if has("memory.memsw.limit_in_bytes") {
+                if has_memsw {
                     set("memory.memsw.limit_in_bytes", memsw)?;
                 }
                 set(

@@ -20,6 +20,17 @@ pub struct Usage {
 }
 
 impl Cgroup {
+    /// How many of its processes the kernel's OOM killer has killed for the memory limit: the
+    /// `oom_kill` count of v1's `memory.oom_control` or v2's `memory.events` (0 where the
+    /// kernel keeps neither).
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .flat_map(|dir| ["memory.oom_control", "memory.events"].map(|file| keyed(dir, file, "oom_kill")))
+            .filter_map(|count| count.ok().flatten())
+            .sum()
+    }
+
     /// What the cgroup's processes use now.
     pub fn usage(&self) -> Result<Usage, CgroupError> {
         let mut usage = Usage { memory_limit: host_memory(), ..Usage::default() };

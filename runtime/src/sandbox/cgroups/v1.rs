@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{create_dir, write, Cgroup, CgroupError, Limits, ALLOWED_DEVICES, PARENT};
+use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
 
 /// One mounted v1 hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,10 @@ pub fn create(
     for controller in ["pids", "memory", "cpu"] {
         dir_for(controller)?;
     }
-    let devices = if limits.restrict_devices { Some(dir_for("devices")?) } else { None };
+    let devices = match &limits.devices {
+        Some(rules) => Some((dir_for("devices")?, rules)),
+        None => None,
+    };
     // Joined where there is one, so `commit` can pause the container as docker's does, and
     // `stats` can tell the CPU time and block I/O it used.
     for controller in ["freezer", "cpuacct", "blkio"] {
@@ -85,10 +88,10 @@ pub fn create(
     // The limits, as `update` sets them (no swap on top of a memory limit unless asked: a
     // hog is OOM-killed at the limit instead of swapping).
     cgroup.set_resources(&limits.resources)?;
-    if let Some(devices) = devices {
-        write(&devices.join("devices.deny"), "a")?;
-        for rule in ALLOWED_DEVICES.iter().copied().chain(limits.device_rules.iter().map(String::as_str)) {
-            write(&devices.join("devices.allow"), rule)?;
+    if let Some((dir, rules)) = devices {
+        write(&dir.join("devices.deny"), "a")?;
+        for rule in rules {
+            write(&dir.join("devices.allow"), rule)?;
         }
     }
     Ok(())

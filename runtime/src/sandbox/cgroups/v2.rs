@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{create_dir, device_filter, write, Cgroup, CgroupError, Limits, ALLOWED_DEVICES, PARENT};
+use super::{create_dir, device_filter, write, Cgroup, CgroupError, Limits, PARENT};
 
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -26,13 +26,8 @@ pub fn create(
 
     // The limits, as `update` sets them.
     cgroup.set_resources(&limits.resources)?;
-    if limits.restrict_devices {
-        let rules = ALLOWED_DEVICES
-            .iter()
-            .copied()
-            .chain(limits.device_rules.iter().map(String::as_str))
-            .map(str::parse)
-            .collect::<Result<Vec<device_filter::Rule>, _>>()?;
+    if let Some(rules) = &limits.devices {
+        let rules = rules.iter().map(|r| r.parse()).collect::<Result<Vec<device_filter::Rule>, _>>()?;
         device_filter::attach(&dir, &rules)?;
     }
     Ok(())

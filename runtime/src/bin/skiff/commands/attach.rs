@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::consts::{SIGUSR1, SIGUSR2};
 use skiff::container::log::Stream;
 use skiff::container::{ContainerError, Containers};
 
@@ -53,9 +53,10 @@ pub fn attach(ctx: &Context, input: &str, sig_proxy: bool) -> anyhow::Result<Exi
 /// returned handle is closed. A container that ended meanwhile is no error: the attach sees
 /// its end.
 fn proxy_signals(containers: &Containers, id: &str) -> anyhow::Result<signal_hook::iterator::Handle> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
-            .context("installing the signal handlers of the attach")?;
+    // Those `run` passes on to its container, and the two user signals.
+    let proxied = skiff::sandbox::FORWARDED.iter().map(|s| *s as i32).chain([SIGUSR1, SIGUSR2]);
+    let mut signals = signal_hook::iterator::Signals::new(proxied)
+        .context("installing the signal handlers of the attach")?;
     let handle = signals.handle();
     let (containers, id) = (containers.clone(), id.to_string());
     std::thread::spawn(move || {

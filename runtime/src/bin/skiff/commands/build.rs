@@ -13,7 +13,7 @@ use skiff::container::{Attach, Containers, CopyOptions, Place, RunOptions, State
 use skiff::image::dockerfile::{self, Instruction};
 use skiff::image::{CommitOptions, LayerCompression, StoredImage};
 use skiff::sandbox::Network;
-use skiff::store::ImageRecord;
+use skiff::store::{ImageRecord, Store};
 
 use crate::context::Context;
 
@@ -61,11 +61,14 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let file = args.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let steps = dockerfile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let store = ctx.store()?;
+    let dest = super::parse_reference(&args.tag)?;
     let mut build = Build {
         ctx,
+        store: store.clone(),
         containers,
         context: context.clone(),
-        dest: super::parse_reference(&args.tag)?,
+        dest: dest.clone(),
         compression: if args.format == "gzip" { LayerCompression::Gzip } else { LayerCompression::Estargz },
         network: if args.network == "none" { Network::None } else { Network::Host },
         given: args.build_args.iter().map(|a| split_arg(a)).collect::<anyhow::Result<_>>()?,
@@ -79,7 +82,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         ignore: read_ignore(&context)?,
         shell: vec!["/bin/sh".into(), "-c".into()],
         cache: Cache { dir: ctx.root().join("build-cache"), enabled: !args.no_cache },
-        target: super::parse_reference(&args.tag)?,
+        // Each FROM names its stage's; until the first, no step reads it.
+        target: dest,
         run_id: skiff::Digest::of(
             format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
         )
@@ -105,7 +109,6 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     {
         built = Err(anyhow::anyhow!("{}: no stage named {target}", file.display()));
     }
-    let store = ctx.store()?;
     // Only a build that went through names its image; the tag stays as it was otherwise.
     let tagged = match (&built, &build.image) {
         (Ok(()), Some(image)) => {
@@ -140,6 +143,7 @@ fn split_arg(arg: &str) -> anyhow::Result<(String, String)> {
 
 struct Build<'a> {
     ctx: &'a Context,
+    store: Store,
     containers: Containers,
     context: PathBuf,
     dest: skiff::Reference,
@@ -218,9 +222,7 @@ impl Build<'_> {
                     "CMD" | "ENTRYPOINT"
                         if dockerfile::exec_form(&text).is_none() && !text.trim().is_empty() =>
                     {
-                        let mut command = self.shell.clone();
-                        command.push(text.trim().to_string());
-                        serde_json::to_string(&command)?
+                        serde_json::to_string(&self.shell_form(text.trim()))?
                     }
                     _ => text,
                 };
@@ -231,14 +233,9 @@ impl Build<'_> {
                 }
                 let change = format!("{keyword} {text}");
                 self.cached(&change, b"", |build| {
-                    let store = build.ctx.store()?;
-                    build.image = Some(skiff::image::change_config(
-                        &store,
-                        &build.current()?,
-                        &build.target,
-                        std::slice::from_ref(&change),
-                        &change,
-                    )?);
+                    let image =
+                        skiff::image::change_config(&build.store, &build.current()?, &build.target, &change)?;
+                    build.image = Some(image);
                     Ok(())
                 })
             }
@@ -256,8 +253,7 @@ impl Build<'_> {
     ) -> anyhow::Result<()> {
         let parent = self.current()?;
         let key = Cache::key(&parent, step, inputs);
-        let store = self.ctx.store()?;
-        if let Some(record) = self.cache.find(&store, &key, &parent, &self.target)? {
+        if let Some(record) = self.cache.find(&self.store, &key, &parent, &self.target)? {
             println!(" ---> Using cache");
             self.image = Some(record);
             return Ok(());
@@ -267,6 +263,11 @@ impl Build<'_> {
             self.cache.keep(&key, made);
         }
         Ok(())
+    }
+
+    /// `text` run by SHELL's shell, as the shell form of RUN, CMD and ENTRYPOINT is.
+    fn shell_form(&self, text: &str) -> Vec<String> {
+        self.shell.iter().cloned().chain([text.to_string()]).collect()
     }
 
     fn current(&self) -> anyhow::Result<ImageRecord> {
@@ -296,13 +297,13 @@ impl Build<'_> {
             self.run_id,
             self.stages.len()
         ))?;
-        let store = self.ctx.store()?;
+        let store = &self.store;
         let record = match self.stage(&name) {
             Some(record) => record,
             None => match store.find_image(&name) {
                 Ok(record) => record,
                 Err(_) => {
-                    super::pulled(&store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
+                    super::pulled(store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
                 }
             },
         };
@@ -333,7 +334,7 @@ impl Build<'_> {
     }
 
     fn config(&self, record: &ImageRecord) -> anyhow::Result<serde_json::Value> {
-        let image = StoredImage::load(&self.ctx.store()?, record)?;
+        let image = StoredImage::load(&self.store, record)?;
         Ok(serde_json::from_slice(&image.config_bytes)?)
     }
 
@@ -351,7 +352,7 @@ impl Build<'_> {
 
     /// A container of `base`, as [`Build::container`] makes one of the image so far.
     fn container_of(&self, base: &ImageRecord, command: Vec<String>) -> anyhow::Result<State> {
-        let image = StoredImage::load(&self.ctx.store()?, base)?;
+        let image = StoredImage::load(&self.store, base)?;
         let env = self.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let options = RunOptions {
             command,
@@ -390,7 +391,7 @@ impl Build<'_> {
     fn run_uncached(&mut self, args: &str) -> anyhow::Result<()> {
         let command = match dockerfile::exec_form(args) {
             Some(argv) => argv,
-            None => self.shell.iter().cloned().chain([args.to_string()]).collect(),
+            None => self.shell_form(args),
         };
         let state = self.container(command)?;
         super::run::supervise_with(self.ctx, &self.containers, &state, Attach::Terminal)?;
@@ -426,12 +427,7 @@ impl Build<'_> {
         if sources.is_empty() {
             bail!("expected {keyword} SOURCE... DEST");
         }
-        let target = Target {
-            into_dir: dest.ends_with('/') || sources.len() > 1,
-            dest: self.workdir()?.join(dest),
-            chown,
-            chmod,
-        };
+        let target = Target { into_dir: dest.ends_with('/'), dest: self.workdir()?.join(dest), chown, chmod };
         // The files come from the context, or from an earlier stage's image (a container of
         // it, never started).
         let stage = from.map(|image| self.container_of(&image, vec!["true".into()])).transpose()?;
@@ -469,7 +465,7 @@ impl Build<'_> {
         let mut staging = None;
         let sources = match (stage, self.ignore.is_empty()) {
             (None, false) => {
-                let dir = tempfile::tempdir_in(self.ctx.store()?.root().join("tmp"))
+                let dir = tempfile::tempdir_in(self.store.root().join("tmp"))
                     .context("making a staging directory")?;
                 self.without_ignored(&sources, staging.insert(dir).path())?
             }
@@ -711,7 +707,7 @@ impl Cache {
             source: parent.source.clone(),
             updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        if !store.has(&digest) || StoredImage::load(store, &record).is_err() {
+        if StoredImage::load(store, &record).is_err() {
             return Ok(None);
         }
         store.commit_image(Vec::new(), record.clone())?;

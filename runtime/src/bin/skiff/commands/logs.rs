@@ -41,7 +41,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         let nanos = (seconds * 1e9) as i64;
         return Ok(DateTime::from_timestamp_nanos(nanos));
     }
-    let back = super::duration(s).map_err(|e| {
+    let back = skiff::size::parse_duration(s).map_err(|e| {
         format!("{s:?} is no time: expected RFC 3339, Unix seconds, or a duration such as 10m ({e})")
     })?;
     Ok(Utc::now() - chrono::Duration::from_std(back).map_err(|e| format!("{s:?}: {e}"))?)

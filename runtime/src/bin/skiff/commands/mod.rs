@@ -57,11 +57,6 @@ pub fn error_message(error: &anyhow::Error) -> String {
     message
 }
 
-/// A duration as docker writes them (see [`skiff::size::parse_duration`]).
-pub fn duration(s: &str) -> Result<std::time::Duration, String> {
-    skiff::size::parse_duration(s)
-}
-
 /// Prints `rows` (the header first) as docker does: each column as wide as its widest cell,
 /// three spaces apart.
 pub fn print_table<const N: usize>(rows: &[[String; N]]) {

@@ -434,7 +434,7 @@ fn parse_mount(s: &str) -> Result<Mount, String> {
 
 /// docker's durations, above zero: `300ms`, `30s`, `1m30s`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    match super::duration(s)? {
+    match skiff::size::parse_duration(s)? {
         d if d.is_zero() => Err(format!("{s:?}: a duration above zero is needed")),
         d => Ok(d),
     }
@@ -656,12 +656,7 @@ impl Args {
         for path in &self.label_files {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the label file {}", path.display()))?;
-            lines.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
+            lines.extend(skiff::container::setting_lines(&text).map(|l| l.trim_end().to_string()));
         }
         lines.extend(self.labels.iter().cloned());
         Ok(lines
@@ -790,6 +785,8 @@ pub fn create(ctx: &Context, args: Args) -> ExitCode {
 /// A new container of `args`' image (pulled first if it is not stored), not started.
 fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, State)> {
     let containers = containers(ctx)?;
+    // The flags are checked before anything is pulled: none of them needs the image.
+    let mut options = args.options()?;
     let store = ctx.store()?;
     let platform = args.platform.clone().unwrap_or_else(skiff::manifest::Platform::host);
     let record = match args.pull.as_str() {
@@ -803,7 +800,6 @@ fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, S
         },
     };
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
-    let mut options = args.options()?;
     for from in &args.volumes_from {
         add_volumes_from(&containers, from, &mut options.volumes)?;
     }
