@@ -171,6 +171,12 @@ pub fn read(
             let Ok(rotated_file) = File::open(rotated(path, n)) else { continue };
             for line in BufReader::new(rotated_file).lines() {
                 if let Ok(record) = serde_json::from_str::<Record>(&line?) {
+                    // Without a tail each record goes out as read; with one, only the last
+                    // `in_current` are kept.
+                    if tail.is_none() {
+                        out(&record)?;
+                        continue;
+                    }
                     older.push_back(record);
                     if older.len() > in_current {
                         older.pop_front();
