@@ -10,7 +10,8 @@ use crate::{Digest, Sha256Writer};
 
 enum Output<W: Write> {
     Between(Sha256Writer<BufWriter<W>>),
-    InMember(GzEncoder<Sha256Writer<BufWriter<W>>>),
+    // Boxed: a deflate state is large, and the sink moves between the two often.
+    InMember(Box<GzEncoder<Sha256Writer<BufWriter<W>>>>),
 }
 
 /// Writes uncompressed bytes into the current gzip member, opening one on the first write
@@ -70,7 +71,7 @@ impl<W: Write> MemberSink<W> {
             Output::Between(w) => {
                 self.member_start = w.written();
                 self.member_len = 0;
-                GzEncoder::new(w, self.level)
+                Box::new(GzEncoder::new(w, self.level))
             }
         };
         encoder.write_all(bytes)?;
@@ -83,7 +84,7 @@ impl<W: Write> MemberSink<W> {
     /// Closes the open member, if any; the next write starts a new one.
     pub fn end_member(&mut self) -> io::Result<()> {
         match self.out.take().ok_or_else(abandoned)? {
-            Output::InMember(encoder) => self.out = Some(Output::Between(encoder.finish()?)),
+            Output::InMember(encoder) => self.out = Some(Output::Between((*encoder).finish()?)),
             between => self.out = Some(between),
         }
         self.member_len = 0;
