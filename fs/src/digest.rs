@@ -59,13 +59,24 @@ impl FromStr for Digest {
             }
             return Err(DigestError::Algorithm(s.to_string()));
         }
-        let lower = hex_part.len() == 64
-            && hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !lower {
+        // Lowercase hex only, as the OCI spec writes sha256 digests; checked while decoding
+        // (a TOC holds thousands of these).
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        let hex_bytes = hex_part.as_bytes();
+        if hex_bytes.len() != 64 {
             return Err(DigestError::Invalid(s.to_string()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| DigestError::Invalid(s.to_string()))?;
+        for (byte, pair) in out.iter_mut().zip(hex_bytes.chunks_exact(2)) {
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(high), Some(low)) => *byte = high << 4 | low,
+                _ => return Err(DigestError::Invalid(s.to_string())),
+            }
+        }
         Ok(Digest(out))
     }
 }
@@ -96,14 +107,28 @@ impl Serialize for Digest {
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
         if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            s.parse().map_err(serde::de::Error::custom)
+            d.deserialize_str(DigestText)
         } else {
             let bytes = <&[u8]>::deserialize(d)?;
             let bytes =
                 bytes.try_into().map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"32 bytes"))?;
             Ok(Digest(bytes))
         }
+    }
+}
+
+/// Parses `sha256:<hex>` from a string as the deserializer lends it (no copy).
+struct DigestText;
+
+impl serde::de::Visitor<'_> for DigestText {
+    type Value = Digest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a digest, sha256:<64 lowercase hex digits>")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Digest, E> {
+        s.parse().map_err(E::custom)
     }
 }
 
@@ -155,14 +180,33 @@ mod tests {
         let d = Digest::of(b"");
         assert_eq!(d.to_string(), EMPTY);
         assert_eq!(EMPTY.parse::<Digest>().unwrap(), d);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{EMPTY}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        // An escaped character makes serde_json hand over a copy, not a borrow.
+        assert_eq!(serde_json::from_str::<Digest>(&json.replacen('e', "\\u0065", 1)).unwrap(), d);
         assert!(d.matches(b""));
         assert!(!d.matches(b"x"));
     }
 
     #[test]
     fn rejects_malformed_digests() {
-        for bad in ["", "sha256:", "sha256:abc", "e3b0c442", &EMPTY.to_uppercase()] {
+        let one_off = |at: usize, with: &str| format!("{}{with}{}", &EMPTY[..at], &EMPTY[at + 1..]);
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            "e3b0c442",
+            &EMPTY.to_uppercase(),
+            &one_off(7, "E"),
+            &one_off(70, "g"),
+            &format!("{EMPTY}0"),
+            // 64 bytes, 63 characters.
+            &format!("sha256:\u{e9}{}", "a".repeat(62)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad:?} accepted");
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(serde_json::from_str::<Digest>(&json).is_err(), "{json} accepted");
         }
         let sha512 = format!("sha512:{}", "a".repeat(128));
         assert_eq!(sha512.parse::<Digest>(), Err(DigestError::Algorithm(sha512.clone())));
