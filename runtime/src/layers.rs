@@ -17,7 +17,7 @@ use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 use crate::image::stream::open_layer;
 use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
-use crate::plan::PrefetchPlan;
+use crate::plan::{PrefetchPlan, TocArrival, TocsPending};
 use crate::reference::Reference;
 use crate::registry::{Client, FetchStats};
 use crate::store::{ImageRecord, Store, StoreError};
@@ -58,7 +58,7 @@ pub fn open_layers(
 }
 
 /// As [`open_layers`], for an image already loaded; with an `early` plan, its first batches
-/// are fetched while the layers' tables of contents download.
+/// are fetched once the layers' tables of contents are in, while they are read.
 pub fn open_image_layers(
     client: &Arc<Client>,
     store: &Store,
@@ -77,20 +77,22 @@ pub fn open_image_layers(
     let priority = Arc::new(Priority::default());
     let blobs: Vec<LayerSource> =
         layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
+    let (pending, arrivals) = TocsPending::new(layers.len());
     if let Some(plan) = early {
-        tracing::debug!(batches = plan.batches.len(), "prefetching before the tables of contents");
+        tracing::debug!(batches = plan.batches.len(), "prefetching as the tables of contents are read");
         let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
-        plan.fetch_early(&sources, cache, &priority);
+        plan.fetch_early(&sources, cache, &priority, &pending);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = layers
             .iter()
             .zip(&diff_ids)
             .zip(blobs)
-            .map(|((desc, diff_id), blob)| {
+            .zip(arrivals)
+            .map(|(((desc, diff_id), blob), arrival)| {
                 let (source, priority) = (&source, priority.clone());
                 scope.spawn(move || {
-                    open_layer_lazily(client, store, cache, source, desc, *diff_id, blob, priority)
+                    open_layer_lazily(client, store, cache, source, desc, *diff_id, blob, priority, arrival)
                 })
             })
             .collect();
@@ -129,6 +131,7 @@ fn open_layer_lazily(
     diff_id: Digest,
     (source, fetched): LayerSource,
     priority: Arc<Priority>,
+    toc: TocArrival,
 ) -> Result<OpenedLayer, ImageError> {
     let what = format!("layer {} of {}", desc.digest, source_ref.name());
     let invalid = |why: String| ImageError::Invalid { what: what.clone(), why };
@@ -163,7 +166,10 @@ fn open_layer_lazily(
                     // A TOC offset that does not parse is no hint at all.
                     let hint = desc.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
                     let reader = match hint {
-                        Some(offset) => EstargzReader::open_at(&*source, expected.as_ref(), offset),
+                        Some(offset) => EstargzReader::fetch_tail(&*source, offset).and_then(|tail| {
+                            drop(toc);
+                            EstargzReader::open_tail(&*source, expected.as_ref(), offset, tail)
+                        }),
                         None => EstargzReader::open(&*source, expected.as_ref()),
                     }
                     .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
@@ -178,6 +184,8 @@ fn open_layer_lazily(
                     index
                 }
                 _ => {
+                    // Streaming is this layer's whole download, no table of contents.
+                    drop(toc);
                     streamed = desc.size;
                     stream_into_cache(&*restream, cache)
                         .map_err(|e| invalid(crate::registry::error_chain(&*e)))?

@@ -1,10 +1,10 @@
 //! A prefetch plan: the chunks a profile's prefetch fetches, resolved against an image's
 //! layers, in the prefetch's batches. `skiff convert` puts one in the manifest next to the
 //! profile, so that a start can fetch the first batches while the layers' tables of contents
-//! are still on their way (the link is otherwise idle then).
+//! are being read and indexed (the link is otherwise idle then).
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
@@ -15,8 +15,9 @@ use skiff_fs::{BlobSource, ChunkCache, Digest};
 /// Manifest annotation holding a [`PrefetchPlan`] as JSON.
 pub const PREFETCH_PLAN_ANNOTATION: &str = "io.skiff.prefetch-plan";
 
-/// How many of a plan's batches a start fetches before the tables of contents are in: about
-/// what the link can carry while they download. The union's prefetch does the rest.
+/// How many of a plan's batches a start fetches before the tables of contents are read: about
+/// what the link can carry while they are parsed and indexed. The union's prefetch does the
+/// rest.
 pub const EARLY_BATCHES: usize = 1;
 
 /// A planned chunk larger than this, inflated or not, makes the plan invalid: eStargz chunks
@@ -84,8 +85,16 @@ impl PrefetchPlan {
 
     /// Fetches the first [`EARLY_BATCHES`] batches into `cache` in the background, one
     /// thread each, from `sources` (one per layer, as in the manifest), yielding to
-    /// foreground reads as a prefetch does. Chunks cached or on their way are skipped.
-    pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
+    /// foreground reads as a prefetch does. Chunks cached or on their way are skipped. Each
+    /// thread starts once no table of contents is `pending`: those bytes are what every
+    /// start waits for first, so they get the link to themselves.
+    pub fn fetch_early(
+        &self,
+        sources: &[Arc<dyn BlobSource>],
+        cache: &ChunkCache,
+        priority: &Arc<Priority>,
+        pending: &Arc<TocsPending>,
+    ) {
         let empty = Arc::new(IndexBuilder::new().finish());
         let layers: Arc<Vec<Arc<dyn LayerView>>> = Arc::new(
             sources
@@ -100,13 +109,52 @@ impl PrefetchPlan {
         for batch in self.batches.iter().take(EARLY_BATCHES) {
             // Chunks of no file the (empty) index knows: errors name the layer's root.
             let batch: Vec<(usize, PrefetchChunk)> = batch.iter().map(|c| (c.0, (0, c.chunk()))).collect();
-            let layers = layers.clone();
-            let spawned = std::thread::Builder::new()
-                .name("skiff-early-prefetch".into())
-                .spawn(move || prefetch_batch(&layers, &batch));
+            let (layers, pending) = (layers.clone(), pending.clone());
+            let spawned = std::thread::Builder::new().name("skiff-early-prefetch".into()).spawn(move || {
+                pending.wait();
+                prefetch_batch(&layers, &batch)
+            });
             if let Err(e) = spawned {
                 tracing::debug!(error = %e, "no early prefetch");
             }
+        }
+    }
+}
+
+/// The layers whose table of contents is still downloading. Each opener holds a
+/// [`TocArrival`], dropped once its bytes are in (or its open failed).
+#[derive(Debug, Default)]
+pub struct TocsPending {
+    left: Mutex<usize>,
+    none_left: Condvar,
+}
+
+/// One layer's table of contents on its way, counted in its [`TocsPending`] until dropped.
+pub struct TocArrival(Arc<TocsPending>);
+
+impl TocsPending {
+    /// A count of `layers`, with an arrival to drop for each.
+    pub fn new(layers: usize) -> (Arc<TocsPending>, Vec<TocArrival>) {
+        let pending = Arc::new(TocsPending { left: Mutex::new(layers), none_left: Condvar::new() });
+        let arrivals = (0..layers).map(|_| TocArrival(pending.clone())).collect();
+        (pending, arrivals)
+    }
+
+    /// Waits until every arrival is dropped.
+    pub fn wait(&self) {
+        let mut left = self.left.lock().unwrap();
+        while *left > 0 {
+            left = self.none_left.wait(left).unwrap();
+        }
+    }
+}
+
+impl Drop for TocArrival {
+    fn drop(&mut self) {
+        let mut left = self.0.left.lock().unwrap();
+        *left -= 1;
+        if *left == 0 {
+            self.0.none_left.notify_all();
         }
     }
 }
@@ -135,6 +183,21 @@ mod tests {
     /// A layer of `files` (path, chunks), each chunk 1000 bytes in the blob.
     fn layer(tag: &str, files: &[(&str, u64)]) -> Arc<LayerIndex> {
         Arc::new(LayerIndex::of_test_files(tag, files, CHUNK, 1000))
+    }
+
+    #[test]
+    fn the_early_prefetch_waits_for_every_table_of_contents() {
+        let (pending, mut arrivals) = TocsPending::new(2);
+        let waiter = {
+            let pending = pending.clone();
+            std::thread::spawn(move || pending.wait())
+        };
+        drop(arrivals.pop());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "one table of contents is still on its way");
+        drop(arrivals);
+        waiter.join().unwrap();
+        TocsPending::new(0).0.wait();
     }
 
     #[test]

@@ -127,13 +127,34 @@ impl EstargzReader {
         expected_toc_digest: Option<&Digest>,
         toc_offset: u64,
     ) -> Result<EstargzReader, ReadError> {
-        let size = source.size();
-        let len = size.saturating_sub(toc_offset);
+        let tail = EstargzReader::fetch_tail(source, toc_offset)?;
+        EstargzReader::open_tail(source, expected_toc_digest, toc_offset, tail)
+    }
+
+    /// The first half of [`EstargzReader::open_at`]: the bytes from `toc_offset` to the end of
+    /// the blob, `None` when an offset cannot be a TOC's (too near the end, or too far).
+    pub fn fetch_tail<S: BlobSource + ?Sized>(
+        source: &S,
+        toc_offset: u64,
+    ) -> Result<Option<Vec<u8>>, ReadError> {
+        let len = source.size().saturating_sub(toc_offset);
         if len <= FOOTER_SIZE as u64 || len > MAX_TOC_COMPRESSED + FOOTER_SIZE as u64 {
-            return EstargzReader::open(source, expected_toc_digest);
+            return Ok(None);
         }
         let mut bytes = vec![0u8; len as usize];
         source.read_exact_at(toc_offset, &mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// The second half of [`EstargzReader::open_at`]: the reader from what
+    /// [`EstargzReader::fetch_tail`] brought, or from the footer if that was not the TOC.
+    pub fn open_tail<S: BlobSource + ?Sized>(
+        source: &S,
+        expected_toc_digest: Option<&Digest>,
+        toc_offset: u64,
+        tail: Option<Vec<u8>>,
+    ) -> Result<EstargzReader, ReadError> {
+        let Some(bytes) = tail else { return EstargzReader::open(source, expected_toc_digest) };
         match read_footer(&bytes) {
             Some(footer) if footer.toc_offset == toc_offset && footer.len < bytes.len() => {
                 let blob = source.name();
