@@ -72,6 +72,7 @@ pub struct Link {
     name: String,
     registry: Option<Child>,
     access_log: PathBuf,
+    storage: PathBuf,
 }
 
 impl Link {
@@ -80,7 +81,12 @@ impl Link {
     pub fn start(storage: &Path, log_dir: &Path) -> anyhow::Result<Link> {
         let name = format!("skiff-bench-{}", std::process::id());
         run_checked(Command::new("ip").args(["netns", "add", &name]))?;
-        let mut link = Link { name, registry: None, access_log: log_dir.join("registry-access.log") };
+        let mut link = Link {
+            name,
+            registry: None,
+            access_log: log_dir.join("registry-access.log"),
+            storage: storage.to_path_buf(),
+        };
         link.exec_checked(&["ip", "link", "set", "lo", "up"])?;
 
         std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
@@ -163,6 +169,14 @@ impl Link {
         run_checked(&mut self.exec_command(argv))
     }
 
+    /// Reads what the registry serves for `reference` (`REGISTRY/REPO:TAG`) back into the page
+    /// cache: the repository's link files, and the manifest, config and layer blobs of the
+    /// tag. Dropping the page cache empties the client's caches, and the registry's with them;
+    /// the registry is the far end of the link, and this puts its end back as it was.
+    pub fn warm_registry(&self, reference: &str) -> anyhow::Result<()> {
+        read_image_files(&self.storage, reference)
+    }
+
     /// Bytes sent on the namespace's `lo` so far (every packet is counted once).
     pub fn lo_bytes(&self) -> anyhow::Result<u64> {
         let out = Command::new("ip")
@@ -188,6 +202,54 @@ impl Link {
         file.read_to_string(&mut text).context("reading the registry access log")?;
         Ok(Traffic::from_access_log(&text))
     }
+}
+
+/// Reads the files a registry whose storage is `storage` serves for `reference`
+/// (`REGISTRY/REPO:TAG`): the repository's link files, and the tag's manifest, config and
+/// layer blobs.
+fn read_image_files(storage: &Path, reference: &str) -> anyhow::Result<()> {
+    let (repo, tag) = reference
+        .strip_prefix(&format!("{REGISTRY}/"))
+        .and_then(|r| r.rsplit_once(':'))
+        .with_context(|| format!("{reference}: not an image of the bench's registry"))?;
+    let v2 = storage.join("docker/registry/v2");
+    let repository = v2.join("repositories").join(repo);
+    for file in files_under(&repository) {
+        std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    let blob = |digest: &str| -> anyhow::Result<Vec<u8>> {
+        let hex = digest.strip_prefix("sha256:").with_context(|| format!("{digest}: not sha256"))?;
+        let path = v2.join("blobs/sha256").join(hex.get(..2).unwrap_or(hex)).join(hex).join("data");
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let tag_link = repository.join("_manifests/tags").join(tag).join("current/link");
+    let manifest_digest =
+        std::fs::read_to_string(&tag_link).with_context(|| format!("reading {}", tag_link.display()))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest.trim())?)
+        .with_context(|| format!("{reference}: parsing its manifest"))?;
+    let layers = manifest["layers"].as_array().into_iter().flatten();
+    for descriptor in std::iter::once(&manifest["config"]).chain(layers) {
+        if let Some(digest) = descriptor["digest"].as_str() {
+            blob(digest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file under `dir`, at any depth (none if it cannot be listed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    files
 }
 
 impl Drop for Link {
@@ -233,6 +295,40 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warming_reads_the_tags_blobs_and_names_a_missing_one() {
+        let storage = tempfile::tempdir().unwrap();
+        let v2 = storage.path().join("docker/registry/v2");
+        let put_blob = |name: &str, bytes: &[u8]| {
+            let hex = format!("{:0>64}", name);
+            let dir = v2.join("blobs/sha256").join(&hex[..2]).join(&hex);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("data"), bytes).unwrap();
+            format!("sha256:{hex}")
+        };
+        let config = put_blob("c", b"{}");
+        let layer = put_blob("1", b"layer");
+        let missing = format!("sha256:{:0>64}", "2");
+        let manifest = |layers: &[&str]| {
+            let layers: Vec<_> = layers.iter().map(|d| serde_json::json!({ "digest": d })).collect();
+            serde_json::json!({ "config": { "digest": config }, "layers": layers }).to_string()
+        };
+        let tag = |name: &str, digest: &str| {
+            let dir = v2.join("repositories/skiff-bench/app/_manifests/tags").join(name).join("current");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("link"), digest).unwrap();
+        };
+        tag("good", &put_blob("a", manifest(&[&layer]).as_bytes()));
+        tag("bad", &put_blob("b", manifest(&[&layer, &missing]).as_bytes()));
+
+        read_image_files(storage.path(), &format!("{REGISTRY}/skiff-bench/app:good")).unwrap();
+        let err = read_image_files(storage.path(), &format!("{REGISTRY}/skiff-bench/app:bad")).unwrap_err();
+        assert!(format!("{err:#}").contains(&missing[7..]), "{err:#}");
+        let err = read_image_files(storage.path(), &format!("{REGISTRY}/skiff-bench/app:none")).unwrap_err();
+        assert!(format!("{err:#}").contains("tags/none/current/link"), "{err:#}");
+        assert!(read_image_files(storage.path(), "docker.io/library/app:good").is_err());
+    }
 
     #[test]
     fn rates_in_bits() {

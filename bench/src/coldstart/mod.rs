@@ -51,6 +51,10 @@ pub struct Args {
     /// Skip the warm runs.
     #[arg(long)]
     no_warm: bool,
+    /// Leave the registry's files out of the page cache for cold runs too, as they are left
+    /// after the drop (by default they are read back in: the registry is the link's far end).
+    #[arg(long)]
+    cold_registry: bool,
     /// Shape the link to this rate (tc units: 100mbit, 1gbit).
     #[arg(long, value_parser = link::parse_rate)]
     rate: Option<u64>,
@@ -269,6 +273,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 for &phase in phases {
                     if phase == Phase::Cold {
                         dropped_page_cache &= drop_page_cache();
+                        if !args.cold_registry {
+                            link.warm_registry(mode.image(w))?;
+                        }
                     }
                     let result = runner.measure(w, mode, phase, &root, i);
                     bail_if_interrupted()?;
@@ -316,7 +323,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     let report = Report::new(
-        LinkInfo { rate_bits_per_s: args.rate, delay_ms: args.delay },
+        LinkInfo { rate_bits_per_s: args.rate, delay_ms: args.delay, cold_registry: args.cold_registry },
         dropped_page_cache,
         skipped,
         samples,

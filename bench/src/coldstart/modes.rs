@@ -57,6 +57,15 @@ impl Mode {
         self != Mode::Podman
     }
 
+    /// The image the mode runs (`--pull-mode` aside).
+    pub fn image(self, w: &Workload) -> &str {
+        match self {
+            Mode::Full | Mode::Podman => &w.gzip_ref,
+            Mode::Optimized => &w.optimized_ref,
+            Mode::Lazy | Mode::Profile => &w.estargz_ref,
+        }
+    }
+
     /// Whether the mode needs a recorded profile.
     pub fn has_profile(self) -> bool {
         matches!(self, Mode::Profile | Mode::Optimized)
@@ -176,21 +185,8 @@ impl Runner<'_> {
             argv.push("--record-profile");
         }
         // Named either way: skiff's default mode is not the bench's to assume.
-        let image = match mode {
-            Mode::Full => {
-                argv.extend(["--pull-mode", "full"]);
-                &w.gzip_ref
-            }
-            Mode::Optimized => {
-                argv.extend(["--pull-mode", "lazy"]);
-                &w.optimized_ref
-            }
-            _ => {
-                argv.extend(["--pull-mode", "lazy"]);
-                &w.estargz_ref
-            }
-        };
-        argv.push(image);
+        argv.extend(["--pull-mode", if mode == Mode::Full { "full" } else { "lazy" }]);
+        argv.push(mode.image(w));
         argv.extend(w.command.iter().map(String::as_str));
         self.link.exec_command(&argv)
     }

@@ -94,6 +94,9 @@ pub struct LinkInfo {
     /// `None`: unshaped loopback.
     pub rate_bits_per_s: Option<u64>,
     pub delay_ms: Option<u64>,
+    /// Whether the registry's files stayed out of the page cache for cold runs
+    /// (`--cold-registry`) instead of being read back in after the drop.
+    pub cold_registry: bool,
 }
 
 impl LinkInfo {
@@ -233,10 +236,10 @@ impl Report {
             out,
             "link: {}; page cache {}",
             self.link.describe(),
-            if self.dropped_page_cache {
-                "dropped before each cold run"
-            } else {
-                "NOT dropped (not allowed)"
+            match (self.dropped_page_cache, self.link.cold_registry) {
+                (true, false) => "dropped before each cold run, the registry's files read back in",
+                (true, true) => "dropped before each cold run, the registry's too",
+                (false, _) => "NOT dropped (not allowed)",
             }
         );
         let header = [
@@ -556,7 +559,7 @@ mod tests {
             error: "boom".into(),
         }];
         Report::new(
-            LinkInfo { rate_bits_per_s: rate, delay_ms: None },
+            LinkInfo { rate_bits_per_s: rate, delay_ms: None, cold_registry: false },
             true,
             vec![(Mode::Profile, "no --record-profile".into())],
             samples,
@@ -608,7 +611,10 @@ mod tests {
     #[test]
     fn table_lists_every_row_skip_and_failure() {
         let t = report(Some(100_000_000)).table();
-        assert!(t.starts_with("link: 100 Mbit/s (tbf); page cache dropped"), "{t}");
+        assert!(
+            t.starts_with("link: 100 Mbit/s (tbf); page cache dropped before each cold run, the registry's files read back in"),
+            "{t}"
+        );
         assert!(t.contains("2.00 [1.00-3.00]"), "{t}");
         assert!(t.contains("(1 failed)"), "{t}");
         assert!(t.contains("skipped skiff-profile: no --record-profile"), "{t}");
@@ -671,8 +677,14 @@ mod tests {
         assert!(svg.contains("a&lt;b&amp;&quot;c&quot;"));
         assert!(svg.contains("stroke-dasharray"), "the ideal line");
         assert_well_formed(
-            &Report::new(LinkInfo { rate_bits_per_s: None, delay_ms: None }, false, vec![], vec![], vec![])
-                .svg(),
+            &Report::new(
+                LinkInfo { rate_bits_per_s: None, delay_ms: None, cold_registry: false },
+                false,
+                vec![],
+                vec![],
+                vec![],
+            )
+            .svg(),
         );
     }
 
