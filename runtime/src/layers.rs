@@ -83,17 +83,15 @@ pub fn open_image_layers(
         let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
         plan.fetch_early(&sources, cache, &priority, &pending);
     }
+    let image = ImageLayers { client, store, cache, source: &source, priority: &priority };
     std::thread::scope(|scope| {
         let handles: Vec<_> = layers
             .iter()
             .zip(&diff_ids)
             .zip(blobs)
             .zip(arrivals)
-            .map(|(((desc, diff_id), blob), arrival)| {
-                let (source, priority) = (&source, priority.clone());
-                scope.spawn(move || {
-                    open_layer_lazily(client, store, cache, source, desc, *diff_id, blob, priority, arrival)
-                })
+            .map(|(((desc, &diff_id), blob), toc)| {
+                scope.spawn(move || open_layer_lazily(image, LayerToOpen { desc, diff_id, blob, toc }))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()
@@ -121,18 +119,29 @@ fn layer_source(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn open_layer_lazily(
-    client: &Arc<Client>,
-    store: &Store,
-    cache: &ChunkCache,
-    source_ref: &Reference,
-    desc: &Descriptor,
+/// What every layer of one image is opened with.
+#[derive(Clone, Copy)]
+struct ImageLayers<'a> {
+    client: &'a Arc<Client>,
+    store: &'a Store,
+    cache: &'a ChunkCache,
+    /// The image, by digest, for the layers' blob URLs.
+    source: &'a Reference,
+    priority: &'a Arc<Priority>,
+}
+
+/// One layer to open: where its bytes come from, and its place among the tables of contents
+/// an early prefetch waits for.
+struct LayerToOpen<'a> {
+    desc: &'a Descriptor,
     diff_id: Digest,
-    (source, fetched): LayerSource,
-    priority: Arc<Priority>,
+    blob: LayerSource,
     toc: TocArrival,
-) -> Result<OpenedLayer, ImageError> {
+}
+
+fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<OpenedLayer, ImageError> {
+    let ImageLayers { client, store, cache, source: source_ref, priority } = image;
+    let LayerToOpen { desc, diff_id, blob: (source, fetched), toc } = layer;
     let what = format!("layer {} of {}", desc.digest, source_ref.name());
     let invalid = |why: String| ImageError::Invalid { what: what.clone(), why };
     let stored = store.read_layer_index(&desc.digest);
@@ -203,7 +212,7 @@ fn open_layer_lazily(
             index
         }
     };
-    let mut layer = LazyLayer::new(index, cache.clone(), source).with_priority(priority);
+    let mut layer = LazyLayer::new(index, cache.clone(), source).with_priority(priority.clone());
     if !matches!(format, LayerFormat::Estargz { .. }) {
         layer = layer.with_restream(restream);
     }
