@@ -11,7 +11,7 @@ use skiff_fs::union::Union;
 use skiff_fs::{Digest, Sha256Writer};
 
 use super::{ImageError, StoredImage};
-use crate::manifest::{Descriptor, DOCKER_MANIFEST, OCI_CONFIG};
+use crate::manifest::{Descriptor, ImageManifest, DOCKER_MANIFEST, OCI_CONFIG};
 use crate::reference::Reference;
 use crate::store::{ImageRecord, Store, StoreError, Verified};
 
@@ -125,8 +125,36 @@ fn store_image(
         Some(h) => h.push(entry),
         None => config["history"] = serde_json::json!([entry]),
     }
-    config["created"] = now.clone().into();
-    let config_bytes = serde_json::to_vec(&config).expect("JSON serializes");
+    config["created"] = now.into();
+    write_image(store, image, &config, manifest, objects, dest)
+}
+
+/// `base`'s image without the ONBUILD triggers its config carries, stored as `dest`: what a
+/// build's FROM starts from once it has taken the triggers to run. Nothing else changes (no
+/// history entry, as docker writes none), so the same base gives the same image.
+pub fn without_triggers(
+    store: &Store,
+    base: &ImageRecord,
+    dest: &Reference,
+) -> Result<ImageRecord, ImageError> {
+    let image = StoredImage::load(store, base)?;
+    let mut config = changed_config(&image, &[])?;
+    if let Some(container_config) = config["config"].as_object_mut() {
+        container_config.remove("OnBuild");
+    }
+    write_image(store, &image, &config, image.manifest.clone(), Vec::new(), dest)
+}
+
+/// Stores `config` and `manifest` (pointed at it), with `objects` already staged, as `dest`.
+fn write_image(
+    store: &Store,
+    image: &StoredImage,
+    config: &serde_json::Value,
+    mut manifest: ImageManifest,
+    mut objects: Vec<Verified>,
+    dest: &Reference,
+) -> Result<ImageRecord, ImageError> {
+    let config_bytes = serde_json::to_vec(config).expect("JSON serializes");
     manifest.config.digest = Digest::of(&config_bytes);
     manifest.config.size = config_bytes.len() as u64;
     if image.media_type != DOCKER_MANIFEST {
@@ -139,7 +167,7 @@ fn store_image(
         digest: manifest_digest,
         manifest: manifest_digest,
         source: image.record.source.clone(),
-        updated: now,
+        updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     objects.push(stage(store, &config_bytes)?);
     objects.push(stage(store, &manifest_bytes)?);

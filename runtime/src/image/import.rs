@@ -140,6 +140,12 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
                 config["ExposedPorts"][port] = serde_json::json!({});
             }
         }
+        "ONBUILD" => {
+            check_trigger(rest)?;
+            let mut triggers = config["OnBuild"].as_array_mut().map(std::mem::take).unwrap_or_default();
+            triggers.push(rest.into());
+            config["OnBuild"] = triggers.into();
+        }
         "VOLUME" => {
             let paths = match serde_json::from_str::<Vec<String>>(rest) {
                 Ok(paths) => paths,
@@ -151,11 +157,23 @@ pub(super) fn apply_change(config: &mut serde_json::Value, change: &str) -> Resu
         }
         other => {
             return Err(format!(
-                "{other} cannot be applied (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL can)"
+                "{other} cannot be applied (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD can)"
             ))
         }
     }
     Ok(())
+}
+
+/// An ONBUILD trigger's instruction is one a build can run after a FROM: not FROM itself, not
+/// MAINTAINER, not another ONBUILD (docker's rules).
+pub fn check_trigger(trigger: &str) -> Result<(), String> {
+    let keyword = trigger.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    match keyword.as_str() {
+        "" => Err("ONBUILD needs an instruction".into()),
+        "ONBUILD" => Err("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into()),
+        "FROM" | "MAINTAINER" => Err(format!("{keyword} isn't allowed as an ONBUILD trigger")),
+        _ => Ok(()),
+    }
 }
 
 /// `[--interval=D] [--timeout=D] [--start-period=D] [--retries=N] CMD …`, or `NONE`: the
@@ -236,9 +254,21 @@ mod tests {
             "LABEL org.example=x",
             "EXPOSE 80 53/udp",
             r#"VOLUME ["/data"]"#,
+            "ONBUILD RUN make",
+            "onbuild COPY . /src",
         ] {
             apply_change(&mut config, change).unwrap();
         }
+        assert_eq!(config["OnBuild"], serde_json::json!(["RUN make", "COPY . /src"]));
+        for (trigger, why) in [
+            ("ONBUILD ONBUILD RUN x", "chaining ONBUILD"),
+            ("ONBUILD FROM debian", "FROM isn't allowed"),
+            ("ONBUILD maintainer me", "MAINTAINER isn't allowed"),
+        ] {
+            let err = apply_change(&mut config, trigger).unwrap_err();
+            assert!(err.contains(why), "{trigger}: {err}");
+        }
+        assert_eq!(config["OnBuild"].as_array().map(Vec::len), Some(2), "a refused trigger is not added");
         assert_eq!(config["Cmd"], serde_json::json!(["cat", "/etc/os-release"]));
         assert_eq!(config["Entrypoint"], serde_json::json!(["/bin/sh", "-c", "echo hi"]));
         assert_eq!(config["Env"], serde_json::json!(["B=two words", "A=3"]));

@@ -14,12 +14,12 @@ pub mod stream;
 use skiff_fs::Digest;
 
 pub use archive::{load, save};
-pub use commit::{change_config, commit, CommitOptions, LayerCompression};
+pub use commit::{change_config, commit, without_triggers, CommitOptions, LayerCompression};
 pub use convert::{
     convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,
 };
 pub use format::LayerFormat;
-pub use import::{import, ImportOptions};
+pub use import::{check_trigger, import, ImportOptions};
 pub use inspect::{inspect, ImageDetails, LayerDetails};
 pub use pull::{pull, PullOptions, PullResult};
 pub use push::{push, PushResult};

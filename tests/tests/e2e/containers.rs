@@ -497,6 +497,68 @@ fn build_makes_an_image_from_a_dockerfile() {
 }
 
 #[test]
+fn build_runs_the_base_images_onbuild_triggers() {
+    let Some((f, env)) = env() else { return };
+    let context = env.dir.path().join("onbuild");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("input.txt"), "from the child's context\n").unwrap();
+    let dir = context.to_str().unwrap();
+    let base = format!("{}/built/onbuild-base:v1", f.registry.addr);
+    let dockerfile = format!(
+        "FROM {}\n\
+         ONBUILD ARG WHO=child\n\
+         ONBUILD RUN echo triggered by $WHO > /triggered\n\
+         ONBUILD COPY input.txt /input.txt\n\
+         CMD [\"cat\", \"/triggered\", \"/input.txt\"]\n",
+        f.busybox_ref
+    );
+    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+    env.run(&["build", "-t", &base, dir]).ok();
+    // The base keeps its triggers, not run.
+    let triggers = env.run(&["inspect", "-f", "{{json .Config.OnBuild}}", &base]).ok().to_string();
+    assert_eq!(
+        triggers,
+        "[\"ARG WHO=child\",\"RUN echo triggered by $WHO > /triggered\",\"COPY input.txt /input.txt\"]\n"
+    );
+    assert_eq!(
+        env.run(&["run", "--rm", &base, "ls", "/"]).ok().lines().filter(|l| *l == "triggered").count(),
+        0
+    );
+
+    // A child runs them right after its FROM, with its own build args and context; its image
+    // does not keep them. Built again, the triggers' steps come from the cache.
+    let child = format!("{}/built/onbuild-child:v1", f.registry.addr);
+    std::fs::write(context.join("Dockerfile"), format!("FROM {base}\nLABEL child=yes\n")).unwrap();
+    let build_child = || env.run(&["build", "--build-arg", "WHO=args", "-t", &child, dir]).ok().to_string();
+    let printed = build_child();
+    assert!(printed.contains("# Executing 3 build triggers"), "{printed}");
+    assert!(!printed.contains("were not consumed"), "the trigger's ARG took the build arg: {printed}");
+    assert_eq!(env.run(&["run", "--rm", &child]).ok(), "triggered by args\nfrom the child's context\n");
+    let kept = env.run(&["inspect", "-f", "{{json .Config.OnBuild}}", &child]).ok().to_string();
+    assert_eq!(kept, "<no value>\n", "the child's config has no OnBuild");
+    let again = build_child();
+    assert_eq!(again.matches("Using cache").count(), 3, "{again}");
+
+    // A trigger docker refuses is refused where it is declared; one that fails fails the
+    // child's build, naming it.
+    std::fs::write(context.join("Dockerfile"), format!("FROM {}\nONBUILD FROM x\n", f.busybox_ref)).unwrap();
+    let out = env.run(&["build", "-t", &base, dir]);
+    assert!(out.failed().contains("FROM isn't allowed as an ONBUILD trigger"), "{out:?}");
+    let failing = format!("{}/built/onbuild-failing:v1", f.registry.addr);
+    std::fs::write(context.join("Dockerfile"), format!("FROM {}\nONBUILD RUN exit 4\n", f.busybox_ref))
+        .unwrap();
+    env.run(&["build", "-t", &failing, dir]).ok();
+    std::fs::write(context.join("Dockerfile"), format!("FROM {failing}\nLABEL never=made\n")).unwrap();
+    let out = env.run(&["build", "-t", &child, dir]);
+    let err = out.failed();
+    assert!(
+        err.contains(&format!("the ONBUILD trigger \"RUN exit 4\" of {failing}")) && err.contains("code 4"),
+        "{out:?}"
+    );
+    assert!(env.run(&["ps", "-a", "-q"]).ok().is_empty(), "a build container was left");
+}
+
+#[test]
 fn stop_kills_after_the_timeout_and_kill_sends_the_signal() {
     let Some((f, env)) = env() else { return };
     let a = env.detach(&[&f.busybox_ref, "sleep", "1000"]);

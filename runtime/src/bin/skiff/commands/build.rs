@@ -46,8 +46,19 @@ pub struct Args {
 }
 
 /// Config instructions: each makes an image of the same layers with its config changed.
-const CONFIG: [&str; 10] =
-    ["ENV", "LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL", "USER", "WORKDIR", "CMD", "ENTRYPOINT", "HEALTHCHECK"];
+const CONFIG: [&str; 11] = [
+    "ENV",
+    "LABEL",
+    "EXPOSE",
+    "VOLUME",
+    "STOPSIGNAL",
+    "USER",
+    "WORKDIR",
+    "CMD",
+    "ENTRYPOINT",
+    "HEALTHCHECK",
+    "ONBUILD",
+];
 
 pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     // COPY mounts the files of the containers it makes where no one else sees them; they go
@@ -211,9 +222,10 @@ impl Build<'_> {
             }
             "COPY" | "ADD" => self.copy(keyword, &dockerfile::substitute(&step.args, &self.vars)),
             _ if CONFIG.contains(&keyword) => {
-                // The commands are the container's to expand, as docker leaves them.
+                // The commands are the container's to expand, as docker leaves them; a trigger
+                // is expanded where it runs, in the build of an image FROM this one.
                 let text = match keyword {
-                    "CMD" | "ENTRYPOINT" | "HEALTHCHECK" => step.args.clone(),
+                    "CMD" | "ENTRYPOINT" | "HEALTHCHECK" | "ONBUILD" => step.args.clone(),
                     _ => dockerfile::substitute(&step.args, &self.vars),
                 };
                 let text = match keyword {
@@ -297,13 +309,12 @@ impl Build<'_> {
             self.run_id,
             self.stages.len()
         ))?;
-        let store = &self.store;
         let record = match self.stage(&name) {
             Some(record) => record,
-            None => match store.find_image(&name) {
+            None => match self.store.find_image(&name) {
                 Ok(record) => record,
                 Err(_) => {
-                    super::pulled(store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
+                    super::pulled(&self.store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
                 }
             },
         };
@@ -312,17 +323,45 @@ impl Build<'_> {
         self.args = BTreeMap::new();
         self.vars = BTreeMap::new();
         // The image's environment counts for `$NAME` in the instructions after.
-        for entry in self.config(&record)?["config"]["Env"].as_array().into_iter().flatten() {
+        let config = self.config(&record)?;
+        for entry in config["config"]["Env"].as_array().into_iter().flatten() {
             if let Some((key, value)) = entry.as_str().and_then(|e| e.split_once('=')) {
                 self.vars.insert(key.to_string(), value.to_string());
             }
         }
+        let triggers: Vec<&str> =
+            config["config"]["OnBuild"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
         // Named as the stage's result from the start: the image itself, so that what the
-        // cache keeps for its steps is found again.
-        let named = ImageRecord { name: self.target.to_string(), ..record };
-        store.commit_image(Vec::new(), named.clone())?;
+        // cache keeps for its steps is found again. Its ONBUILD triggers are this build's to
+        // run, not its image's to keep.
+        let named = if triggers.is_empty() {
+            let named = ImageRecord { name: self.target.to_string(), ..record };
+            self.store.commit_image(Vec::new(), named.clone())?;
+            named
+        } else {
+            skiff::image::without_triggers(&self.store, &record, &self.target)?
+        };
         self.image = Some(named);
         self.stage_name = stage;
+        if !triggers.is_empty() {
+            println!(
+                "# Executing {} build trigger{}",
+                triggers.len(),
+                if triggers.len() == 1 { "" } else { "s" }
+            );
+        }
+        for trigger in triggers {
+            let ran = skiff::image::check_trigger(trigger)
+                .map_err(anyhow::Error::msg)
+                .and_then(|()| dockerfile::parse(trigger).map_err(anyhow::Error::msg))
+                .and_then(|steps| {
+                    steps.iter().try_for_each(|step| {
+                        println!(" ---> ONBUILD {} {}", step.keyword, step.args);
+                        self.step(step)
+                    })
+                });
+            ran.with_context(|| format!("the ONBUILD trigger {trigger:?} of {name}"))?;
+        }
         Ok(())
     }
 

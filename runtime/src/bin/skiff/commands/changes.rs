@@ -34,7 +34,7 @@ pub struct CommitArgs {
     #[arg(short, long)]
     author: Option<String>,
     /// A Dockerfile instruction for the new image's config (CMD, ENTRYPOINT, ENV, WORKDIR,
-    /// USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    /// USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD); repeatable.
     #[arg(short, long = "change")]
     changes: Vec<String>,
     /// Pause a running container while its changes are read, as docker does (`--pause

@@ -12,7 +12,7 @@ use crate::context::Context;
 #[derive(clap::Args)]
 pub struct Args {
     /// A Dockerfile instruction for the image's config (CMD, ENTRYPOINT, ENV, WORKDIR, USER,
-    /// LABEL, EXPOSE, VOLUME, STOPSIGNAL); repeatable.
+    /// LABEL, EXPOSE, VOLUME, STOPSIGNAL, HEALTHCHECK, ONBUILD); repeatable.
     #[arg(short, long = "change")]
     changes: Vec<String>,
     /// Comment for the image's history entry.
