@@ -256,6 +256,8 @@ pub fn free_id_range(taken: &[skiff_fs::IdRange]) -> skiff_fs::IdMap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
     pub args: Vec<String>,
+    /// How many of `args` are the entrypoint; the rest are the command (docker's Cmd).
+    pub entrypoint_len: usize,
     pub env: Vec<String>,
     pub cwd: PathBuf,
     pub user: Option<String>,
@@ -278,6 +280,7 @@ pub fn resolve(
         None => (c.entrypoint().clone().unwrap_or_default(), c.cmd().clone().unwrap_or_default()),
     };
     let cmd = if options.command.is_empty() { image_cmd } else { options.command.clone() };
+    let entrypoint_len = entrypoint.len();
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         return Err(ConfigError::NoCommand { image: image.to_string() });
@@ -308,7 +311,7 @@ pub fn resolve(
             signal.as_str().to_string()
         }
     };
-    Ok(Process { args, env, cwd, user, stop_signal })
+    Ok(Process { args, entrypoint_len, env, cwd, user, stop_signal })
 }
 
 /// `-e` entries as `KEY=VALUE`: a bare `KEY` takes its value from `host_env` (skiff's own
@@ -431,15 +434,16 @@ mod tests {
     #[test]
     fn entrypoint_and_cmd_merge_as_in_docker() {
         let config = image(serde_json::json!({"Entrypoint": ["/ep"], "Cmd": ["a", "b"]}));
-        let run = |o: RunOptions| resolve("img", &config, &o, &no_env).map(|p| p.args);
-        assert_eq!(run(RunOptions::default()).unwrap(), ["/ep", "a", "b"]);
+        // The command, and how much of it is the entrypoint.
+        let run = |o: RunOptions| resolve("img", &config, &o, &no_env).map(|p| (p.args, p.entrypoint_len));
+        assert_eq!(run(RunOptions::default()).unwrap(), (vec!["/ep".into(), "a".into(), "b".into()], 1));
         let args = RunOptions { command: vec!["c".into()], ..Default::default() };
-        assert_eq!(run(args).unwrap(), ["/ep", "c"]);
+        assert_eq!(run(args).unwrap(), (vec!["/ep".into(), "c".into()], 1));
         let ep = RunOptions { entrypoint: Some("/other".into()), ..Default::default() };
-        assert_eq!(run(ep).unwrap(), ["/other"]);
+        assert_eq!(run(ep).unwrap(), (vec!["/other".into()], 1));
         let cleared =
             RunOptions { entrypoint: Some(String::new()), command: vec!["sh".into()], ..Default::default() };
-        assert_eq!(run(cleared).unwrap(), ["sh"]);
+        assert_eq!(run(cleared).unwrap(), (vec!["sh".into()], 0));
         let nothing = RunOptions { entrypoint: Some(String::new()), ..Default::default() };
         assert!(matches!(run(nothing), Err(ConfigError::NoCommand { .. })));
     }

@@ -452,6 +452,7 @@ impl Containers {
             network_container,
             log_rotation: options.log_rotation,
             published: Vec::new(),
+            entrypoint_len: Some(process.entrypoint_len),
             spec,
         };
         fs::create_dir_all(&paths.rootfs).map_err(io_err("creating", &paths.rootfs))?;

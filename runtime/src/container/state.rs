@@ -184,6 +184,10 @@ pub struct State {
     /// The ports published while it runs, with the host ports bound.
     #[serde(default)]
     pub published: Vec<super::ports::PortMapping>,
+    /// How many of `spec.args` are the entrypoint (the image's or `--entrypoint`), the rest
+    /// being the command; `None` in records made before skiff kept it.
+    #[serde(default)]
+    pub entrypoint_len: Option<usize>,
     /// What the sandbox runs; `rootfs` and `state_dir` point into the container's directory.
     pub spec: ContainerSpec,
 }

@@ -89,6 +89,14 @@ fn detached_container_logs_stops_and_is_removed() {
     let image =
         env.run(&["inspect", "-f", "{{json .RepoTags}} {{.Os}} {{json .Config.Cmd}}", &f.busybox_ref]);
     assert_eq!(image.ok(), format!("[\"{}\"] linux [\"/bin/sh\"]\n", f.busybox_ref));
+    // The command, and the entrypoint apart from it, as docker shows them.
+    let command = "{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Path}} {{json .Args}}";
+    let line = env.run(&["inspect", "-f", command, "web"]).ok().to_string();
+    assert_eq!(line, format!("null [\"sh\",\"-c\",{script:?}] sh [\"-c\",{script:?}]\n"));
+    env.run(&["create", "--name", "with-entrypoint", "--entrypoint", "echo", &f.busybox_ref, "a", "b"]).ok();
+    let line = env.run(&["inspect", "-f", command, "with-entrypoint"]).ok().to_string();
+    assert_eq!(line, "[\"echo\"] [\"a\",\"b\"] echo [\"a\",\"b\"]\n");
+    env.run(&["rm", "with-entrypoint"]).ok();
     // rm refuses a running container.
     assert!(env.run(&["rm", "web"]).failed().contains("running"));
     env.run(&["stop", "-t", "5", "web"]).ok();

@@ -141,6 +141,10 @@ fn docker_fields(containers: &Containers, s: &State) -> serde_json::Map<String, 
         (skiff::sandbox::Network::Host, None) => "host".to_string(),
         _ => "none".to_string(),
     };
+    // docker's Entrypoint and Cmd, each null when empty; a record that did not keep where the
+    // entrypoint ends shows the whole command as Cmd.
+    let (entrypoint, cmd) = spec.args.split_at(s.entrypoint_len.unwrap_or(0).min(spec.args.len()));
+    let list_or_null = |l: &[String]| if l.is_empty() { serde_json::Value::Null } else { json!(l) };
     let fields = json!({
         "Id": s.id,
         "Name": format!("/{}", s.name),
@@ -154,7 +158,8 @@ fn docker_fields(containers: &Containers, s: &State) -> serde_json::Map<String, 
             "Hostname": spec.hostname,
             "User": spec.user.clone().unwrap_or_default(),
             "Env": spec.env,
-            "Cmd": spec.args,
+            "Entrypoint": list_or_null(entrypoint),
+            "Cmd": list_or_null(cmd),
             "Image": s.image.name,
             "WorkingDir": spec.cwd,
             "Labels": s.labels,
