@@ -323,7 +323,7 @@ impl Containers {
         spec.tmpfs = options.tmpfs.clone();
         spec.network = options.network.clone();
         spec.capabilities = options.capabilities.clone();
-        spec.resources = options.resources;
+        spec.resources = options.resources.clone();
         spec.init = options.init;
         spec.tty = options.tty;
         spec.rlimits = options.ulimits.clone();

@@ -171,7 +171,7 @@ pub fn spawn(spec: &ContainerSpec, stdio: Stdio) -> Result<Container, Error> {
         .map(|d| devices::Node::of(&d.host).map(|node| node.rule(&d.permissions)))
         .collect::<Result<Vec<_>, _>>()?;
     let limits = cgroups::Limits {
-        resources: spec.resources,
+        resources: spec.resources.clone(),
         devices: (!spec.capabilities.privileged).then(|| cgroups::allowed_devices(device_rules)),
     };
     let cgroup = cgroups::Cgroup::create(&layout, &spec.id, &limits)?;

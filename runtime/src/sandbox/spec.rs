@@ -338,8 +338,8 @@ pub struct CapabilityOptions {
 }
 
 /// `--memory`, `--cpus`, `--pids-limit`, `--memory-swap`, `--memory-reservation`,
-/// `--cpu-shares`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// `--cpu-shares`, `--cpuset-cpus`, `--cpuset-mems`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resources {
     /// Bytes; swap on top of it only as `memory_swap` allows.
     pub memory: Option<u64>,
@@ -356,6 +356,12 @@ pub struct Resources {
     /// Its CPU weight against the others' (docker's 1024 when `None`).
     #[serde(default)]
     pub cpu_shares: Option<u64>,
+    /// The CPUs it may run on, in the kernel's list syntax (`0-3,6`); `None`: its parent's.
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// The memory nodes it may allocate from, as `cpuset_cpus`; `None`: its parent's.
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
 }
 
 /// One resource limit, `--ulimit NAME=SOFT[:HARD]`.

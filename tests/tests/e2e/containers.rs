@@ -1486,6 +1486,41 @@ fn update_changes_a_running_containers_limits_and_keeps_them() {
 }
 
 #[test]
+fn cpuset_cpus_pin_the_container_and_update_moves_it() {
+    let Some((f, env)) = env() else { return };
+    let allowed = |pid: &str| format!("grep Cpus_allowed_list /proc/{pid}/status");
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap().trim().to_string();
+    let run = |flags: &[&str], pid: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend(flags);
+        let script = allowed(pid);
+        args.extend([f.busybox_ref.as_str(), "sh", "-c", &script]);
+        env.run(&args)
+    };
+    assert_eq!(run(&[], "self").ok(), format!("Cpus_allowed_list:\t{online}\n"), "unpinned: every CPU");
+    assert_eq!(run(&["--cpuset-cpus", "0"], "self").ok(), "Cpus_allowed_list:\t0\n");
+    assert_eq!(run(&["--cpuset-cpus", "0", "--cpuset-mems", "0"], "self").ok(), "Cpus_allowed_list:\t0\n");
+    // A CPU this machine does not have, or no list at all, is refused by name.
+    let out = run(&["--cpuset-cpus", "0,4096"], "self");
+    assert!(out.failed().contains("--cpuset-cpus 0,4096: 4096 is not available"), "{out:?}");
+    let out = run(&["--cpuset-cpus", "1-a"], "self");
+    assert!(out.failed().contains("\"1-a\" is not a list of ids"), "{out:?}");
+    // update moves a running container to other CPUs, and keeps them for its next start.
+    if online != "0" {
+        env.detach(&["--name", "pinned", "--cpuset-cpus", "0", &f.busybox_ref, "sleep", "1000"]);
+        let pinned = || env.run(&["exec", "pinned", "sh", "-c", &allowed("1")]).ok().to_string();
+        assert_eq!(pinned(), "Cpus_allowed_list:\t0\n");
+        env.run(&["update", "--cpuset-cpus", "1", "pinned"]).ok();
+        assert_eq!(pinned(), "Cpus_allowed_list:\t1\n");
+        env.run(&["restart", "-t", "0", "pinned"]).ok();
+        assert_eq!(pinned(), "Cpus_allowed_list:\t1\n");
+        env.run(&["update", "--cpuset-cpus", "", "pinned"]).ok();
+        assert_eq!(pinned(), format!("Cpus_allowed_list:\t{online}\n"), "\"\" gives every CPU back");
+        env.run(&["rm", "-f", "pinned"]).ok();
+    }
+}
+
+#[test]
 fn swap_reservation_and_cpu_shares_reach_the_cgroup() {
     let Some((f, env)) = env() else { return };
     let limits = ["-m", "64m", "--memory-swap", "128m", "--memory-reservation", "32m", "--cpu-shares", "512"];

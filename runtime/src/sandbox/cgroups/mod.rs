@@ -468,6 +468,23 @@ impl Cgroup {
                 set("cpu.cfs_quota_us", r.cpus.map_or("-1".into(), |c| cpu_quota(c).to_string()))?;
                 set("cpu.shares", r.cpu_shares.unwrap_or(1024).to_string())?;
             }
+            if has("cpuset.cpus") {
+                // Unset: v2 takes "" as its parent's; a v1 cpuset needs the parent's written.
+                let v1 = has("cpuset.cpu_exclusive");
+                let parents = |file: &str| -> Result<String, CgroupError> {
+                    let path = dir.parent().expect("a cgroup has a parent").join(file);
+                    match v1 {
+                        true => std::fs::read_to_string(&path)
+                            .map(|s| s.trim().to_string())
+                            .map_err(|source| CgroupError::Read { path, source }),
+                        false => Ok(String::new()),
+                    }
+                };
+                let cpus = r.cpuset_cpus.clone().map_or_else(|| parents("cpuset.cpus"), Ok)?;
+                let mems = r.cpuset_mems.clone().map_or_else(|| parents("cpuset.mems"), Ok)?;
+                set("cpuset.cpus", cpus)?;
+                set("cpuset.mems", mems)?;
+            }
         }
         Ok(())
     }

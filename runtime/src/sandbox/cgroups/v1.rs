@@ -77,11 +77,17 @@ pub fn create(
         Some(rules) => Some((dir_for("devices")?, rules)),
         None => None,
     };
-    // Joined where there is one, so `commit` can pause the container as docker's does, and
-    // `stats` can tell the CPU time and block I/O it used.
-    for controller in ["freezer", "cpuacct", "blkio"] {
+    // Joined where there is one, so `commit` can pause the container as docker's does,
+    // `stats` can tell the CPU time and block I/O it used, and `update` can pin its CPUs.
+    for controller in ["freezer", "cpuacct", "blkio", "cpuset"] {
         if hierarchies.iter().any(|h| h.has(controller)) {
-            dir_for(controller)?;
+            let dir = dir_for(controller)?;
+            if controller == "cpuset" {
+                // A v1 cpuset takes no task until it has CPUs and memory nodes; a new one
+                // has none. Each level starts with its parent's.
+                inherit_cpuset(dir.parent().expect("under the hierarchy"))?;
+                inherit_cpuset(&dir)?;
+            }
         }
     }
 
@@ -92,6 +98,20 @@ pub fn create(
         write(&dir.join("devices.deny"), "a")?;
         for rule in rules {
             write(&dir.join("devices.allow"), rule)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the cpuset `dir` its parent's CPUs and memory nodes where it has none.
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let parent = dir.parent().expect("a cgroup has a parent");
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let read = |path: PathBuf| {
+            std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })
+        };
+        if read(dir.join(file))?.trim().is_empty() {
+            write(&dir.join(file), read(parent.join(file))?.trim())?;
         }
     }
     Ok(())

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{create_dir, device_filter, write, Cgroup, CgroupError, Limits, PARENT};
 
-const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "cpuset"];
 
 pub fn create(
     root: &Path,

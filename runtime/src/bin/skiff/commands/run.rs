@@ -323,6 +323,12 @@ pub struct ResourceFlags {
     /// Most processes the container may have (0 or -1 for no limit).
     #[arg(long, allow_negative_numbers = true)]
     pids_limit: Option<i64>,
+    /// CPUs the container may run on (`0-3`, `0,2`; "" for all).
+    #[arg(long, value_parser = parse_id_list)]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes the container may allocate from (`0`, `0-1`; "" for all).
+    #[arg(long, value_parser = parse_id_list)]
+    cpuset_mems: Option<String>,
 }
 
 impl ResourceFlags {
@@ -334,6 +340,8 @@ impl ResourceFlags {
             || self.cpus.is_some()
             || self.cpu_shares.is_some()
             || self.pids_limit.is_some()
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some()
     }
 
     /// `base` with the limits given changed (0, and -1 for processes, lift one), checked as
@@ -356,6 +364,21 @@ impl ResourceFlags {
         }
         if let Some(p) = self.pids_limit {
             base.pids = Some(p).filter(|&p| p > 0).map(|p| p as u64);
+        }
+        // As docker checks them: only CPUs and nodes this machine has online.
+        for (given, set, flag, online) in [
+            (&self.cpuset_cpus, &mut base.cpuset_cpus, "--cpuset-cpus", "/sys/devices/system/cpu/online"),
+            (&self.cpuset_mems, &mut base.cpuset_mems, "--cpuset-mems", "/sys/devices/system/node/online"),
+        ] {
+            let Some(list) = given else { continue };
+            // A machine without NUMA nodes in sysfs has node 0.
+            let online = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+            let available = ids_of(online.trim()).map_err(anyhow::Error::msg)?;
+            let wanted = ids_of(list).map_err(anyhow::Error::msg)?;
+            if let Some(missing) = wanted.iter().find(|id| !available.contains(id)) {
+                bail!("{flag} {list}: {missing} is not available (online: {})", online.trim());
+            }
+            *set = Some(list.clone()).filter(|l| !l.is_empty());
         }
         match (base.memory, base.memory_swap) {
             (None, Some(_)) => bail!("--memory-swap needs --memory: it is memory and swap together"),
@@ -517,6 +540,29 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         m if m > 0 && m < MIN_MEMORY => Err("the least memory limit allowed is 6M".to_string()),
         m => Ok(m),
     }
+}
+
+/// `--cpuset-cpus` and `--cpuset-mems`: the kernel's list syntax (`0-3,6`), or "" for all.
+fn parse_id_list(s: &str) -> Result<String, String> {
+    ids_of(s).map(|_| s.to_string())
+}
+
+/// The ids a list such as `0-3,6` names ("" names none).
+fn ids_of(list: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for part in list.split(',').filter(|_| !list.is_empty()) {
+        let bad = || format!("{list:?} is not a list of ids such as 0-3,6");
+        let id = |s: &str| s.parse::<u32>().map_err(|_| bad());
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (id(a)?, id(b)?),
+            None => (id(part)?, id(part)?),
+        };
+        if first > last || last - first > 1 << 16 {
+            return Err(bad());
+        }
+        ids.extend(first..=last);
+    }
+    Ok(ids)
 }
 
 /// `--cpus`: from 0.01 to the CPUs this machine has, or 0 for no limit.
@@ -955,6 +1001,17 @@ pub fn supervise_detached(ctx: &Context, args: SuperviseArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_and_node_lists_read_as_the_kernel_writes_them() {
+        let ids = |s: &str| ids_of(s).map(|set| set.into_iter().collect::<Vec<_>>());
+        assert_eq!(ids("0-3,6"), Ok(vec![0, 1, 2, 3, 6]));
+        assert_eq!(ids("1"), Ok(vec![1]));
+        assert_eq!(ids(""), Ok(vec![]));
+        for bad in ["3-1", "a", "1,", ",1", "1-", "-1", "0-4294967295"] {
+            assert!(ids(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn networks_parse_and_a_bridge_is_refused_with_what_there_is() {
