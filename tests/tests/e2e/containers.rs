@@ -1521,6 +1521,35 @@ fn cpuset_cpus_pin_the_container_and_update_moves_it() {
 }
 
 #[test]
+fn update_changes_the_restart_policy() {
+    let Some((f, env)) = env() else { return };
+    let dir = env.dir.path().join("restarts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let volume = format!("{}:/v", dir.display());
+    let runs = || std::fs::read_to_string(dir.join("runs")).unwrap_or_default().lines().count();
+    let script = "echo >> /v/runs; exit 3";
+    env.run(&["create", "--name", "later", "-v", &volume, &f.busybox_ref, "sh", "-c", script]).ok();
+    assert_eq!(env.run(&["update", "--restart", "on-failure:1", "later"]).ok(), "later\n");
+    let policy = "{{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}";
+    assert_eq!(env.run(&["inspect", "-f", policy, "later"]).ok(), "on-failure 1\n");
+    // The new policy is the one its supervisor follows: the first run and one more.
+    env.run(&["start", "later"]).ok();
+    wait_for("two runs", || runs() == 2);
+    wait_for("it to stay exited", || {
+        env.run(&["ps", "-a", "-f", "name=later", "--format", "{{.Status}}"]).ok().starts_with("Exited (3)")
+    });
+    assert_eq!(env.run(&["inspect", "-f", "{{.restart_count}}", "later"]).ok(), "1\n");
+    assert_eq!(runs(), 2);
+    // As docker: a --rm container keeps no restart policy, and a bad one is refused by name.
+    let gone = env.detach(&["--rm", &f.busybox_ref, "sleep", "1000"]);
+    let out = env.run(&["update", "--restart", "always", &gone]);
+    assert!(out.failed().contains("--rm removes it when it ends"), "{out:?}");
+    let out = env.run(&["update", "--restart", "sometimes", "later"]);
+    assert!(out.failed().contains("expected no, on-failure[:N], always or unless-stopped"), "{out:?}");
+    env.run(&["rm", "-f", &gone, "later"]).ok();
+}
+
+#[test]
 fn swap_reservation_and_cpu_shares_reach_the_cgroup() {
     let Some((f, env)) = env() else { return };
     let limits = ["-m", "64m", "--memory-swap", "128m", "--memory-reservation", "32m", "--cpu-shares", "512"];
