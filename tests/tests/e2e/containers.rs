@@ -1520,12 +1520,30 @@ fn cpuset_cpus_pin_the_container_and_update_moves_it() {
     }
 }
 
+/// A host directory `name` in the test's root and its `-v` to `/v`, where the containers of
+/// the restart tests log each run.
+fn run_log_volume(env: &Root, name: &str) -> (std::path::PathBuf, String) {
+    let dir = env.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let volume = format!("{}:/v", dir.display());
+    (dir, volume)
+}
+
+/// Waits until the container `name` (whose command exits with 3) has run `n` times, as
+/// `runs` counts them, and stays exited; then it has been restarted `n - 1` times.
+fn runs_then_stays_exited(env: &Root, name: &str, runs: impl Fn() -> usize, n: usize) {
+    wait_for("its runs", || runs() == n);
+    wait_for("it to stay exited", || {
+        let filter = format!("name={name}");
+        env.run(&["ps", "-a", "-f", &filter, "--format", "{{.Status}}"]).ok().starts_with("Exited (3)")
+    });
+    assert_eq!(env.run(&["inspect", "-f", "{{.restart_count}}", name]).ok(), format!("{}\n", n - 1));
+}
+
 #[test]
 fn update_changes_the_restart_policy() {
     let Some((f, env)) = env() else { return };
-    let dir = env.dir.path().join("restarts");
-    std::fs::create_dir_all(&dir).unwrap();
-    let volume = format!("{}:/v", dir.display());
+    let (dir, volume) = run_log_volume(&env, "restarts");
     let runs = || std::fs::read_to_string(dir.join("runs")).unwrap_or_default().lines().count();
     let script = "echo >> /v/runs; exit 3";
     env.run(&["create", "--name", "later", "-v", &volume, &f.busybox_ref, "sh", "-c", script]).ok();
@@ -1534,11 +1552,7 @@ fn update_changes_the_restart_policy() {
     assert_eq!(env.run(&["inspect", "-f", policy, "later"]).ok(), "on-failure 1\n");
     // The new policy is the one its supervisor follows: the first run and one more.
     env.run(&["start", "later"]).ok();
-    wait_for("two runs", || runs() == 2);
-    wait_for("it to stay exited", || {
-        env.run(&["ps", "-a", "-f", "name=later", "--format", "{{.Status}}"]).ok().starts_with("Exited (3)")
-    });
-    assert_eq!(env.run(&["inspect", "-f", "{{.restart_count}}", "later"]).ok(), "1\n");
+    runs_then_stays_exited(&env, "later", runs, 2);
     assert_eq!(runs(), 2);
     // As docker: a --rm container keeps no restart policy, and a bad one is refused by name.
     let gone = env.detach(&["--rm", &f.busybox_ref, "sleep", "1000"]);
@@ -1721,9 +1735,7 @@ fn named_volumes_outlive_their_containers() {
 #[test]
 fn restart_policies_start_a_container_again_until_stopped() {
     let Some((f, env)) = env() else { return };
-    let dir = env.dir.path().join("runs");
-    std::fs::create_dir_all(&dir).unwrap();
-    let volume = format!("{}:/v", dir.display());
+    let (dir, volume) = run_log_volume(&env, "runs");
     let runs = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default().lines().count();
     // on-failure:2: the first run and two more, then it stays exited with its code.
     env.detach(&[
@@ -1738,11 +1750,7 @@ fn restart_policies_start_a_container_again_until_stopped() {
         "-c",
         "echo >> /v/fails; exit 3",
     ]);
-    wait_for("three runs", || runs("fails") == 3);
-    wait_for("it to stay exited", || {
-        env.run(&["ps", "-a", "-f", "name=fails", "--format", "{{.Status}}"]).ok().starts_with("Exited (3)")
-    });
-    assert_eq!(env.run(&["inspect", "-f", "{{.restart_count}}", "fails"]).ok(), "2\n");
+    runs_then_stays_exited(&env, "fails", || runs("fails"), 3);
     // A clean exit is not a failure.
     env.detach(&[
         "--name",
