@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION};
 use skiff_fs::index::LayerIndex;
-use skiff_fs::lazy::{index_estargz, LazyLayer, Priority, Restream};
+use skiff_fs::lazy::{index_estargz, Foreground, LazyLayer, Priority, Restream};
 use skiff_fs::tarindex::index_tar;
 use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 
 use crate::image::stream::open_layer;
 use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
-use crate::plan::{PrefetchPlan, TocArrival, TocsPending};
+use crate::plan::PrefetchPlan;
 use crate::reference::Reference;
 use crate::registry::{Client, FetchStats};
 use crate::store::{ImageRecord, Store, StoreError};
@@ -77,11 +77,13 @@ pub fn open_image_layers(
     let priority = Arc::new(Priority::default());
     let blobs: Vec<LayerSource> =
         layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
-    let (pending, arrivals) = TocsPending::new(layers.len());
+    // Each opener is foreground work until its table of contents is in: taken before the
+    // early prefetch starts, which yields to it.
+    let arrivals: Vec<Foreground<'_>> = layers.iter().map(|_| priority.foreground()).collect();
     if let Some(plan) = early {
         tracing::debug!(batches = plan.batches.len(), "prefetching as the tables of contents are read");
         let sources: Vec<Arc<dyn BlobSource>> = blobs.iter().map(|(s, _)| s.clone()).collect();
-        plan.fetch_early(&sources, cache, &priority, &pending);
+        plan.fetch_early(&sources, cache, &priority);
     }
     let image = ImageLayers { client, store, cache, source: &source, priority: &priority };
     std::thread::scope(|scope| {
@@ -130,13 +132,13 @@ struct ImageLayers<'a> {
     priority: &'a Arc<Priority>,
 }
 
-/// One layer to open: where its bytes come from, and its place among the tables of contents
-/// an early prefetch waits for.
+/// One layer to open: where its bytes come from, and the foreground work an early prefetch
+/// waits for until its table of contents is in.
 struct LayerToOpen<'a> {
     desc: &'a Descriptor,
     diff_id: Digest,
     blob: LayerSource,
-    toc: TocArrival,
+    toc: Foreground<'a>,
 }
 
 fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<OpenedLayer, ImageError> {
@@ -174,12 +176,21 @@ fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<O
                     let started = std::time::Instant::now();
                     // A TOC offset that does not parse is no hint at all.
                     let hint = desc.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
+                    // The early prefetch goes once the TOC's bytes are in: with a right hint,
+                    // before they are parsed.
                     let reader = match hint {
-                        Some(offset) => EstargzReader::fetch_tail(&*source, offset).and_then(|tail| {
+                        Some(offset) => {
+                            let tail = EstargzReader::fetch_tail(&*source, offset);
                             drop(toc);
-                            EstargzReader::open_tail(&*source, expected.as_ref(), offset, tail)
-                        }),
-                        None => EstargzReader::open(&*source, expected.as_ref()),
+                            tail.and_then(|tail| {
+                                EstargzReader::open_tail(&*source, expected.as_ref(), offset, tail)
+                            })
+                        }
+                        None => {
+                            let reader = EstargzReader::open(&*source, expected.as_ref());
+                            drop(toc);
+                            reader
+                        }
                     }
                     .map_err(|e| invalid(crate::registry::error_chain(&e)))?;
                     let fetched = started.elapsed();

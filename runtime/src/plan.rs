@@ -4,7 +4,7 @@
 //! are being read and indexed (the link is otherwise idle then).
 
 use std::io;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
@@ -85,16 +85,11 @@ impl PrefetchPlan {
 
     /// Fetches the first [`EARLY_BATCHES`] batches into `cache` in the background, one
     /// thread each, from `sources` (one per layer, as in the manifest), yielding to
-    /// foreground reads as a prefetch does. Chunks cached or on their way are skipped. Each
-    /// thread starts once no table of contents is `pending`: those bytes are what every
-    /// start waits for first, so they get the link to themselves.
-    pub fn fetch_early(
-        &self,
-        sources: &[Arc<dyn BlobSource>],
-        cache: &ChunkCache,
-        priority: &Arc<Priority>,
-        pending: &Arc<TocsPending>,
-    ) {
+    /// foreground reads as a prefetch does. Chunks cached or on their way are skipped. The
+    /// layers' openers hold `priority` as foreground work until their tables of contents are
+    /// in: those bytes are what every start waits for first, so they get the link to
+    /// themselves.
+    pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
         let empty = Arc::new(IndexBuilder::new().finish());
         let layers: Arc<Vec<Arc<dyn LayerView>>> = Arc::new(
             sources
@@ -109,52 +104,13 @@ impl PrefetchPlan {
         for batch in self.batches.iter().take(EARLY_BATCHES) {
             // Chunks of no file the (empty) index knows: errors name the layer's root.
             let batch: Vec<(usize, PrefetchChunk)> = batch.iter().map(|c| (c.0, (0, c.chunk()))).collect();
-            let (layers, pending) = (layers.clone(), pending.clone());
-            let spawned = std::thread::Builder::new().name("skiff-early-prefetch".into()).spawn(move || {
-                pending.wait();
-                prefetch_batch(&layers, &batch)
-            });
+            let layers = layers.clone();
+            let spawned = std::thread::Builder::new()
+                .name("skiff-early-prefetch".into())
+                .spawn(move || prefetch_batch(&layers, &batch));
             if let Err(e) = spawned {
                 tracing::debug!(error = %e, "no early prefetch");
             }
-        }
-    }
-}
-
-/// The layers whose table of contents is still downloading. Each opener holds a
-/// [`TocArrival`], dropped once its bytes are in (or its open failed).
-#[derive(Debug, Default)]
-pub struct TocsPending {
-    left: Mutex<usize>,
-    none_left: Condvar,
-}
-
-/// One layer's table of contents on its way, counted in its [`TocsPending`] until dropped.
-pub struct TocArrival(Arc<TocsPending>);
-
-impl TocsPending {
-    /// A count of `layers`, with an arrival to drop for each.
-    pub fn new(layers: usize) -> (Arc<TocsPending>, Vec<TocArrival>) {
-        let pending = Arc::new(TocsPending { left: Mutex::new(layers), none_left: Condvar::new() });
-        let arrivals = (0..layers).map(|_| TocArrival(pending.clone())).collect();
-        (pending, arrivals)
-    }
-
-    /// Waits until every arrival is dropped.
-    pub fn wait(&self) {
-        let mut left = self.left.lock().unwrap();
-        while *left > 0 {
-            left = self.none_left.wait(left).unwrap();
-        }
-    }
-}
-
-impl Drop for TocArrival {
-    fn drop(&mut self) {
-        let mut left = self.0.left.lock().unwrap();
-        *left -= 1;
-        if *left == 0 {
-            self.0.none_left.notify_all();
         }
     }
 }
@@ -185,19 +141,44 @@ mod tests {
         Arc::new(LayerIndex::of_test_files(tag, files, CHUNK, 1000))
     }
 
+    /// A blob of zeros that counts the reads made of it.
+    struct Counted(std::sync::atomic::AtomicUsize);
+
+    impl BlobSource for Counted {
+        fn name(&self) -> String {
+            "counted".into()
+        }
+
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn read_at(&self, _offset: u64, buf: &mut [u8]) -> Result<usize, skiff_fs::SourceError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            buf.fill(0);
+            Ok(buf.len())
+        }
+    }
+
     #[test]
     fn the_early_prefetch_waits_for_every_table_of_contents() {
-        let (pending, mut arrivals) = TocsPending::new(2);
-        let waiter = {
-            let pending = pending.clone();
-            std::thread::spawn(move || pending.wait())
-        };
-        drop(arrivals.pop());
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let source = Arc::new(Counted(Default::default()));
+        let chunk = PlannedChunk(0, 0, 100, 0, 100, Digest::of(b"chunk"));
+        let plan = PrefetchPlan { batches: vec![vec![chunk]] };
+        let priority = Arc::new(Priority::default());
+        let tables = [priority.foreground(), priority.foreground()];
+        plan.fetch_early(&[source.clone() as Arc<dyn BlobSource>], &cache, &priority);
+        let reads = || source.0.load(std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "one table of contents is still on its way");
-        drop(arrivals);
-        waiter.join().unwrap();
-        TocsPending::new(0).0.wait();
+        assert_eq!(reads(), 0, "a table of contents is still on its way");
+        drop(tables);
+        let started = std::time::Instant::now();
+        while reads() == 0 && started.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(reads() > 0, "the batch went once the tables were in");
     }
 
     #[test]

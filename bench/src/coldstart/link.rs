@@ -214,23 +214,32 @@ fn read_image_files(storage: &Path, reference: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{reference}: not an image of the bench's registry"))?;
     let v2 = storage.join("docker/registry/v2");
     let repository = v2.join("repositories").join(repo);
+    // Read through, not kept: a layer can be hundreds of MB.
+    let read_through = |path: &Path| -> anyhow::Result<()> {
+        let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        std::io::copy(&mut file, &mut std::io::sink())
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(())
+    };
     for file in files_under(&repository) {
-        std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        read_through(&file)?;
     }
-    let blob = |digest: &str| -> anyhow::Result<Vec<u8>> {
+    let blob = |digest: &str| -> anyhow::Result<PathBuf> {
         let hex = digest.strip_prefix("sha256:").with_context(|| format!("{digest}: not sha256"))?;
-        let path = v2.join("blobs/sha256").join(hex.get(..2).unwrap_or(hex)).join(hex).join("data");
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        Ok(v2.join("blobs/sha256").join(hex.get(..2).unwrap_or(hex)).join(hex).join("data"))
     };
     let tag_link = repository.join("_manifests/tags").join(tag).join("current/link");
     let manifest_digest =
         std::fs::read_to_string(&tag_link).with_context(|| format!("reading {}", tag_link.display()))?;
-    let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest.trim())?)
+    let manifest_path = blob(manifest_digest.trim())?;
+    let manifest_bytes =
+        std::fs::read(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes)
         .with_context(|| format!("{reference}: parsing its manifest"))?;
     let layers = manifest["layers"].as_array().into_iter().flatten();
     for descriptor in std::iter::once(&manifest["config"]).chain(layers) {
         if let Some(digest) = descriptor["digest"].as_str() {
-            blob(digest)?;
+            read_through(&blob(digest)?)?;
         }
     }
     Ok(())

@@ -278,12 +278,12 @@ impl Runner<'_> {
             (time_until_ready(&mut self.skiff_run(root, mode, w, false), &w.ready, self.timeout)?, None)
         } else {
             let pull = if phase == Phase::Cold {
-                let mut cmd = self.podman(root, &["pull", "--quiet", "--tls-verify=false", &w.gzip_ref]);
+                let mut cmd = self.podman(root, &["pull", "--quiet", "--tls-verify=false", mode.image(w)]);
                 Some(time_until_ready(&mut cmd, &Ready::Exit, self.timeout).context("podman pull")?)
             } else {
                 None
             };
-            let mut args = vec!["run", "--rm", "--network", &self.network, &w.gzip_ref];
+            let mut args = vec!["run", "--rm", "--network", &self.network, mode.image(w)];
             args.extend(w.command.iter().map(String::as_str));
             let run = time_until_ready(&mut self.podman(root, &args), &w.ready, self.timeout)?;
             (combine(pull, run), pull)

@@ -147,18 +147,25 @@ pub fn stop(
         .ok_or_else(|| ContainerError::StopTimeout { id: state.id.clone(), seconds: KILL_GRACE.as_secs() })
 }
 
-/// Changes a container's resource limits: at once for a running one (its cgroup), and for
-/// its later starts (its record).
+/// Changes a container's resource limits and restart policy (`None`: kept): the limits at
+/// once for a running one (its cgroup, when they change), and both for its later starts (its
+/// record).
 pub fn update(
     containers: &Containers,
     state: &State,
     resources: sandbox::Resources,
+    restart: Option<super::RestartPolicy>,
 ) -> Result<State, ContainerError> {
-    if state.is_running() {
+    if state.is_running() && resources != state.spec.resources {
         sandbox::set_resources(&state.id, &resources)
             .map_err(|source| ContainerError::Cgroup { id: state.id.clone(), source })?;
     }
-    containers.update(&state.id, |st| st.spec.resources = resources)
+    containers.update(&state.id, |st| {
+        st.spec.resources = resources;
+        if let Some(policy) = restart {
+            st.restart = policy;
+        }
+    })
 }
 
 /// Waits until the container is not running (at once, for one that is not); its exit code,

@@ -125,27 +125,28 @@ fn store_image(
         Some(h) => h.push(entry),
         None => config["history"] = serde_json::json!([entry]),
     }
-    config["created"] = now.into();
-    write_image(store, image, &config, manifest, objects, dest)
+    config["created"] = now.clone().into();
+    write_image(store, image, &config, manifest, objects, dest, now)
 }
 
-/// `base`'s image without the ONBUILD triggers its config carries, stored as `dest`: what a
+/// `image` without the ONBUILD triggers its config carries, stored as `dest`: what a
 /// build's FROM starts from once it has taken the triggers to run. Nothing else changes (no
 /// history entry, as docker writes none), so the same base gives the same image.
 pub fn without_triggers(
     store: &Store,
-    base: &ImageRecord,
+    image: &StoredImage,
     dest: &Reference,
 ) -> Result<ImageRecord, ImageError> {
-    let image = StoredImage::load(store, base)?;
-    let mut config = changed_config(&image, &[])?;
+    let mut config = changed_config(image, &[])?;
     if let Some(container_config) = config["config"].as_object_mut() {
         container_config.remove("OnBuild");
     }
-    write_image(store, &image, &config, image.manifest.clone(), Vec::new(), dest)
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    write_image(store, image, &config, image.manifest.clone(), Vec::new(), dest, now)
 }
 
-/// Stores `config` and `manifest` (pointed at it), with `objects` already staged, as `dest`.
+/// Stores `config` and `manifest` (pointed at it), with `objects` already staged, as `dest`,
+/// updated at `now`.
 fn write_image(
     store: &Store,
     image: &StoredImage,
@@ -153,6 +154,7 @@ fn write_image(
     mut manifest: ImageManifest,
     mut objects: Vec<Verified>,
     dest: &Reference,
+    now: String,
 ) -> Result<ImageRecord, ImageError> {
     let config_bytes = serde_json::to_vec(config).expect("JSON serializes");
     manifest.config.digest = Digest::of(&config_bytes);
@@ -167,7 +169,7 @@ fn write_image(
         digest: manifest_digest,
         manifest: manifest_digest,
         source: image.record.source.clone(),
-        updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        updated: now,
     };
     objects.push(stage(store, &config_bytes)?);
     objects.push(stage(store, &manifest_bytes)?);

@@ -208,7 +208,6 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
 fn load(rules: &[Rule]) -> Result<OwnedFd, FilterError> {
     let insns = program(rules);
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 << 10];
     let mut attr = LoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: insns.len() as u32,
@@ -222,6 +221,7 @@ fn load(rules: &[Rule]) -> Result<OwnedFd, FilterError> {
         Ok(fd) => fd,
         Err(source) => {
             // Loaded again with the verifier's log, to say why it refused.
+            let mut log = vec![0u8; 64 << 10];
             attr.log_level = 1;
             attr.log_size = log.len() as u32;
             attr.log_buf = log.as_mut_ptr() as u64;

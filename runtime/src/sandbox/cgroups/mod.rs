@@ -397,6 +397,13 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// A cgroup file's value, without its newline.
+fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| CgroupError::Read { path: path.to_path_buf(), source })
+}
+
 fn create_dir(path: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(path) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
@@ -471,14 +478,9 @@ impl Cgroup {
             if has("cpuset.cpus") {
                 // Unset: v2 takes "" as its parent's; a v1 cpuset needs the parent's written.
                 let v1 = has("cpuset.cpu_exclusive");
-                let parents = |file: &str| -> Result<String, CgroupError> {
-                    let path = dir.parent().expect("a cgroup has a parent").join(file);
-                    match v1 {
-                        true => std::fs::read_to_string(&path)
-                            .map(|s| s.trim().to_string())
-                            .map_err(|source| CgroupError::Read { path, source }),
-                        false => Ok(String::new()),
-                    }
+                let parents = |file: &str| match v1 {
+                    true => read_trimmed(&dir.parent().expect("a cgroup has a parent").join(file)),
+                    false => Ok(String::new()),
                 };
                 let cpus = r.cpuset_cpus.clone().map_or_else(|| parents("cpuset.cpus"), Ok)?;
                 let mems = r.cpuset_mems.clone().map_or_else(|| parents("cpuset.mems"), Ok)?;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{create_dir, write, Cgroup, CgroupError, Limits, PARENT};
+use super::{create_dir, read_trimmed, write, Cgroup, CgroupError, Limits, PARENT};
 
 /// One mounted v1 hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +84,9 @@ pub fn create(
             let dir = dir_for(controller)?;
             if controller == "cpuset" {
                 // A v1 cpuset takes no task until it has CPUs and memory nodes; a new one
-                // has none. Each level starts with its parent's.
+                // has none. `skiff/` starts with its parent's; `set_resources` below gives
+                // the container's its own or `skiff/`'s.
                 inherit_cpuset(dir.parent().expect("under the hierarchy"))?;
-                inherit_cpuset(&dir)?;
             }
         }
     }
@@ -107,11 +107,8 @@ pub fn create(
 fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
     let parent = dir.parent().expect("a cgroup has a parent");
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        let read = |path: PathBuf| {
-            std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })
-        };
-        if read(dir.join(file))?.trim().is_empty() {
-            write(&dir.join(file), read(parent.join(file))?.trim())?;
+        if read_trimmed(&dir.join(file))?.is_empty() {
+            write(&dir.join(file), &read_trimmed(&parent.join(file))?)?;
         }
     }
     Ok(())

@@ -194,8 +194,10 @@ impl Build<'_> {
         match keyword {
             // FROM sees the ARGs before the first FROM, and only those.
             "FROM" => {
-                let global = self.global.clone().unwrap_or_else(|| self.args.clone());
-                self.from(&dockerfile::substitute(&step.args, &global))
+                // The ARGs before the first FROM are kept for the stages to declare again.
+                let global = self.global.get_or_insert_with(|| self.args.clone());
+                let text = dockerfile::substitute(&step.args, global);
+                self.from(&text)
             }
             "ARG" => {
                 let text = dockerfile::substitute(&step.args, &self.vars);
@@ -296,12 +298,11 @@ impl Build<'_> {
         if name == "scratch" {
             bail!("FROM scratch is not supported (start from an image, or `skiff import` a tarball)");
         }
-        // The stage before ends here; this one starts from the ARGs before the first FROM.
+        // The stage before ends here.
         if let Some(done) = self.image.take() {
             let done_name = self.stage_name.take();
             self.stages.push((done_name, done));
         }
-        self.global.get_or_insert_with(|| self.args.clone());
         // A working name for the stage's images, the tag given only once the build is done.
         self.target = super::parse_reference(&format!(
             "{}-building-{}-stage{}",
@@ -323,7 +324,8 @@ impl Build<'_> {
         self.args = BTreeMap::new();
         self.vars = BTreeMap::new();
         // The image's environment counts for `$NAME` in the instructions after.
-        let config = self.config(&record)?;
+        let image = StoredImage::load(&self.store, &record)?;
+        let config: serde_json::Value = serde_json::from_slice(&image.config_bytes)?;
         for entry in config["config"]["Env"].as_array().into_iter().flatten() {
             if let Some((key, value)) = entry.as_str().and_then(|e| e.split_once('=')) {
                 self.vars.insert(key.to_string(), value.to_string());
@@ -339,17 +341,12 @@ impl Build<'_> {
             self.store.commit_image(Vec::new(), named.clone())?;
             named
         } else {
-            skiff::image::without_triggers(&self.store, &record, &self.target)?
+            let plural = if triggers.len() == 1 { "" } else { "s" };
+            println!("# Executing {} build trigger{plural}", triggers.len());
+            skiff::image::without_triggers(&self.store, &image, &self.target)?
         };
         self.image = Some(named);
         self.stage_name = stage;
-        if !triggers.is_empty() {
-            println!(
-                "# Executing {} build trigger{}",
-                triggers.len(),
-                if triggers.len() == 1 { "" } else { "s" }
-            );
-        }
         for trigger in triggers {
             let ran = skiff::image::check_trigger(trigger)
                 .map_err(anyhow::Error::msg)

@@ -130,12 +130,9 @@ fn docker_fields(containers: &Containers, s: &State) -> serde_json::Map<String, 
             list.push(json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
         }
     }
-    let (restart, retries) = match s.restart {
-        skiff::container::RestartPolicy::No => ("no", 0),
-        skiff::container::RestartPolicy::OnFailure(n) => ("on-failure", n.unwrap_or(0)),
-        skiff::container::RestartPolicy::Always => ("always", 0),
-        skiff::container::RestartPolicy::UnlessStopped => ("unless-stopped", 0),
-    };
+    // The policy's own serde form names it as docker does.
+    let policy = json!(s.restart);
+    let (restart, retries) = (policy["name"].clone(), policy["max_retries"].as_u64().unwrap_or(0));
     let network = match (&spec.network, &s.network_container) {
         (_, Some(other)) => format!("container:{other}"),
         (skiff::sandbox::Network::Host, None) => "host".to_string(),

@@ -232,12 +232,12 @@ fn parse_network(s: &str) -> Result<NetworkMode, String> {
     match s {
         "none" => Ok(NetworkMode::Own(Network::None)),
         "host" => Ok(NetworkMode::Own(Network::Host)),
+        "bridge" | "default" => Err(format!(
+            "network {s:?}: skiff has no bridge network; a container has its own loopback (none, \
+             the default, with -p to publish ports), the host's (host) or another's (container:NAME)"
+        )),
         _ => match s.strip_prefix("container:") {
             Some(name) if !name.is_empty() => Ok(NetworkMode::Container(name.to_string())),
-            _ if s == "bridge" || s == "default" => Err(format!(
-                "network {s:?}: skiff has no bridge network; a container has its own loopback (none, \
-                 the default, with -p to publish ports), the host's (host) or another's (container:NAME)"
-            )),
             _ => Err(format!("unsupported network {s:?} (expected none, host or container:NAME)")),
         },
     }
@@ -324,10 +324,10 @@ pub struct ResourceFlags {
     #[arg(long, allow_negative_numbers = true)]
     pids_limit: Option<i64>,
     /// CPUs the container may run on (`0-3`, `0,2`; "" for all).
-    #[arg(long, value_parser = parse_id_list)]
+    #[arg(long, value_parser = |s: &str| online_ids(s, "--cpuset-cpus", "/sys/devices/system/cpu/online"))]
     cpuset_cpus: Option<String>,
     /// Memory nodes the container may allocate from (`0`, `0-1`; "" for all).
-    #[arg(long, value_parser = parse_id_list)]
+    #[arg(long, value_parser = |s: &str| online_ids(s, "--cpuset-mems", "/sys/devices/system/node/online"))]
     cpuset_mems: Option<String>,
 }
 
@@ -365,20 +365,12 @@ impl ResourceFlags {
         if let Some(p) = self.pids_limit {
             base.pids = Some(p).filter(|&p| p > 0).map(|p| p as u64);
         }
-        // As docker checks them: only CPUs and nodes this machine has online.
-        for (given, set, flag, online) in [
-            (&self.cpuset_cpus, &mut base.cpuset_cpus, "--cpuset-cpus", "/sys/devices/system/cpu/online"),
-            (&self.cpuset_mems, &mut base.cpuset_mems, "--cpuset-mems", "/sys/devices/system/node/online"),
-        ] {
-            let Some(list) = given else { continue };
-            // A machine without NUMA nodes in sysfs has node 0.
-            let online = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
-            let available = ids_of(online.trim()).map_err(anyhow::Error::msg)?;
-            let wanted = ids_of(list).map_err(anyhow::Error::msg)?;
-            if let Some(missing) = wanted.iter().find(|id| !available.contains(id)) {
-                bail!("{flag} {list}: {missing} is not available (online: {})", online.trim());
+        for (given, set) in
+            [(&self.cpuset_cpus, &mut base.cpuset_cpus), (&self.cpuset_mems, &mut base.cpuset_mems)]
+        {
+            if let Some(list) = given {
+                *set = Some(list.clone()).filter(|l| !l.is_empty());
             }
-            *set = Some(list.clone()).filter(|l| !l.is_empty());
         }
         match (base.memory, base.memory_swap) {
             (None, Some(_)) => bail!("--memory-swap needs --memory: it is memory and swap together"),
@@ -542,9 +534,19 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
     }
 }
 
-/// `--cpuset-cpus` and `--cpuset-mems`: the kernel's list syntax (`0-3,6`), or "" for all.
-fn parse_id_list(s: &str) -> Result<String, String> {
-    ids_of(s).map(|_| s.to_string())
+/// `--cpuset-cpus` and `--cpuset-mems`: the kernel's list syntax (`0-3,6`), or "" for all,
+/// naming only ids the `online` file lists, as docker checks them.
+fn online_ids(list: &str, flag: &str, online: &str) -> Result<String, String> {
+    let wanted = ids_of(list)?;
+    // A machine without NUMA nodes in sysfs has node 0.
+    let online = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+    let available = ids_of(online.trim())?;
+    match wanted.iter().find(|id| !available.contains(id)) {
+        Some(missing) => {
+            Err(format!("{flag} {list}: {missing} is not available (online: {})", online.trim()))
+        }
+        None => Ok(list.to_string()),
+    }
 }
 
 /// The ids a list such as `0-3,6` names ("" names none).

@@ -24,23 +24,16 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     }
     let containers = super::run::containers(ctx)?;
     for (input, state) in super::run::find_all(&containers, &args.containers)? {
-        if let Some(policy) = args.restart {
-            // As docker refuses it: the container is removed when it ends.
-            if state.auto_remove && policy != RestartPolicy::No {
-                bail!("updating {input}: its restart policy cannot change, as --rm removes it when it ends");
-            }
-            containers
-                .update(&state.id, |st| st.restart = policy)
-                .with_context(|| format!("updating {input}"))?;
+        // As docker refuses it: the container is removed when it ends.
+        if state.auto_remove && args.restart.is_some_and(|policy| policy != RestartPolicy::No) {
+            bail!("updating {input}: its restart policy cannot change, as --rm removes it when it ends");
         }
-        if args.resources.any() {
-            let resources = args
-                .resources
-                .apply(state.spec.resources.clone())
-                .with_context(|| format!("updating {input}"))?;
-            skiff::container::update(&containers, &state, resources)
-                .with_context(|| format!("updating {input}"))?;
-        }
+        let resources = args
+            .resources
+            .apply(state.spec.resources.clone())
+            .with_context(|| format!("updating {input}"))?;
+        skiff::container::update(&containers, &state, resources, args.restart)
+            .with_context(|| format!("updating {input}"))?;
         println!("{input}");
     }
     Ok(())
