@@ -18,8 +18,14 @@ use crate::{CacheError, ChunkCache, ChunkHandle, Claim};
 pub use estargz_index::index_estargz;
 pub use prefetch::{Foreground, Priority};
 
-/// Misses whose compressed spans lie closer than this are fetched in one range request.
+/// Misses whose compressed spans lie closer than this are fetched in one range request: the
+/// bytes between may well be read next, and a request costs a round trip.
 const COALESCE_GAP: u64 = 64 << 10;
+/// The same for chunks a profile's prefetch plans: the bytes between them went unread when
+/// the profile was recorded, so only a gap about the size of a request's own cost is
+/// fetched over, and the prefetch's streams keep the link busy across the extra requests.
+/// (Postgres's optimized plan: 14.77 MB in 168 requests against 15.48 MB in 149.)
+const PLANNED_GAP: u64 = 16 << 10;
 /// The largest single range request a read makes.
 const MAX_REQUEST: u64 = 16 << 20;
 /// A read that misses fetches its own chunks and, in the same request, those of the bytes
@@ -193,7 +199,8 @@ impl LazyLayer {
         // Background work waits while this read fetches; not while it waits for chunks
         // already on their way.
         let _foreground = (!claims.is_empty()).then(|| self.priority().map(|p| p.foreground()));
-        let mut fresh = self.fill_claims(node, wanted, claims)?;
+        let gap = if self.planned.get().is_some() { PLANNED_GAP } else { COALESCE_GAP };
+        let mut fresh = self.fill_claims(node, wanted, claims, gap)?;
         let handles = chunks
             .iter()
             .map(|c| match fresh.remove(&c.digest) {
@@ -215,12 +222,14 @@ impl LazyLayer {
         handles
     }
 
-    /// Fetches the claimed chunks, coalescing neighbours into one request, and commits them.
+    /// Fetches the claimed chunks, coalescing neighbours at most `gap` apart into one
+    /// request, and commits them.
     fn fill_claims(
         &self,
         node: NodeId,
         chunks: &[ChunkRef],
         claims: Vec<Claim>,
+        gap: u64,
     ) -> Result<HashMap<Digest, ChunkHandle>, LazyError> {
         let mut wanted: Vec<(ChunkRef, Claim)> = claims
             .into_iter()
@@ -229,7 +238,7 @@ impl LazyLayer {
         wanted.sort_by_key(|(c, _)| (c.codec != Codec::Gzip, c.offset));
         let mut handles = HashMap::new();
         while !wanted.is_empty() {
-            let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted) } else { 1 };
+            let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted, gap) } else { 1 };
             let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
             self.fill_group(node, group, &mut handles)?;
         }
@@ -330,14 +339,15 @@ impl LazyLayer {
     }
 }
 
-/// How many of the leading gzip chunks can share one range request.
-fn coalesced_len(chunks: &[(ChunkRef, Claim)]) -> usize {
+/// How many of the leading gzip chunks can share one range request, skipping at most `gap`
+/// bytes between two.
+fn coalesced_len(chunks: &[(ChunkRef, Claim)], gap: u64) -> usize {
     let start = chunks[0].0.offset;
     let mut end = start + chunks[0].0.compressed_len;
     let mut n = 1;
     for (c, _) in &chunks[1..] {
         let next_end = end.max(c.offset + c.compressed_len);
-        if c.codec != Codec::Gzip || c.offset > end + COALESCE_GAP || next_end - start > MAX_REQUEST {
+        if c.codec != Codec::Gzip || c.offset > end + gap || next_end - start > MAX_REQUEST {
             break;
         }
         end = next_end;
@@ -393,6 +403,7 @@ mod tests {
     use crate::index::Kind;
     use crate::index::{EntryMeta, IndexBuilder};
     use crate::source::testing::LoggedBlob;
+    use crate::union::PrefetchChunk;
 
     fn file(b: &mut IndexBuilder, path: &str, size: u64) -> NodeId {
         b.add(path, EntryMeta::for_test(Kind::File, size)).unwrap()
@@ -543,18 +554,26 @@ mod tests {
 
     const CHUNK: u64 = 128 << 10;
 
+    type EightChunks = (LazyLayer, NodeId, Arc<LoggedBlob>, Vec<(u64, u64)>, tempfile::TempDir);
+
     /// A layer of one 1 MiB file in eight 128 KiB chunks, one gzip member each, the blob
     /// ranges of those members, and the cache's directory. A chunk's bytes are its number,
     /// then noise, so neighbouring members lie more than a coalescing gap apart.
-    fn eight_chunks() -> (LazyLayer, NodeId, Arc<LoggedBlob>, Vec<(u64, u64)>, tempfile::TempDir) {
+    fn eight_chunks() -> EightChunks {
+        eight_chunks_with_noise([CHUNK - 4096; 8])
+    }
+
+    /// As [`eight_chunks`], chunk `i` ending in `noise[i]` bytes of noise: about the size of
+    /// its member.
+    fn eight_chunks_with_noise(noise: [u64; 8]) -> EightChunks {
         let mut b = IndexBuilder::new();
         let node = file(&mut b, "big", 8 * CHUNK);
         let mut blob = Vec::new();
         let mut members = Vec::new();
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         for i in 0..8u64 {
-            let mut data = vec![i as u8; 4096];
-            data.extend((4096..CHUNK).map(|_| {
+            let mut data = vec![i as u8; (CHUNK - noise[i as usize]) as usize];
+            data.extend((0..noise[i as usize]).map(|_| {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
@@ -625,6 +644,22 @@ mod tests {
         // Chunk 2 was not read when the profile was recorded: what lies ahead comes whole.
         layer.read(node, 2 * CHUNK, &mut chunk).unwrap();
         assert_eq!(source.take_reads(), [(members[2].0, members[4].1)]);
+    }
+
+    #[test]
+    fn a_prefetch_fetches_over_small_gaps_only() {
+        // Chunk 1's member is about 32 KiB, chunk 5's about 4 KiB.
+        let mut noise = [CHUNK - 4096; 8];
+        noise[1] = 32 << 10;
+        noise[5] = 4 << 10;
+        let (layer, node, source, members, _dir) = eight_chunks_with_noise(noise);
+        let chunk = |i: u64| (node, layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0]);
+        let planned: Vec<PrefetchChunk> = [0, 2, 4, 6].map(chunk).into();
+        layer.plan_prefetch(planned.iter().map(|(_, c)| c.digest).collect());
+        layer.prefetch_chunks(&planned, &Priority::default()).unwrap();
+        // Chunk 1 was not read when the profile was recorded: it is not worth its bytes.
+        // Chunk 5 costs less than a request of its own.
+        assert_eq!(source.take_reads(), [members[0], members[2], (members[4].0, members[6].1)]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LazyError, LazyLayer};
+use super::{LazyError, LazyLayer, PLANNED_GAP};
 use crate::index::ChunkRef;
 use crate::union::PrefetchChunk;
 
@@ -69,7 +69,7 @@ impl LazyLayer {
                 .filter_map(|cl| refs.iter().find(|c| c.digest == *cl.digest()))
                 .map(|c| c.len)
                 .sum::<u64>();
-            self.fill_claims(step[0].0, &refs, claims)?;
+            self.fill_claims(step[0].0, &refs, claims, PLANNED_GAP)?;
         }
         Ok(fetched)
     }
