@@ -19,7 +19,7 @@ use crate::image::{ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
 use crate::plan::PrefetchPlan;
 use crate::reference::Reference;
-use crate::registry::{Client, FetchStats};
+use crate::registry::{Client, FetchStats, TocAhead};
 use crate::store::{ImageRecord, Store, StoreError};
 
 /// Chunk size for plain layers, cut while streaming (eStargz layers bring their own).
@@ -77,6 +77,11 @@ pub fn open_image_layers(
     let priority = Arc::new(Priority::default());
     let blobs: Vec<LayerSource> =
         layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
+    let aheads: Vec<Option<TocAhead>> = layers
+        .iter()
+        .zip(&blobs)
+        .map(|(desc, blob)| blob.1.as_ref().and_then(|_| client.take_toc_ahead(&desc.digest)))
+        .collect();
     // Each opener is foreground work until its table of contents is in: taken before the
     // early prefetch starts, which yields to it.
     let arrivals: Vec<Foreground<'_>> = layers.iter().map(|_| priority.foreground()).collect();
@@ -92,8 +97,14 @@ pub fn open_image_layers(
             .zip(&diff_ids)
             .zip(blobs)
             .zip(arrivals)
-            .map(|(((desc, &diff_id), blob), toc)| {
-                scope.spawn(move || open_layer_lazily(image, LayerToOpen { desc, diff_id, blob, toc }))
+            .zip(aheads)
+            .map(|((((desc, &diff_id), blob), toc), ahead)| {
+                let blob = match &ahead {
+                    Some(a) => (a.blob.clone() as Arc<dyn BlobSource>, Some(a.blob.stats())),
+                    None => blob,
+                };
+                let layer = LayerToOpen { desc, diff_id, blob, toc, ahead };
+                scope.spawn(move || open_layer_lazily(image, layer))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("layer opener panicked")).collect()
@@ -132,18 +143,19 @@ struct ImageLayers<'a> {
     priority: &'a Arc<Priority>,
 }
 
-/// One layer to open: where its bytes come from, and the foreground work an early prefetch
-/// waits for until its table of contents is in.
+/// One layer to open: where its bytes come from, the foreground work an early prefetch
+/// waits for until its table of contents is in, and that table on its way since the pull.
 struct LayerToOpen<'a> {
     desc: &'a Descriptor,
     diff_id: Digest,
     blob: LayerSource,
     toc: Foreground<'a>,
+    ahead: Option<TocAhead>,
 }
 
 fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<OpenedLayer, ImageError> {
     let ImageLayers { client, store, cache, source: source_ref, priority } = image;
-    let LayerToOpen { desc, diff_id, blob: (source, fetched), toc } = layer;
+    let LayerToOpen { desc, diff_id, blob: (source, fetched), toc, ahead } = layer;
     let what = format!("layer {} of {}", desc.digest, source_ref.name());
     let invalid = |why: String| ImageError::Invalid { what: what.clone(), why };
     let stored = store.read_layer_index(&desc.digest);
@@ -180,7 +192,14 @@ fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<O
                     // before they are parsed.
                     let reader = match hint {
                         Some(offset) => {
-                            let tail = EstargzReader::fetch_tail(&*source, offset);
+                            let tail = match ahead {
+                                // A fetch that panicked is made again.
+                                Some(a) if a.offset == offset => a
+                                    .tail
+                                    .join()
+                                    .unwrap_or_else(|_| EstargzReader::fetch_tail(&*source, offset)),
+                                _ => EstargzReader::fetch_tail(&*source, offset),
+                            };
                             drop(toc);
                             tail.and_then(|tail| {
                                 EstargzReader::open_tail(&*source, expected.as_ref(), offset, tail)

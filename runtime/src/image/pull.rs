@@ -6,9 +6,10 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
+use skiff_fs::estargz::TOC_OFFSET_ANNOTATION;
 use skiff_fs::Digest;
 
-use super::{parse_config, ImageError, Progress};
+use super::{parse_config, ImageError, LayerFormat, Progress};
 use crate::manifest::{Descriptor, Manifest, Platform};
 use crate::reference::Reference;
 use crate::registry::{Client, RegistryError};
@@ -24,11 +25,14 @@ pub struct PullOptions {
     pub platform: Platform,
     /// Download every layer now instead of lazily.
     pub full: bool,
+    /// The image is mounted lazily by this process next: start fetching the tables of
+    /// contents it will need as soon as the manifest is in (see [`Client::fetch_toc_ahead`]).
+    pub tocs_ahead: bool,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { platform: Platform::host(), full: false }
+        PullOptions { platform: Platform::host(), full: false, tocs_ahead: false }
     }
 }
 
@@ -78,6 +82,10 @@ pub fn pull(
         }
     };
 
+    if options.tocs_ahead && !options.full {
+        fetch_tocs_ahead(client, store, reference, &manifest.layers);
+    }
+
     let config_bytes = match store.read(&manifest.config.digest) {
         Ok(bytes) => bytes,
         Err(_) => client.get_blob_bytes(reference, &manifest.config, MAX_CONFIG_SIZE)?,
@@ -103,6 +111,20 @@ pub fn pull(
     };
     store.commit_image(staged, record.clone())?;
     Ok(PullResult { record, layers_fetched, bytes_fetched })
+}
+
+/// Starts fetching the table of contents of each layer a lazy mount will need one of: an
+/// eStargz layer (its manifest gives the TOC's offset) neither stored nor indexed yet.
+fn fetch_tocs_ahead(client: &Arc<Client>, store: &Store, reference: &Reference, layers: &[Descriptor]) {
+    for layer in layers {
+        let hint = layer.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
+        let estargz = matches!(LayerFormat::declared(layer), LayerFormat::Estargz { annotated: true });
+        if let (Some(offset), true) = (hint, estargz) {
+            if !store.has(&layer.digest) && !store.has_layer_index(&layer.digest) {
+                client.fetch_toc_ahead(reference, layer, offset);
+            }
+        }
+    }
 }
 
 fn stage_bytes(store: &Store, bytes: &[u8], digest: &Digest, what: &str) -> Result<Verified, StoreError> {

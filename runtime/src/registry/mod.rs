@@ -135,6 +135,16 @@ pub struct Client {
     extra_roots: Vec<reqwest::Certificate>,
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     probing: Mutex<()>,
+    /// Tables of contents on their way, by layer digest (see [`Client::fetch_toc_ahead`]).
+    tocs_ahead: Mutex<HashMap<Digest, TocAhead>>,
+}
+
+/// An eStargz layer's table of contents fetched ahead of the layer's opening: the blob it
+/// comes from (whose stats count the fetch), the offset fetched from, and the fetch.
+pub struct TocAhead {
+    pub blob: Arc<RegistryBlob>,
+    pub offset: u64,
+    pub tail: std::thread::JoinHandle<Result<Option<Vec<u8>>, skiff_fs::estargz::ReadError>>,
 }
 
 /// A manifest as served: bytes, digest and the content type the registry gave.
@@ -156,6 +166,7 @@ impl Client {
             extra_roots,
             endpoints: Mutex::default(),
             probing: Mutex::default(),
+            tocs_ahead: Mutex::default(),
         })
     }
 
@@ -484,6 +495,33 @@ impl Client {
     /// A random-access reader of one blob; it trusts `size` (from a verified manifest).
     pub fn blob_source(self: &Arc<Self>, reference: &Reference, digest: Digest, size: u64) -> RegistryBlob {
         RegistryBlob::new(self.clone(), reference.clone(), digest, size)
+    }
+
+    /// Starts fetching the table of contents of eStargz layer `desc` of `reference` from
+    /// `offset` (its manifest's hint), in the background, for an opening of the layer in
+    /// this process to take ([`Client::take_toc_ahead`]). A pull for a mount calls this as
+    /// soon as it has the manifest, so the bytes travel while it fetches the config and
+    /// stores the image, and while the container is made.
+    pub fn fetch_toc_ahead(self: &Arc<Self>, reference: &Reference, desc: &Descriptor, offset: u64) {
+        let blob = Arc::new(self.blob_source(reference, desc.digest, desc.size));
+        let source = blob.clone();
+        let spawned = std::thread::Builder::new()
+            .name("skiff-toc".into())
+            .spawn(move || skiff_fs::estargz::EstargzReader::fetch_tail(&*source, offset));
+        // Without a thread, the layer's opening fetches it as it would have.
+        if let Ok(tail) = spawned {
+            self.tocs_ahead.lock().unwrap().insert(desc.digest, TocAhead { blob, offset, tail });
+        }
+    }
+
+    /// The table of contents of layer `digest` on its way, if one was started.
+    pub fn take_toc_ahead(&self, digest: &Digest) -> Option<TocAhead> {
+        self.tocs_ahead.lock().unwrap().remove(digest)
+    }
+
+    /// The layers whose tables of contents were fetched ahead and not taken yet.
+    pub fn tocs_ahead(&self) -> Vec<Digest> {
+        self.tocs_ahead.lock().unwrap().keys().copied().collect()
     }
 }
 

@@ -167,6 +167,12 @@ impl Store {
         self.root.join("indexes").join(format!("{}.{extension}", digest.hex()))
     }
 
+    /// Whether an index of layer `digest` is stored (valid or not: see
+    /// [`Store::read_layer_index`]).
+    pub fn has_layer_index(&self, digest: &Digest) -> bool {
+        self.layer_index_path(digest).is_file() || self.json_layer_index_path(digest).is_file()
+    }
+
     /// The stored index of layer `digest`, if there is a valid one; a damaged file is removed.
     /// One an earlier version stored as JSON is kept in the binary form from now on.
     pub fn read_layer_index(&self, digest: &Digest) -> Option<LayerIndex> {

@@ -291,3 +291,48 @@ fn a_foreground_mount_ends_cleanly_when_skiff_umount_unmounts_it() {
     assert!(status.success(), "the foreground mount ended with {status}");
     assert!(!skiff::mount::is_skiff_mount(&target));
 }
+
+#[test]
+fn a_pull_for_a_mount_fetches_the_tables_of_contents_ahead_and_the_opening_takes_them() {
+    let Some(f) = fixtures::shared() else { return };
+    let dir = temp_dir();
+    let converted = format!("{}/laziness/hard:estargz-ahead", f.registry.addr);
+    Skiff::new(&dir.path().join("converter")).run(&["convert", &f.hard_ref, &converted]).ok();
+    let store = skiff::store::Store::open(&dir.path().join("root")).unwrap();
+    let client = fixtures::client();
+    let reference: skiff::Reference = converted.parse().unwrap();
+    let ahead = skiff::image::PullOptions { tocs_ahead: true, ..Default::default() };
+    let pull = || skiff::image::pull(&client, &store, &reference, &ahead, &skiff::image::Quiet).unwrap();
+    let record = pull().record;
+    let image = skiff::image::StoredImage::load(&store, &record).unwrap();
+    let mut layers: Vec<Digest> = image.manifest.layers.iter().map(|l| l.digest).collect();
+    assert_eq!(layers.len(), 2);
+    for layer in &image.manifest.layers {
+        assert!(layer.annotations.contains_key(skiff_fs::estargz::TOC_OFFSET_ANNOTATION), "{layer:?}");
+    }
+    let mut started = client.tocs_ahead();
+    started.sort();
+    layers.sort();
+    assert_eq!(started, layers, "every layer's table of contents is on its way after the pull");
+
+    let cache = ChunkCache::open(&dir.path().join("cache"), 1 << 30).unwrap();
+    let opened = open_layers(&client, &store, &cache, &record).unwrap();
+    assert!(client.tocs_ahead().is_empty(), "the opening took them");
+    for layer in &opened {
+        // The fetch ahead is the layer's only request: the opening did not fetch it again.
+        let stats = layer.fetched.as_ref().unwrap();
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1, "{}", layer.descriptor.digest);
+        let offset: u64 =
+            layer.descriptor.annotations[skiff_fs::estargz::TOC_OFFSET_ANNOTATION].parse().unwrap();
+        assert_eq!(fetched(layer), layer.descriptor.size - offset);
+    }
+    // The layers read from the tables of contents fetched ahead.
+    let group = opened[0].layer.index().resolve("etc/group").unwrap();
+    let mut buf = [0u8; 64];
+    let n = opened[0].layer.read(group, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"root:x:0:\nnogroup:x:65534:\n");
+    // Their indexes are stored now: pulling again starts no fetch.
+    drop(opened);
+    pull();
+    assert!(client.tocs_ahead().is_empty());
+}

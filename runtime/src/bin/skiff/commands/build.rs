@@ -314,9 +314,7 @@ impl Build<'_> {
             Some(record) => record,
             None => match self.store.find_image(&name) {
                 Ok(record) => record,
-                Err(_) => {
-                    super::pulled(&self.store, &self.ctx.client()?, &name, skiff::manifest::Platform::host())?
-                }
+                Err(_) => super::pulled(&self.store, &self.ctx.client()?, &name, &Default::default())?,
             },
         };
         // A stage starts with no ARGs: one from before the first FROM is declared again

@@ -43,7 +43,7 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
         profile = prioritize(&mut options, &text)
             .with_context(|| format!("reading the profile {}", path.display()))?;
     }
-    let record = super::stored_or_pulled(&store, &client, &args.source)?;
+    let record = super::stored_or_pulled(&store, &client, &args.source, &Default::default())?;
     let report = convert(&client, &store, &record, &dest, &options, profile.as_deref())
         .with_context(|| format!("converting {} to eStargz", record.name))?;
     for layer in &report.layers {

@@ -74,29 +74,29 @@ pub fn parse_reference(input: &str) -> anyhow::Result<skiff::Reference> {
 }
 
 /// The stored image `input` names, pulled lazily first if the store does not have it (as
-/// `docker run` does).
+/// `docker run` does); `options` are the pull's.
 pub fn stored_or_pulled(
     store: &skiff::store::Store,
     client: &std::sync::Arc<skiff::registry::Client>,
     input: &str,
+    options: &skiff::image::PullOptions,
 ) -> anyhow::Result<skiff::store::ImageRecord> {
     if let Ok(record) = store.find_image(input) {
         return Ok(record);
     }
-    pulled(store, client, input, skiff::manifest::Platform::host())
+    pulled(store, client, input, options)
 }
 
-/// `input` pulled lazily (manifest and config) for `platform`, as `docker run --pull` pulls.
+/// `input` pulled lazily (manifest and config), as `docker run --pull` pulls.
 pub fn pulled(
     store: &skiff::store::Store,
     client: &std::sync::Arc<skiff::registry::Client>,
     input: &str,
-    platform: skiff::manifest::Platform,
+    options: &skiff::image::PullOptions,
 ) -> anyhow::Result<skiff::store::ImageRecord> {
     use anyhow::Context as _;
     let reference = parse_reference(input)?;
-    let options = skiff::image::PullOptions { platform, ..Default::default() };
-    Ok(skiff::image::pull(client, store, &reference, &options, &skiff::image::Quiet)
+    Ok(skiff::image::pull(client, store, &reference, options, &skiff::image::Quiet)
         .with_context(|| format!("pulling {reference}"))?
         .record)
 }

@@ -54,7 +54,9 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let client = ctx.client()?;
     let cache = ctx.cache()?;
-    let record = super::stored_or_pulled(&store, &client, &args.image)?;
+    // Mounted by this process next: its tables of contents travel while the pull ends.
+    let pull = skiff::image::PullOptions { tocs_ahead: true, ..Default::default() };
+    let record = super::stored_or_pulled(&store, &client, &args.image, &pull)?;
     let paths = MountPaths::new(store.root(), &target, args.upper.as_deref());
     let upper = paths.upper.clone();
     let profile = ProfileMode { record: args.record_profile, prefetch: !args.no_prefetch };

@@ -24,7 +24,8 @@ pub fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let reference = super::parse_reference(&args.image)?;
     let store = ctx.store()?;
     let client = ctx.client()?;
-    let options = PullOptions { platform: args.platform.unwrap_or_else(Platform::host), full: args.full };
+    let platform = args.platform.unwrap_or_else(Platform::host);
+    let options = PullOptions { platform, full: args.full, tocs_ahead: false };
     let result = pull(&client, &store, &reference, &options, &Bars::new())
         .with_context(|| format!("pulling {reference}"))?;
     if args.quiet {

@@ -801,7 +801,9 @@ pub fn run(ctx: &Context, args: Args) -> ExitCode {
 }
 
 fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
-    let (containers, state) = create_container(ctx, &args)?;
+    // In the foreground, this process mounts a lazy container's image next.
+    let mounts_here = !args.detach && args.pull_mode == PullMode::Lazy;
+    let (containers, state) = create_container(ctx, &args, mounts_here)?;
     if args.detach {
         let started = start_detached(ctx, &containers, &state)?;
         if started == ExitCode::SUCCESS {
@@ -823,28 +825,30 @@ fn run_container(ctx: &Context, args: Args) -> anyhow::Result<ExitCode> {
 
 /// `skiff create`: the container `run` would start, made and not started; its id printed.
 pub fn create(ctx: &Context, args: Args) -> ExitCode {
-    let created = create_container(ctx, &args).map(|(_, state)| {
+    let created = create_container(ctx, &args, false).map(|(_, state)| {
         println!("{}", state.id);
         ExitCode::SUCCESS
     });
     created.unwrap_or_else(failed)
 }
 
-/// A new container of `args`' image (pulled first if it is not stored), not started.
-fn create_container(ctx: &Context, args: &Args) -> anyhow::Result<(Containers, State)> {
+/// A new container of `args`' image (pulled first if it is not stored), not started;
+/// `mounts_here` when this process mounts its image lazily next.
+fn create_container(ctx: &Context, args: &Args, mounts_here: bool) -> anyhow::Result<(Containers, State)> {
     let containers = containers(ctx)?;
     // The flags are checked before anything is pulled: none of them needs the image.
     let mut options = args.options()?;
     let store = ctx.store()?;
     let platform = args.platform.clone().unwrap_or_else(skiff::manifest::Platform::host);
+    let pull = skiff::image::PullOptions { platform, full: false, tocs_ahead: mounts_here };
     let record = match args.pull.as_str() {
-        "always" => super::pulled(&store, &ctx.client()?, &args.image, platform)?,
+        "always" => super::pulled(&store, &ctx.client()?, &args.image, &pull)?,
         "never" => store
             .find_image(&args.image)
             .with_context(|| format!("{} is not stored, and --pull never forbids pulling it", args.image))?,
         _ => match store.find_image(&args.image) {
             Ok(record) => record,
-            Err(_) => super::pulled(&store, &ctx.client()?, &args.image, platform)?,
+            Err(_) => super::pulled(&store, &ctx.client()?, &args.image, &pull)?,
         },
     };
     let image = StoredImage::load(&store, &record).with_context(|| format!("loading {}", record.name))?;
