@@ -75,12 +75,18 @@ pub fn open_image_layers(
         config.rootfs().diff_ids().iter().map(|d| d.parse().expect("checked by config()")).collect();
     let layers = &image.manifest.layers;
     let priority = Arc::new(Priority::default());
-    let blobs: Vec<LayerSource> =
+    let mut blobs: Vec<LayerSource> =
         layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
+    // A table of contents fetched ahead comes with its blob, which then serves (and counts)
+    // every fetch of the layer.
     let aheads: Vec<Option<TocAhead>> = layers
         .iter()
-        .zip(&blobs)
-        .map(|(desc, blob)| blob.1.as_ref().and_then(|_| client.take_toc_ahead(&desc.digest)))
+        .zip(&mut blobs)
+        .map(|(desc, blob)| {
+            let ahead = blob.1.as_ref().and_then(|_| client.take_toc_ahead(&desc.digest))?;
+            *blob = (ahead.blob.clone() as Arc<dyn BlobSource>, Some(ahead.blob.stats()));
+            Some(ahead)
+        })
         .collect();
     // Each opener is foreground work until its table of contents is in: taken before the
     // early prefetch starts, which yields to it.
@@ -99,10 +105,6 @@ pub fn open_image_layers(
             .zip(arrivals)
             .zip(aheads)
             .map(|((((desc, &diff_id), blob), toc), ahead)| {
-                let blob = match &ahead {
-                    Some(a) => (a.blob.clone() as Arc<dyn BlobSource>, Some(a.blob.stats())),
-                    None => blob,
-                };
                 let layer = LayerToOpen { desc, diff_id, blob, toc, ahead };
                 scope.spawn(move || open_layer_lazily(image, layer))
             })
