@@ -14,7 +14,7 @@ use skiff_fs::{ChunkCache, Digest};
 
 use crate::image::{ImageError, StoredImage, PROFILE_ANNOTATION};
 use crate::layers::{open_image_layers, OpenedLayer};
-use crate::plan::{PrefetchPlan, PREFETCH_PLAN_ANNOTATION};
+use crate::plan::{PrefetchPlan, EARLY_BATCHES, PREFETCH_PLAN_ANNOTATION};
 use crate::registry::Client;
 use crate::store::{parse_profile, write_atomic, ImageRecord, Store, StoreError};
 
@@ -120,11 +120,28 @@ impl ImageMount {
         if let Some((store, digest)) = self.profile.take() {
             let files = self.union.recorded();
             if !files.is_empty() {
+                // Without its plan, a profile is still prefetched, once the tables of
+                // contents are read.
+                if let Err(e) =
+                    self.early_plan(&files).and_then(|p| Ok(store.write_profile_plan(&digest, &p)?))
+                {
+                    tracing::warn!(error = %e, "saving the prefetch profile's plan");
+                }
                 if let Err(e) = store.write_profile(&digest, &files) {
                     tracing::warn!(error = %e, "saving the prefetch profile");
                 }
             }
         }
+    }
+}
+
+impl ImageMount {
+    /// The batches of `files`' prefetch that a start fetches before its layers are indexed.
+    fn early_plan(&self, files: &[ProfiledFile]) -> Result<PrefetchPlan, Box<dyn std::error::Error>> {
+        let indexes: Vec<_> = self.layers.iter().map(|l| l.layer.index().clone()).collect();
+        let mut plan = PrefetchPlan::resolve(&indexes, files)?;
+        plan.batches.truncate(EARLY_BATCHES);
+        Ok(plan)
     }
 }
 
@@ -175,7 +192,11 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     // A profile recorded here wins over the image's; without one, the first batches of the
     // image's plan start on their way with the tables of contents.
     let local = req.profile.prefetch.then(|| req.store.read_profile(&req.image.manifest)).flatten();
-    let early = (req.profile.prefetch && local.is_none()).then(|| embedded_plan(&image)).flatten();
+    let early = match (&local, req.profile.prefetch) {
+        (_, false) => None,
+        (Some(_), true) => req.store.read_profile_plan(&req.image.manifest),
+        (None, true) => embedded_plan(&image),
+    };
     let (layers, union) =
         open_union(req.client, req.store, req.cache, &image, paths, early.as_ref(), req.mount_points)?;
     if req.profile.record {

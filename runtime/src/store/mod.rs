@@ -23,6 +23,8 @@ use skiff_fs::{Digest, Sha256Writer};
 
 pub use refs::ImageRecord;
 
+use crate::plan::PrefetchPlan;
+
 pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
 /// Temp files older than this were left by a crashed process and are removed at open.
 const STALE_TEMP: Duration = Duration::from_secs(24 * 3600);
@@ -214,6 +216,30 @@ impl Store {
 
     pub fn profile_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("profiles").join(format!("{}.json", digest.hex()))
+    }
+
+    /// The first batches of the prefetch of image manifest `digest`'s profile, resolved to
+    /// chunks when it was recorded: a start fetches them while the layers' tables of contents
+    /// are read, as it does an image's embedded plan. `None` without a profile beside it.
+    pub fn read_profile_plan(&self, digest: &Digest) -> Option<PrefetchPlan> {
+        if !self.profile_path(digest).is_file() {
+            return None;
+        }
+        let json = fs::read_to_string(self.profile_plan_path(digest)).ok()?;
+        PrefetchPlan::from_json(&json).ok()
+    }
+
+    /// Keeps `plan` beside the profile of image manifest `digest` (written first, so that a
+    /// profile never has an older plan beside it).
+    pub fn write_profile_plan(&self, digest: &Digest, plan: &PrefetchPlan) -> Result<(), StoreError> {
+        let path = self.profile_plan_path(digest);
+        let dir = path.parent().expect("profiles dir");
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        write_atomic(&path, plan.to_json().as_bytes(), 0o644).map_err(io_at(&path))
+    }
+
+    fn profile_plan_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("profiles").join(format!("{}.plan.json", digest.hex()))
     }
 
     /// Every object in the store.

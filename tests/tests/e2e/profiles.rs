@@ -73,6 +73,12 @@ fn a_recorded_profile_is_prefetched_by_the_next_mount_and_orders_conversion() {
     let paths: Vec<&str> = profile.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["etc/app.conf", "data/blob-4.bin"]);
     assert_eq!(profile[1].ranges, [(0, 2 << 20)], "the whole file was read");
+    // Beside it, the first batch of its prefetch resolved to chunks, for the next start to
+    // fetch while it reads the tables of contents: app.conf's chunk first.
+    let plan = skiff.store().read_profile_plan(&manifest).expect("plan saved with the profile");
+    assert_eq!(plan.batches.len(), skiff::plan::EARLY_BATCHES);
+    assert_eq!(plan.batches[0][0].5, skiff::Digest::of(b"answer = 42\n"), "{plan:?}");
+    assert!(plan.batches[0].len() > 1, "blob-4's first chunks come in the same batch: {plan:?}");
 
     // Prefetch: with a cold cache, the next mount fetches the profile's files unasked.
     skiff.run(&["cache", "prune"]).ok();
