@@ -343,6 +343,20 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The profile a recording run saved in `dir` (a copy of its root's `profiles/`): the
+/// `<digest>.json`, not the `<digest>.plan.json` of its first batch skiff keeps beside it.
+fn recorded_profile(dir: &Path) -> anyhow::Result<PathBuf> {
+    let names = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in names {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".json") && !name.ends_with(".plan.json") {
+            return Ok(path);
+        }
+    }
+    bail!("no profile in {}", dir.display())
+}
+
 /// Records the profile of `w` on its eStargz image; for the optimized mode, converts the
 /// image with it (keeping a copy of the profile used). The mode that failed, if one did.
 fn record_profiles(
@@ -360,11 +374,7 @@ fn record_profiles(
         return Ok(());
     }
     let optimize = || -> anyhow::Result<()> {
-        let dir = runner.profile_dir(w, Mode::Profile);
-        let profile = std::fs::read_dir(&dir)?
-            .next()
-            .with_context(|| format!("no profile in {}", dir.display()))??
-            .path();
+        let profile = recorded_profile(&runner.profile_dir(w, Mode::Profile))?;
         builder.optimize(runner.link, &runner.skiff, &cache_dir.join("convert-root"), w, &profile)?;
         let kept = runner.profile_dir(w, Mode::Optimized);
         std::fs::create_dir_all(&kept)?;
@@ -372,4 +382,20 @@ fn record_profiles(
         Ok(())
     };
     optimize().map_err(|e| (Mode::Optimized, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_profile_is_the_json_beside_its_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = recorded_profile(dir.path()).unwrap_err();
+        assert!(empty.to_string().contains("no profile in"), "{empty}");
+        std::fs::write(dir.path().join("ab12.plan.json"), "{}").unwrap();
+        assert!(recorded_profile(dir.path()).is_err(), "a plan is not a profile");
+        std::fs::write(dir.path().join("ab12.json"), "{}").unwrap();
+        assert_eq!(recorded_profile(dir.path()).unwrap(), dir.path().join("ab12.json"));
+    }
 }

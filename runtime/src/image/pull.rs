@@ -117,12 +117,12 @@ pub fn pull(
 /// eStargz layer (its manifest gives the TOC's offset) neither stored nor indexed yet.
 fn fetch_tocs_ahead(client: &Arc<Client>, store: &Store, reference: &Reference, layers: &[Descriptor]) {
     for layer in layers {
-        let hint = layer.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
+        let Some(offset) = layer.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok()) else {
+            continue;
+        };
         let estargz = matches!(LayerFormat::declared(layer), LayerFormat::Estargz { annotated: true });
-        if let (Some(offset), true) = (hint, estargz) {
-            if !store.has(&layer.digest) && !store.has_layer_index(&layer.digest) {
-                client.fetch_toc_ahead(reference, layer, offset);
-            }
+        if estargz && !store.has(&layer.digest) && !store.has_layer_index(&layer.digest) {
+            client.fetch_toc_ahead(reference, layer, offset);
         }
     }
 }
