@@ -75,19 +75,12 @@ pub fn open_image_layers(
         config.rootfs().diff_ids().iter().map(|d| d.parse().expect("checked by config()")).collect();
     let layers = &image.manifest.layers;
     let priority = Arc::new(Priority::default());
-    let mut blobs: Vec<LayerSource> =
-        layers.iter().map(|desc| layer_source(client, store, &source, desc)).collect::<Result<_, _>>()?;
-    // A table of contents fetched ahead comes with its blob, which then serves (and counts)
-    // every fetch of the layer.
-    let aheads: Vec<Option<TocAhead>> = layers
+    let (blobs, aheads): (Vec<LayerSource>, Vec<Option<TocAhead>>) = layers
         .iter()
-        .zip(&mut blobs)
-        .map(|(desc, blob)| {
-            let ahead = blob.1.as_ref().and_then(|_| client.take_toc_ahead(&desc.digest))?;
-            *blob = (ahead.blob.clone() as Arc<dyn BlobSource>, Some(ahead.blob.stats()));
-            Some(ahead)
-        })
-        .collect();
+        .map(|desc| layer_source(client, store, &source, desc))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     // Each opener is foreground work until its table of contents is in: taken before the
     // early prefetch starts, which yields to it.
     let arrivals: Vec<Foreground<'_>> = layers.iter().map(|_| priority.foreground()).collect();
@@ -117,21 +110,26 @@ pub fn open_image_layers(
 /// (with what was fetched from it).
 type LayerSource = (Arc<dyn BlobSource>, Option<Arc<FetchStats>>);
 
+/// A layer's source, and its table of contents when a pull fetched it ahead: that fetch's
+/// blob then serves (and counts) every fetch of the layer.
 fn layer_source(
     client: &Arc<Client>,
     store: &Store,
     source_ref: &Reference,
     desc: &Descriptor,
-) -> Result<LayerSource, ImageError> {
+) -> Result<(LayerSource, Option<TocAhead>), ImageError> {
     if store.has(&desc.digest) {
         let path = store.path_of(&desc.digest);
         let file = FileSource::open(&path).map_err(|source| StoreError::Io { path, source })?;
-        Ok((Arc::new(file), None))
-    } else {
-        let blob = client.blob_source(source_ref, desc.digest, desc.size);
-        let stats = blob.stats();
-        Ok((Arc::new(blob), Some(stats)))
+        return Ok(((Arc::new(file), None), None));
     }
+    let ahead = client.take_toc_ahead(&desc.digest);
+    let blob = match &ahead {
+        Some(a) => a.blob.clone(),
+        None => Arc::new(client.blob_source(source_ref, desc.digest, desc.size)),
+    };
+    let stats = blob.stats();
+    Ok(((blob, Some(stats)), ahead))
 }
 
 /// What every layer of one image is opened with.
