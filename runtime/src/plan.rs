@@ -84,7 +84,8 @@ impl PrefetchPlan {
     }
 
     /// Fetches the first [`EARLY_BATCHES`] batches into `cache` in the background, one
-    /// thread each, from `sources` (one per layer, as in the manifest), yielding to
+    /// thread for each layer a batch touches (a few KiB of one layer must not hold back half
+    /// a MiB of another), from `sources` (one per layer, as in the manifest), yielding to
     /// foreground reads as a prefetch does. Chunks cached or on their way are skipped. The
     /// layers' openers hold `priority` as foreground work until their tables of contents are
     /// in: those bytes are what every start waits for first, so they get the link to
@@ -102,14 +103,20 @@ impl PrefetchPlan {
                 .collect(),
         );
         for batch in self.batches.iter().take(EARLY_BATCHES) {
-            // Chunks of no file the (empty) index knows: errors name the layer's root.
-            let batch: Vec<(usize, PrefetchChunk)> = batch.iter().map(|c| (c.0, (0, c.chunk()))).collect();
-            let layers = layers.clone();
-            let spawned = std::thread::Builder::new()
-                .name("skiff-early-prefetch".into())
-                .spawn(move || prefetch_batch(&layers, &batch));
-            if let Err(e) = spawned {
-                tracing::debug!(error = %e, "no early prefetch");
+            let mut touched: Vec<usize> = batch.iter().map(|c| c.0).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for layer in touched {
+                // Chunks of no file the (empty) index knows: errors name the layer's root.
+                let part: Vec<(usize, PrefetchChunk)> =
+                    batch.iter().filter(|c| c.0 == layer).map(|c| (layer, (0, c.chunk()))).collect();
+                let layers = layers.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("skiff-early-prefetch".into())
+                    .spawn(move || prefetch_batch(&layers, &part));
+                if let Err(e) = spawned {
+                    tracing::debug!(error = %e, "no early prefetch");
+                }
             }
         }
     }
