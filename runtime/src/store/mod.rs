@@ -200,10 +200,16 @@ impl Store {
     }
 
     /// The prefetch profile recorded for image manifest `digest`: the byte ranges of files
-    /// read at start-up, in the order first read.
+    /// read at start-up, in the order first read. One that does not parse is not used, and
+    /// kept for its owner to look at: a start warns, naming it.
     pub fn read_profile(&self, digest: &Digest) -> Option<Vec<ProfiledFile>> {
-        let bytes = fs::read(self.profile_path(digest)).ok()?;
-        parse_profile(&bytes).ok()
+        let path = self.profile_path(digest);
+        let bytes = fs::read(&path).ok()?;
+        parse_profile(&bytes)
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "not using a prefetch profile that does not parse")
+            })
+            .ok()
     }
 
     pub fn write_profile(&self, digest: &Digest, files: &[ProfiledFile]) -> Result<(), StoreError> {
@@ -220,13 +226,21 @@ impl Store {
 
     /// The first batches of the prefetch of image manifest `digest`'s profile, resolved to
     /// chunks when it was recorded: a start fetches them while the layers' tables of contents
-    /// are read, as it does an image's embedded plan. `None` without a profile beside it.
+    /// are read, as it does an image's embedded plan. `None` without a profile beside it. A
+    /// plan that does not parse is removed (with a warning naming it): the profile alone is
+    /// still prefetched, and its next recording writes the plan again.
     pub fn read_profile_plan(&self, digest: &Digest) -> Option<PrefetchPlan> {
         if !self.profile_path(digest).is_file() {
             return None;
         }
-        let json = fs::read_to_string(self.profile_plan_path(digest)).ok()?;
-        PrefetchPlan::from_json(&json).ok()
+        let path = self.profile_plan_path(digest);
+        let json = fs::read(&path).ok()?;
+        let plan = std::str::from_utf8(&json).map_err(|e| e.to_string()).and_then(PrefetchPlan::from_json);
+        if let Err(e) = &plan {
+            tracing::warn!(path = %path.display(), error = %e, "removing a prefetch plan that does not parse");
+            let _ = fs::remove_file(&path);
+        }
+        plan.ok()
     }
 
     /// Keeps `plan` beside the profile of image manifest `digest` (written first, so that a
@@ -449,5 +463,26 @@ mod tests {
         fs::write(store.layer_index_path(&layer), b"\x07damaged").unwrap();
         assert_eq!(store.read_layer_index(&layer), None);
         assert!(!store.layer_index_path(&layer).exists());
+    }
+
+    #[test]
+    fn a_damaged_profile_is_not_used_and_kept_and_a_damaged_plan_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let image = Digest::of(b"manifest");
+        let files = [ProfiledFile { path: "etc/app.conf".into(), ranges: vec![(0, 12)] }];
+        store.write_profile(&image, &files).unwrap();
+        store.write_profile_plan(&image, &PrefetchPlan { batches: vec![vec![]] }).unwrap();
+        assert_eq!(store.read_profile(&image).as_deref(), Some(&files[..]));
+        assert!(store.read_profile_plan(&image).is_some());
+
+        fs::write(store.profile_plan_path(&image), b"{\"batches\": [[[0, 1, 2").unwrap();
+        assert_eq!(store.read_profile_plan(&image), None);
+        assert!(!store.profile_plan_path(&image).exists(), "the damaged plan is removed");
+        assert!(store.read_profile(&image).is_some(), "the profile stays usable without it");
+
+        fs::write(store.profile_path(&image), b"garbage").unwrap();
+        assert_eq!(store.read_profile(&image), None);
+        assert!(store.profile_path(&image).exists(), "a damaged profile is kept for its owner");
     }
 }
