@@ -188,6 +188,65 @@ mod tests {
         assert!(reads() > 0, "the batch went once the tables were in");
     }
 
+    /// A blob of zeros whose reads wait until it is opened (10 s at most), counting them.
+    #[derive(Default)]
+    struct Gated {
+        reads: std::sync::atomic::AtomicUsize,
+        open: std::sync::Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl BlobSource for Gated {
+        fn name(&self) -> String {
+            "gated".into()
+        }
+
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn read_at(&self, _offset: u64, buf: &mut [u8]) -> Result<usize, skiff_fs::SourceError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let open = self.open.lock().unwrap();
+            let _ = self.opened.wait_timeout_while(open, std::time::Duration::from_secs(10), |open| !*open);
+            buf.fill(0);
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn each_layer_of_an_early_batch_is_fetched_without_waiting_for_the_others() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let slow = Arc::new(Gated::default());
+        let fast = Arc::new(Counted(Default::default()));
+        let plan = PrefetchPlan {
+            batches: vec![vec![
+                PlannedChunk(0, 0, 100, 0, 100, Digest::of(b"first")),
+                PlannedChunk(1, 0, 100, 0, 100, Digest::of(b"second")),
+            ]],
+        };
+        let sources: [Arc<dyn BlobSource>; 2] = [slow.clone(), fast.clone()];
+        plan.fetch_early(&sources, &cache, &Arc::new(Priority::default()));
+        let reads = || fast.0.load(std::sync::atomic::Ordering::SeqCst);
+        let slow_reads = || slow.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        while (reads() == 0 || slow_reads() == 0) && started.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (fast_seen, slow_seen) = (reads(), slow_reads());
+        slow.open();
+        assert_eq!(slow_seen, 1, "layer 0's part is on its way, held at the registry");
+        assert!(fast_seen > 0, "layer 1's part waited for layer 0's fetch to end");
+    }
+
     #[test]
     fn a_plan_names_the_chunks_a_mount_reads_by_manifest_layer_and_survives_json() {
         let base = layer("base", &[("etc/passwd", 1), ("usr/bin/tool", 2)]);
