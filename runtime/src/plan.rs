@@ -148,47 +148,8 @@ mod tests {
         Arc::new(LayerIndex::of_test_files(tag, files, CHUNK, 1000))
     }
 
-    /// A blob of zeros that counts the reads made of it.
-    struct Counted(std::sync::atomic::AtomicUsize);
-
-    impl BlobSource for Counted {
-        fn name(&self) -> String {
-            "counted".into()
-        }
-
-        fn size(&self) -> u64 {
-            1 << 20
-        }
-
-        fn read_at(&self, _offset: u64, buf: &mut [u8]) -> Result<usize, skiff_fs::SourceError> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            buf.fill(0);
-            Ok(buf.len())
-        }
-    }
-
-    #[test]
-    fn the_early_prefetch_waits_for_every_table_of_contents() {
-        let cache_dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::open(cache_dir.path(), 1 << 20).unwrap();
-        let source = Arc::new(Counted(Default::default()));
-        let chunk = PlannedChunk(0, 0, 100, 0, 100, Digest::of(b"chunk"));
-        let plan = PrefetchPlan { batches: vec![vec![chunk]] };
-        let priority = Arc::new(Priority::default());
-        let tables = [priority.foreground(), priority.foreground()];
-        plan.fetch_early(&[source.clone() as Arc<dyn BlobSource>], &cache, &priority);
-        let reads = || source.0.load(std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert_eq!(reads(), 0, "a table of contents is still on its way");
-        drop(tables);
-        let started = std::time::Instant::now();
-        while reads() == 0 && started.elapsed() < std::time::Duration::from_secs(5) {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert!(reads() > 0, "the batch went once the tables were in");
-    }
-
-    /// A blob of zeros whose reads wait until it is opened (10 s at most), counting them.
+    /// A blob of zeros that counts the reads made of it; a gated one's reads wait until it
+    /// is opened (10 s at most).
     #[derive(Default)]
     struct Gated {
         reads: std::sync::atomic::AtomicUsize,
@@ -197,6 +158,14 @@ mod tests {
     }
 
     impl Gated {
+        fn open_from_start() -> Gated {
+            Gated { open: std::sync::Mutex::new(true), ..Gated::default() }
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
         fn open(&self) {
             *self.open.lock().unwrap() = true;
             self.opened.notify_all();
@@ -222,11 +191,32 @@ mod tests {
     }
 
     #[test]
+    fn the_early_prefetch_waits_for_every_table_of_contents() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(cache_dir.path(), 1 << 20).unwrap();
+        let source = Arc::new(Gated::open_from_start());
+        let chunk = PlannedChunk(0, 0, 100, 0, 100, Digest::of(b"chunk"));
+        let plan = PrefetchPlan { batches: vec![vec![chunk]] };
+        let priority = Arc::new(Priority::default());
+        let tables = [priority.foreground(), priority.foreground()];
+        plan.fetch_early(&[source.clone() as Arc<dyn BlobSource>], &cache, &priority);
+        let reads = || source.reads();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(reads(), 0, "a table of contents is still on its way");
+        drop(tables);
+        let started = std::time::Instant::now();
+        while reads() == 0 && started.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(reads() > 0, "the batch went once the tables were in");
+    }
+
+    #[test]
     fn each_layer_of_an_early_batch_is_fetched_without_waiting_for_the_others() {
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(cache_dir.path(), 1 << 20).unwrap();
         let slow = Arc::new(Gated::default());
-        let fast = Arc::new(Counted(Default::default()));
+        let fast = Arc::new(Gated::open_from_start());
         let plan = PrefetchPlan {
             batches: vec![vec![
                 PlannedChunk(0, 0, 100, 0, 100, Digest::of(b"first")),
@@ -235,8 +225,7 @@ mod tests {
         };
         let sources: [Arc<dyn BlobSource>; 2] = [slow.clone(), fast.clone()];
         plan.fetch_early(&sources, &cache, &Arc::new(Priority::default()));
-        let reads = || fast.0.load(std::sync::atomic::Ordering::SeqCst);
-        let slow_reads = || slow.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let (reads, slow_reads) = (|| fast.reads(), || slow.reads());
         let started = std::time::Instant::now();
         while (reads() == 0 || slow_reads() == 0) && started.elapsed() < std::time::Duration::from_secs(5) {
             std::thread::sleep(std::time::Duration::from_millis(5));
