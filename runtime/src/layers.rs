@@ -8,14 +8,14 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION};
+use skiff_fs::estargz::{EstargzReader, TOC_DIGEST_ANNOTATION};
 use skiff_fs::index::LayerIndex;
 use skiff_fs::lazy::{index_estargz, Foreground, LazyLayer, Priority, Restream};
 use skiff_fs::tarindex::index_tar;
 use skiff_fs::{BlobSource, ChunkCache, Digest, FileSource};
 
 use crate::image::stream::open_layer;
-use crate::image::{ImageError, LayerFormat, StoredImage};
+use crate::image::{toc_offset_hint, ImageError, LayerFormat, StoredImage};
 use crate::manifest::Descriptor;
 use crate::plan::PrefetchPlan;
 use crate::reference::Reference;
@@ -186,8 +186,7 @@ fn open_layer_lazily(image: ImageLayers<'_>, layer: LayerToOpen<'_>) -> Result<O
                         None => None,
                     };
                     let started = std::time::Instant::now();
-                    // A TOC offset that does not parse is no hint at all.
-                    let hint = desc.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok());
+                    let hint = toc_offset_hint(desc);
                     // The early prefetch goes once the TOC's bytes are in: with a right hint,
                     // before they are parsed.
                     let reader = match hint {

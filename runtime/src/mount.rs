@@ -192,10 +192,10 @@ pub fn mount_image(req: MountRequest<'_>) -> Result<ImageMount, MountError> {
     // A profile recorded here wins over the image's; without one, the first batches of the
     // image's plan start on their way with the tables of contents.
     let local = req.profile.prefetch.then(|| req.store.read_profile(&req.image.manifest)).flatten();
-    let early = match (&local, req.profile.prefetch) {
-        (_, false) => None,
-        (Some(_), true) => req.store.read_profile_plan(&req.image.manifest),
-        (None, true) => embedded_plan(&image),
+    let early = match &local {
+        Some(_) => req.store.read_profile_plan(&req.image.manifest),
+        None if req.profile.prefetch => embedded_plan(&image),
+        None => None,
     };
     let (layers, union) =
         open_union(req.client, req.store, req.cache, &image, paths, early.as_ref(), req.mount_points)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
 use skiff_fs::lazy::{LazyLayer, Priority};
-use skiff_fs::union::{prefetch_batch, LayerView, PrefetchChunk, ProfiledFile, Union};
+use skiff_fs::union::{LayerView, PrefetchChunk, ProfiledFile, Union};
 use skiff_fs::{BlobSource, ChunkCache, Digest};
 
 /// Manifest annotation holding a [`PrefetchPlan`] as JSON.
@@ -92,28 +92,21 @@ impl PrefetchPlan {
     /// themselves.
     pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
         let empty = Arc::new(IndexBuilder::new().finish());
-        let layers: Arc<Vec<Arc<dyn LayerView>>> = Arc::new(
-            sources
-                .iter()
-                .map(|s| {
-                    let layer = LazyLayer::new(empty.clone(), cache.clone(), s.clone())
-                        .with_priority(priority.clone());
-                    Arc::new(layer) as Arc<dyn LayerView>
-                })
-                .collect(),
-        );
         for batch in self.batches.iter().take(EARLY_BATCHES) {
             let mut touched: Vec<usize> = batch.iter().map(|c| c.0).collect();
             touched.sort_unstable();
             touched.dedup();
             for layer in touched {
+                let Some(source) = sources.get(layer) else { continue };
+                let lower = LazyLayer::new(empty.clone(), cache.clone(), source.clone())
+                    .with_priority(priority.clone());
                 // Chunks of no file the (empty) index knows: errors name the layer's root.
-                let part: Vec<(usize, PrefetchChunk)> =
-                    batch.iter().filter(|c| c.0 == layer).map(|c| (layer, (0, c.chunk()))).collect();
-                let layers = layers.clone();
+                let chunks: Vec<PrefetchChunk> =
+                    batch.iter().filter(|c| c.0 == layer).map(|c| (0, c.chunk())).collect();
+                // A failure is logged; the mount's prefetch or reads fetch the chunks again.
                 let spawned = std::thread::Builder::new()
                     .name("skiff-early-prefetch".into())
-                    .spawn(move || prefetch_batch(&layers, &part));
+                    .spawn(move || LayerView::prefetch(&lower, &chunks).ok());
                 if let Err(e) = spawned {
                     tracing::debug!(error = %e, "no early prefetch");
                 }

@@ -157,7 +157,7 @@ pub struct ProfiledFile {
 /// Fetches one prefetch batch (chunks with the index of their layer in `layers`): one
 /// request per layer it touches, the layer of its first chunk first. Returns the bytes
 /// fetched; a layer that fails is skipped (it logs why).
-pub fn prefetch_batch(layers: &[Arc<dyn LayerView>], batch: &[(usize, PrefetchChunk)]) -> u64 {
+fn prefetch_batch(layers: &[Arc<dyn LayerView>], batch: &[(usize, PrefetchChunk)]) -> u64 {
     let mut order: Vec<usize> = Vec::new();
     for &(layer, _) in batch {
         if !order.contains(&layer) {

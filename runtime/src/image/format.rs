@@ -3,12 +3,18 @@
 
 use std::fmt;
 
-use skiff_fs::estargz::{parse_footer, FOOTER_SIZE, TOC_DIGEST_ANNOTATION};
+use skiff_fs::estargz::{parse_footer, FOOTER_SIZE, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION};
 use skiff_fs::{BlobSource, SourceError};
 
 use crate::manifest::Descriptor;
 
 pub const ZSTD_CHUNKED_MANIFEST_POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
+
+/// Where an eStargz layer's table of contents starts, as `skiff convert` writes it beside the
+/// TOC digest; an offset that does not parse is no hint at all.
+pub fn toc_offset_hint(desc: &Descriptor) -> Option<u64> {
+    desc.annotations.get(TOC_OFFSET_ANNOTATION)?.parse().ok()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayerFormat {

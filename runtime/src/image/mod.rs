@@ -18,7 +18,7 @@ pub use commit::{change_config, commit, without_triggers, CommitOptions, LayerCo
 pub use convert::{
     convert, ConvertReport, ConvertedLayer, ESTARGZ_LAYER, MAX_PROFILE_ANNOTATION, PROFILE_ANNOTATION,
 };
-pub use format::LayerFormat;
+pub use format::{toc_offset_hint, LayerFormat};
 pub use import::{check_trigger, import, ImportOptions};
 pub use inspect::{inspect, ImageDetails, LayerDetails};
 pub use pull::{pull, PullOptions, PullResult};

@@ -6,10 +6,9 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use skiff_fs::estargz::TOC_OFFSET_ANNOTATION;
 use skiff_fs::Digest;
 
-use super::{parse_config, ImageError, LayerFormat, Progress};
+use super::{parse_config, toc_offset_hint, ImageError, LayerFormat, Progress};
 use crate::manifest::{Descriptor, Manifest, Platform};
 use crate::reference::Reference;
 use crate::registry::{Client, RegistryError};
@@ -117,9 +116,7 @@ pub fn pull(
 /// eStargz layer (its manifest gives the TOC's offset) neither stored nor indexed yet.
 fn fetch_tocs_ahead(client: &Arc<Client>, store: &Store, reference: &Reference, layers: &[Descriptor]) {
     for layer in layers {
-        let Some(offset) = layer.annotations.get(TOC_OFFSET_ANNOTATION).and_then(|o| o.parse().ok()) else {
-            continue;
-        };
+        let Some(offset) = toc_offset_hint(layer) else { continue };
         let estargz = matches!(LayerFormat::declared(layer), LayerFormat::Estargz { annotated: true });
         if estargz && !store.has(&layer.digest) && !store.has_layer_index(&layer.digest) {
             client.fetch_toc_ahead(reference, layer, offset);

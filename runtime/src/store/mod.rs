@@ -193,10 +193,7 @@ impl Store {
 
     /// Keeps the index of layer `digest` for the next mount.
     pub fn write_layer_index(&self, digest: &Digest, index: &LayerIndex) -> Result<(), StoreError> {
-        let path = self.layer_index_path(digest);
-        let dir = path.parent().expect("indexes dir");
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
-        write_atomic(&path, &index.to_bytes(), 0o644).map_err(io_at(&path))
+        write_in_dir(&self.layer_index_path(digest), &index.to_bytes())
     }
 
     /// The prefetch profile recorded for image manifest `digest`: the byte ranges of files
@@ -213,11 +210,8 @@ impl Store {
     }
 
     pub fn write_profile(&self, digest: &Digest, files: &[ProfiledFile]) -> Result<(), StoreError> {
-        let path = self.profile_path(digest);
-        let dir = path.parent().expect("profiles dir");
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
         let bytes = serde_json::to_vec_pretty(&Profile::of(files)).expect("serializes");
-        write_atomic(&path, &bytes, 0o644).map_err(io_at(&path))
+        write_in_dir(&self.profile_path(digest), &bytes)
     }
 
     pub fn profile_path(&self, digest: &Digest) -> PathBuf {
@@ -246,10 +240,7 @@ impl Store {
     /// Keeps `plan` beside the profile of image manifest `digest` (written first, so that a
     /// profile never has an older plan beside it).
     pub fn write_profile_plan(&self, digest: &Digest, plan: &PrefetchPlan) -> Result<(), StoreError> {
-        let path = self.profile_plan_path(digest);
-        let dir = path.parent().expect("profiles dir");
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
-        write_atomic(&path, plan.to_json().as_bytes(), 0o644).map_err(io_at(&path))
+        write_in_dir(&self.profile_plan_path(digest), plan.to_json().as_bytes())
     }
 
     fn profile_plan_path(&self, digest: &Digest) -> PathBuf {
@@ -268,6 +259,13 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Replaces `path` with `bytes` atomically (mode 0644), making its directory first.
+fn write_in_dir(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("a store file is in a directory");
+    fs::create_dir_all(dir).map_err(io_at(dir))?;
+    write_atomic(path, bytes, 0o644).map_err(io_at(path))
 }
 
 /// `index` as read from `path` if it parsed and holds together; else the file is removed
