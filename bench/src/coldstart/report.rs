@@ -151,8 +151,10 @@ impl Report {
     /// The ideal cold start of a workload: the bytes it actually reads, at the link's rate.
     /// "Bytes it reads" is the median, over cold skiff-lazy runs without a profile, of the
     /// distinct file bytes read, compressed at their layer's ratio (skiff counts them); for
-    /// samples without that count, the blob bytes fetched. `None` on an unshaped link or
-    /// without lazy samples.
+    /// samples without that count, the blob bytes fetched. A run without lazy samples (its
+    /// `--modes` left lazy out) takes the count of the profile runs, else of the optimized
+    /// ones: the same reads, counted the same way, whatever a prefetch fetched. `None` on an
+    /// unshaped link or without such samples.
     pub fn ideal_s(&self, workload: &str) -> Option<f64> {
         let rate = self.link.rate_bits_per_s? as f64;
         Some(self.read_bytes(workload)? * 8.0 / rate)
@@ -160,12 +162,15 @@ impl Report {
 
     /// Median bytes the workload reads (see [`Report::ideal_s`]).
     pub fn read_bytes(&self, workload: &str) -> Option<f64> {
-        let bytes = Spread::of(
+        let cold = |mode: Mode| {
             self.samples
                 .iter()
-                .filter(|s| s.workload == workload && s.mode == Mode::Lazy && s.phase == Phase::Cold)
-                .map(|s| s.read_bytes.unwrap_or(s.blob_bytes) as f64),
-        )?;
+                .filter(move |s| s.workload == workload && s.mode == mode && s.phase == Phase::Cold)
+        };
+        let lazy = Spread::of(cold(Mode::Lazy).map(|s| s.read_bytes.unwrap_or(s.blob_bytes) as f64));
+        // A prefetch's blob bytes are not what the workload read: only skiff's count will do.
+        let counted = |mode| Spread::of(cold(mode).filter_map(|s| s.read_bytes).map(|b| b as f64));
+        let bytes = lazy.or_else(|| counted(Mode::Profile)).or_else(|| counted(Mode::Optimized))?;
         Some(bytes.median)
     }
 
@@ -606,6 +611,22 @@ mod tests {
         assert!((r.summaries[0].times_ideal.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(r.summaries[1].ideal_s, None, "warm rows have no ideal");
         assert_eq!(report(None).ideal_s("python"), None);
+    }
+
+    #[test]
+    fn without_lazy_runs_the_ideal_comes_from_the_profile_runs_count_else_the_optimized() {
+        let link = LinkInfo { rate_bits_per_s: Some(100_000_000), delay_ms: None, cold_registry: false };
+        let counted = |mode, read: Option<u64>| Sample {
+            read_bytes: read,
+            ..sample("pg", mode, Phase::Cold, 3.0, 40_000_000)
+        };
+        let ideal = |samples| Report::new(link.clone(), true, vec![], samples, vec![]).ideal_s("pg");
+        let optimized = counted(Mode::Optimized, Some(25_000_000));
+        assert_eq!(ideal(vec![optimized.clone()]), Some(2.0));
+        assert_eq!(ideal(vec![optimized.clone(), counted(Mode::Profile, Some(12_500_000))]), Some(1.0));
+        // What a prefetch fetched is no measure of what was read.
+        assert_eq!(ideal(vec![counted(Mode::Profile, None)]), None);
+        assert_eq!(ideal(vec![optimized, counted(Mode::Lazy, Some(37_500_000))]), Some(3.0));
     }
 
     #[test]
