@@ -75,8 +75,8 @@ impl PrefetchPlan {
         serde_json::to_string(self).expect("serializes")
     }
 
-    pub fn from_json(json: &str) -> Result<PrefetchPlan, String> {
-        let plan: PrefetchPlan = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    pub fn from_json(json: impl AsRef<[u8]>) -> Result<PrefetchPlan, String> {
+        let plan: PrefetchPlan = serde_json::from_slice(json.as_ref()).map_err(|e| e.to_string())?;
         match plan.batches.iter().flatten().find(|c| c.2 > MAX_PLANNED_CHUNK || c.4 > MAX_PLANNED_CHUNK) {
             Some(c) => Err(format!("chunk {} is over {MAX_PLANNED_CHUNK} bytes", c.5)),
             None => Ok(plan),
@@ -93,16 +93,15 @@ impl PrefetchPlan {
     pub fn fetch_early(&self, sources: &[Arc<dyn BlobSource>], cache: &ChunkCache, priority: &Arc<Priority>) {
         let empty = Arc::new(IndexBuilder::new().finish());
         for batch in self.batches.iter().take(EARLY_BATCHES) {
-            let mut touched: Vec<usize> = batch.iter().map(|c| c.0).collect();
-            touched.sort_unstable();
-            touched.dedup();
-            for layer in touched {
+            let mut by_layer: std::collections::BTreeMap<usize, Vec<PrefetchChunk>> = Default::default();
+            for c in batch {
+                // Chunks of no file the (empty) index knows: errors name the layer's root.
+                by_layer.entry(c.0).or_default().push((0, c.chunk()));
+            }
+            for (layer, chunks) in by_layer {
                 let Some(source) = sources.get(layer) else { continue };
                 let lower = LazyLayer::new(empty.clone(), cache.clone(), source.clone())
                     .with_priority(priority.clone());
-                // Chunks of no file the (empty) index knows: errors name the layer's root.
-                let chunks: Vec<PrefetchChunk> =
-                    batch.iter().filter(|c| c.0 == layer).map(|c| (0, c.chunk())).collect();
                 // A failure is logged; the mount's prefetch or reads fetch the chunks again.
                 let spawned = std::thread::Builder::new()
                     .name("skiff-early-prefetch".into())
@@ -247,11 +246,11 @@ mod tests {
             named,
             [(0, 0, d("base etc/passwd 0")), (1, 1000, d("top usr/bin/tool 1")), (1, 2000, d("top app 0"))]
         );
-        assert_eq!(PrefetchPlan::from_json(&plan.to_json()).unwrap(), plan);
+        assert_eq!(PrefetchPlan::from_json(plan.to_json()).unwrap(), plan);
         assert!(PrefetchPlan::from_json(r#"{"batches": [[[0, 1]]]}"#).is_err());
         let mut huge = plan.clone();
         huge.batches[0][0].4 = MAX_PLANNED_CHUNK + 1;
-        let err = PrefetchPlan::from_json(&huge.to_json()).unwrap_err();
+        let err = PrefetchPlan::from_json(huge.to_json()).unwrap_err();
         assert!(err.contains(&d("base etc/passwd 0").to_string()), "{err}");
     }
 }

@@ -228,8 +228,7 @@ impl Store {
             return None;
         }
         let path = self.profile_plan_path(digest);
-        let json = fs::read(&path).ok()?;
-        let plan = std::str::from_utf8(&json).map_err(|e| e.to_string()).and_then(PrefetchPlan::from_json);
+        let plan = PrefetchPlan::from_json(fs::read(&path).ok()?);
         if let Err(e) = &plan {
             tracing::warn!(path = %path.display(), error = %e, "removing a prefetch plan that does not parse");
             let _ = fs::remove_file(&path);
