@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
 use super::images::Workload;
-use super::link::{Link, REGISTRY};
+use super::link::{last_moment, Link, REGISTRY};
 use super::proc::{disk_usage, remove_tree, run_checked, time_until_ready, Ready, Started};
 use super::report::Sample;
 
@@ -274,6 +274,8 @@ impl Runner<'_> {
         let mark = self.link.access_log_mark();
         let read_before = mode.is_skiff().then(|| skiff_read_bytes(root));
         let lo_before = self.link.lo_bytes()?;
+        let watch = self.link.watch();
+        let began = Instant::now();
         let (started, pull) = if mode.is_skiff() {
             (time_until_ready(&mut self.skiff_run(root, mode, w, false), &w.ready, self.timeout)?, None)
         } else {
@@ -288,6 +290,8 @@ impl Runner<'_> {
             let run = time_until_ready(&mut self.podman(root, &args), &w.ready, self.timeout)?;
             (combine(pull, run), pull)
         };
+        let moved = watch.map(|w| w.finish()).unwrap_or_default();
+        let last_byte = last_moment(&moved, began, began + started.elapsed);
         let traffic = self.link.registry_traffic_since(mark)?;
         let lo_after = self.link.lo_bytes()?;
         Ok(Sample {
@@ -297,6 +301,7 @@ impl Runner<'_> {
             iteration,
             ready_s: started.elapsed.as_secs_f64(),
             pull_s: pull.map(|p| p.elapsed.as_secs_f64()),
+            last_byte_s: last_byte.map(|d| d.as_secs_f64()),
             blob_bytes: traffic.blob_bytes,
             blob_requests: traffic.blob_requests,
             link_bytes: lo_after.saturating_sub(lo_before),

@@ -19,6 +19,10 @@ pub struct Sample {
     pub ready_s: f64,
     /// The part of `ready_s` spent pulling, when the mode pulls in a command of its own.
     pub pull_s: Option<f64>,
+    /// When the link last carried bytes before the start was ready, from the start (looked at
+    /// every few ms); `None` when nothing crossed it. What comes after is the workload's own
+    /// work, and the runtime's: no transfer of a lazy start is left to wait for.
+    pub last_byte_s: Option<f64>,
     /// Bytes of `/v2/…/blobs/` responses the registry sent (its access log).
     pub blob_bytes: u64,
     /// Blob requests the registry answered.
@@ -67,6 +71,9 @@ pub struct Summary {
     pub failures: usize,
     pub ready_s: Option<Spread>,
     pub pull_s: Option<Spread>,
+    pub last_byte_s: Option<Spread>,
+    /// Per run, the ready time after the link's last byte (`ready_s - last_byte_s`).
+    pub after_last_byte_s: Option<Spread>,
     pub blob_bytes: Option<Spread>,
     pub blob_requests: Option<Spread>,
     pub link_bytes: Option<Spread>,
@@ -219,6 +226,8 @@ impl Report {
                     failures,
                     ready_s,
                     pull_s: spread(&|s| s.pull_s),
+                    last_byte_s: spread(&|s| s.last_byte_s),
+                    after_last_byte_s: spread(&|s| s.last_byte_s.map(|l| s.ready_s - l)),
                     blob_bytes: spread(&|s| Some(s.blob_bytes as f64)),
                     blob_requests: spread(&|s| Some(s.blob_requests as f64)),
                     link_bytes: spread(&|s| Some(s.link_bytes as f64)),
@@ -253,6 +262,7 @@ impl Report {
             "PHASE",
             "READY s [min-max]",
             "PULL s",
+            "LAST BYTE s",
             "FETCHED MB",
             "REQS",
             "RSS MiB",
@@ -273,6 +283,7 @@ impl Report {
                 s.phase.name().to_string(),
                 ready,
                 s.pull_s.map_or("-".into(), |p| format!("{:.2}", p.median)),
+                s.last_byte_s.map_or("-".into(), |l| format!("{:.2}", l.median)),
                 s.blob_bytes.map_or("-".into(), |b| format!("{:.1}", b.median / 1e6)),
                 s.blob_requests.map_or("-".into(), |r| format!("{:.0}", r.median)),
                 s.peak_rss_kib.map_or("-".into(), |r| format!("{:.0}", r.median / 1024.0)),
@@ -320,6 +331,18 @@ impl Report {
         if !ratios.is_empty() {
             let _ = writeln!(out, "fetched / read: {}", ratios.join(", "));
         }
+        // What no transfer can shorten: the ready time after the link went quiet.
+        let after: Vec<String> = self
+            .summaries
+            .iter()
+            .filter(|s| s.phase == Phase::Cold)
+            .filter_map(|s| {
+                Some(format!("{} {} {:.2} s", s.workload, s.mode.name(), s.after_last_byte_s?.median))
+            })
+            .collect();
+        if !after.is_empty() {
+            let _ = writeln!(out, "ready after the last byte: {}", after.join(", "));
+        }
         for (mode, why) in &self.skipped {
             let _ = writeln!(out, "skipped {}: {why}", mode.name());
         }
@@ -350,19 +373,20 @@ impl Report {
     /// One CSV line per sample (raw data; medians are in the JSON and the table).
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "workload,mode,phase,iteration,ready_s,pull_s,blob_bytes,blob_requests,link_bytes,peak_rss_kib,disk_bytes,read_bytes\n",
+            "workload,mode,phase,iteration,ready_s,pull_s,last_byte_s,blob_bytes,blob_requests,link_bytes,peak_rss_kib,disk_bytes,read_bytes\n",
         );
         let opt = |v: Option<String>| v.unwrap_or_default();
         for s in &self.samples {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{:.4},{},{},{},{},{},{},{}",
+                "{},{},{},{},{:.4},{},{},{},{},{},{},{},{}",
                 csv_field(&s.workload),
                 s.mode.name(),
                 s.phase.name(),
                 s.iteration,
                 s.ready_s,
                 opt(s.pull_s.map(|p| format!("{p:.4}"))),
+                opt(s.last_byte_s.map(|l| format!("{l:.4}"))),
                 s.blob_bytes,
                 s.blob_requests,
                 s.link_bytes,
@@ -445,6 +469,15 @@ impl Report {
                 }
                 _ => bar(0.0, ready, opacity, format!("ready {ready:.2} s")),
             }
+            if let Some(last) = s.last_byte_s.map(|l| l.median) {
+                let _ = writeln!(
+                    body,
+                    r##"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="#111" stroke-width="2"><title>last byte {last:.2} s</title></line>"##,
+                    x(last),
+                    y - 1.0,
+                    y + BAR_H + 1.0
+                );
+            }
             let _ = writeln!(
                 body,
                 r#"<text x="{:.1}" y="{:.1}">{ready:.2} s</text>"#,
@@ -475,7 +508,7 @@ impl Report {
         }
         let _ = writeln!(
             body,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds to ready (median; dark = pull, light = run; dashed = ideal)</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds to ready (median; dark = pull, light = run; black tick = last byte; dashed = ideal)</text>"#,
             LABEL_W + PLOT_W / 2.0,
             axis_y + 32.0
         );
@@ -538,6 +571,7 @@ mod tests {
             iteration: 0,
             ready_s,
             pull_s: (mode == Mode::Podman).then_some(ready_s * 0.8),
+            last_byte_s: (phase == Phase::Cold).then_some(ready_s * 0.5),
             blob_bytes,
             blob_requests: 3,
             link_bytes: blob_bytes + 1000,
@@ -641,6 +675,13 @@ mod tests {
         assert!(t.contains("skipped skiff-profile: no --record-profile"), "{t}");
         assert!(t.contains("failed python skiff-full cold #1: boom"), "{t}");
         assert!(t.contains("ideal (bytes read, compressed / link rate): python 1.00 s"), "{t}");
+        // The lazy runs' link went quiet halfway: 0.5, 1.5 and 1.0 s before they were ready.
+        // Cold rows only: warm runs move no bytes.
+        let after = t.lines().find(|l| l.starts_with("ready after the last byte: ")).unwrap();
+        assert_eq!(
+            after,
+            "ready after the last byte: python skiff-lazy 1.00 s, python podman 5.00 s, a<b&\"c\" skiff-full 2.00 s"
+        );
         // Columns line up: every data line is as long as the header or ends early (trimmed).
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[1].starts_with("WORKLOAD"));
@@ -652,7 +693,8 @@ mod tests {
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(lines.len(), 7);
         assert!(lines[0].starts_with("workload,mode,phase,"));
-        assert!(lines[4].starts_with("python,podman,cold,0,10.0000,8.0000,"));
+        assert!(lines[4].starts_with("python,podman,cold,0,10.0000,8.0000,5.0000,"));
+        assert!(lines[5].starts_with("python,skiff-lazy,warm,0,0.1000,,,"), "{}", lines[5]);
         assert!(lines[6].starts_with("\"a<b&\"\"c\"\"\",skiff-full,"));
         assert!(lines.iter().all(|l| l.split(',').count() >= 11));
     }
@@ -697,6 +739,8 @@ mod tests {
         assert!(svg.contains("<title>ready 2.00 s</title>"), "skiff-lazy is one bar");
         assert!(svg.contains("a&lt;b&amp;&quot;c&quot;"));
         assert!(svg.contains("stroke-dasharray"), "the ideal line");
+        assert!(svg.contains("<title>last byte 1.00 s</title>"), "a tick where skiff-lazy's link went quiet");
+        assert_eq!(svg.matches("<title>last byte").count(), 3, "cold rows only");
         assert_well_formed(
             &Report::new(
                 LinkInfo { rate_bits_per_s: None, delay_ms: None, cold_registry: false },
