@@ -232,8 +232,8 @@ impl Link {
     }
 }
 
-/// How often a [`LinkWatch`] looks at `lo`: a moment it notes is at most this late. Every 5 ms
-/// slowed lazy python starts here by about 15%; every 20 ms changed nothing measurable.
+/// How often a [`LinkWatch`] looks at `lo`: a moment it notes is at most this late. Fine enough
+/// for what it shows (tenths of seconds), and few enough looks to leave the CPUs to the run.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(20);
 
 /// A running look at `lo` (see [`Link::watch`]).
