@@ -190,6 +190,14 @@ impl Link {
         json[0]["stats64"]["tx"]["bytes"].as_u64().context("ip -j -s link: no stats64.tx.bytes")
     }
 
+    /// CPU time the registry has used so far (user and system), `None` when it is not
+    /// running. It shares the machine's CPUs with the runs it serves: what it spends, a
+    /// registry at the far end of a real link would not take from them.
+    pub fn registry_cpu(&self) -> Option<Duration> {
+        let pid = self.registry.as_ref()?.id();
+        cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
     /// Starts looking at the namespace's `lo` every [`WATCH_PERIOD`] from a thread of its own,
     /// noting the moments its byte count has moved. It reads the counters the registry's
     /// `/proc` entry shows (the namespace's), so it starts no process per look. `None` when
@@ -254,6 +262,16 @@ impl LinkWatch {
 /// bytes during a run that began then and was ready at `until`.
 pub fn last_moment(moments: &[Instant], began: Instant, until: Instant) -> Option<Duration> {
     moments.iter().filter(|m| (began..=until).contains(*m)).max().map(|m| m.duration_since(began))
+}
+
+/// User plus system time from the text of a `/proc/PID/stat` (fields 14 and 15, in the
+/// kernel's USER_HZ ticks, 100 a second on Linux). The command name, field 2, may hold spaces
+/// and parentheses, so fields are counted after its last `)`.
+fn cpu_time(stat: &str) -> Option<Duration> {
+    const USER_HZ: u64 = 100;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
 /// The bytes `lo` has sent, from the text of a `/proc/PID/net/dev`: the ninth number after
@@ -373,6 +391,14 @@ mod tests {
         assert_eq!(lo_tx_bytes(text), Some(16_107_999));
         assert_eq!(lo_tx_bytes("  eth0: 1 2 3 4 5 6 7 8 9 10\n"), None);
         assert_eq!(lo_tx_bytes("    lo: 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_user_plus_system_after_the_command_name() {
+        let stat = "4242 (docker (reg) y) S 1 4242 4242 0 -1 4194560 9000 0 12 0 250 37 0 0 20 0 12 0 300 0";
+        assert_eq!(cpu_time(stat), Some(Duration::from_millis(2870)));
+        assert_eq!(cpu_time("4242 (short) S 1 2"), None);
+        assert_eq!(cpu_time("no parenthesis"), None);
     }
 
     #[test]

@@ -275,6 +275,7 @@ impl Runner<'_> {
         let read_before = mode.is_skiff().then(|| skiff_read_bytes(root));
         let lo_before = self.link.lo_bytes()?;
         let watch = self.link.watch();
+        let registry_cpu_before = self.link.registry_cpu();
         let began = Instant::now();
         let (started, pull) = if mode.is_skiff() {
             (time_until_ready(&mut self.skiff_run(root, mode, w, false), &w.ready, self.timeout)?, None)
@@ -292,6 +293,10 @@ impl Runner<'_> {
         };
         let moved = watch.map(|w| w.finish()).unwrap_or_default();
         let last_byte = last_moment(&moved, began, began + started.elapsed);
+        let registry_cpu = match (registry_cpu_before, self.link.registry_cpu()) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before).as_secs_f64()),
+            _ => None,
+        };
         let traffic = self.link.registry_traffic_since(mark)?;
         let lo_after = self.link.lo_bytes()?;
         Ok(Sample {
@@ -302,6 +307,7 @@ impl Runner<'_> {
             ready_s: started.elapsed.as_secs_f64(),
             pull_s: pull.map(|p| p.elapsed.as_secs_f64()),
             last_byte_s: last_byte.map(|d| d.as_secs_f64()),
+            registry_cpu_s: registry_cpu,
             blob_bytes: traffic.blob_bytes,
             blob_requests: traffic.blob_requests,
             link_bytes: lo_after.saturating_sub(lo_before),

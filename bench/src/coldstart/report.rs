@@ -23,6 +23,9 @@ pub struct Sample {
     /// every few ms); `None` when nothing crossed it. What comes after is the workload's own
     /// work, and the runtime's: no transfer of a lazy start is left to wait for.
     pub last_byte_s: Option<f64>,
+    /// CPU time (user and system) the registry spent during the run: on this rig it shares
+    /// the CPUs with the runtime and the workload.
+    pub registry_cpu_s: Option<f64>,
     /// Bytes of `/v2/…/blobs/` responses the registry sent (its access log).
     pub blob_bytes: u64,
     /// Blob requests the registry answered.
@@ -74,6 +77,7 @@ pub struct Summary {
     pub last_byte_s: Option<Spread>,
     /// Per run, the ready time after the link's last byte (`ready_s - last_byte_s`).
     pub after_last_byte_s: Option<Spread>,
+    pub registry_cpu_s: Option<Spread>,
     pub blob_bytes: Option<Spread>,
     pub blob_requests: Option<Spread>,
     pub link_bytes: Option<Spread>,
@@ -228,6 +232,7 @@ impl Report {
                     pull_s: spread(&|s| s.pull_s),
                     last_byte_s: spread(&|s| s.last_byte_s),
                     after_last_byte_s: spread(&|s| s.last_byte_s.map(|l| s.ready_s - l)),
+                    registry_cpu_s: spread(&|s| s.registry_cpu_s),
                     blob_bytes: spread(&|s| Some(s.blob_bytes as f64)),
                     blob_requests: spread(&|s| Some(s.blob_requests as f64)),
                     link_bytes: spread(&|s| Some(s.link_bytes as f64)),
@@ -265,6 +270,7 @@ impl Report {
             "LAST BYTE s",
             "FETCHED MB",
             "REQS",
+            "REG CPU s",
             "RSS MiB",
             "DISK MB",
             "x IDEAL",
@@ -286,6 +292,7 @@ impl Report {
                 s.last_byte_s.map_or("-".into(), |l| format!("{:.2}", l.median)),
                 s.blob_bytes.map_or("-".into(), |b| format!("{:.1}", b.median / 1e6)),
                 s.blob_requests.map_or("-".into(), |r| format!("{:.0}", r.median)),
+                s.registry_cpu_s.map_or("-".into(), |c| format!("{:.2}", c.median)),
                 s.peak_rss_kib.map_or("-".into(), |r| format!("{:.0}", r.median / 1024.0)),
                 s.disk_bytes.map_or("-".into(), |d| format!("{:.1}", d.median / 1e6)),
                 s.times_ideal.map_or("-".into(), |x| format!("{x:.2}")),
@@ -373,13 +380,13 @@ impl Report {
     /// One CSV line per sample (raw data; medians are in the JSON and the table).
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "workload,mode,phase,iteration,ready_s,pull_s,last_byte_s,blob_bytes,blob_requests,link_bytes,peak_rss_kib,disk_bytes,read_bytes\n",
+            "workload,mode,phase,iteration,ready_s,pull_s,last_byte_s,blob_bytes,blob_requests,registry_cpu_s,link_bytes,peak_rss_kib,disk_bytes,read_bytes\n",
         );
         let opt = |v: Option<String>| v.unwrap_or_default();
         for s in &self.samples {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{:.4},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{:.4},{},{},{},{},{},{},{},{},{}",
                 csv_field(&s.workload),
                 s.mode.name(),
                 s.phase.name(),
@@ -389,6 +396,7 @@ impl Report {
                 opt(s.last_byte_s.map(|l| format!("{l:.4}"))),
                 s.blob_bytes,
                 s.blob_requests,
+                opt(s.registry_cpu_s.map(|c| format!("{c:.2}"))),
                 s.link_bytes,
                 opt(s.peak_rss_kib.map(|r| r.to_string())),
                 s.disk_bytes,
@@ -572,6 +580,7 @@ mod tests {
             ready_s,
             pull_s: (mode == Mode::Podman).then_some(ready_s * 0.8),
             last_byte_s: (phase == Phase::Cold).then_some(ready_s * 0.5),
+            registry_cpu_s: Some(0.25),
             blob_bytes,
             blob_requests: 3,
             link_bytes: blob_bytes + 1000,
@@ -693,7 +702,7 @@ mod tests {
         let lines: Vec<&str> = c.lines().collect();
         assert_eq!(lines.len(), 7);
         assert!(lines[0].starts_with("workload,mode,phase,"));
-        assert!(lines[4].starts_with("python,podman,cold,0,10.0000,8.0000,5.0000,"));
+        assert!(lines[4].starts_with("python,podman,cold,0,10.0000,8.0000,5.0000,50000000,3,0.25,50001000,"));
         assert!(lines[5].starts_with("python,skiff-lazy,warm,0,0.1000,,,"), "{}", lines[5]);
         assert!(lines[6].starts_with("\"a<b&\"\"c\"\"\",skiff-full,"));
         assert!(lines.iter().all(|l| l.split(',').count() >= 11));
