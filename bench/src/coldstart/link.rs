@@ -220,7 +220,7 @@ impl Link {
             }
             moved
         });
-        Some(LinkWatch { stop, thread })
+        Some(LinkWatch { stop, thread: Some(thread) })
     }
 
     /// Where the access log ends now; [`Link::registry_traffic_since`] reads on from there.
@@ -244,17 +244,24 @@ impl Link {
 /// for what it shows (tenths of seconds), and few enough looks to leave the CPUs to the run.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(20);
 
-/// A running look at `lo` (see [`Link::watch`]).
+/// A running look at `lo` (see [`Link::watch`]); dropped unfinished (a run that failed), it
+/// stops looking all the same.
 pub struct LinkWatch {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Instant>>,
+    thread: Option<JoinHandle<Vec<Instant>>>,
 }
 
 impl LinkWatch {
     /// Stops looking; the moments `lo` was seen to have carried bytes since the look before.
-    pub fn finish(self) -> Vec<Instant> {
+    pub fn finish(mut self) -> Vec<Instant> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
