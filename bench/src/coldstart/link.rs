@@ -180,30 +180,31 @@ impl Link {
         read_image_files(&self.storage, reference)
     }
 
-    /// Bytes sent on the namespace's `lo` so far (every packet is counted once).
+    /// Bytes sent on the namespace's `lo` so far (every packet is counted once), read from the
+    /// counters the registry's `/proc` entry shows (the namespace's).
     pub fn lo_bytes(&self) -> anyhow::Result<u64> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j", "-s", "link", "show", "dev", "lo"])
-            .output()
-            .context("ip -s link show lo")?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ip -j output")?;
-        json[0]["stats64"]["tx"]["bytes"].as_u64().context("ip -j -s link: no stats64.tx.bytes")
+        let path = self.registry_proc("net/dev").context("the registry is not running")?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        lo_tx_bytes(&text).with_context(|| format!("{}: no counters for lo", path.display()))
     }
 
     /// CPU time the registry has used so far (user and system), `None` when it is not
     /// running. It shares the machine's CPUs with the runs it serves: what it spends, a
     /// registry at the far end of a real link would not take from them.
     pub fn registry_cpu(&self) -> Option<Duration> {
-        let pid = self.registry.as_ref()?.id();
-        cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+        cpu_time(&std::fs::read_to_string(self.registry_proc("stat")?).ok()?)
+    }
+
+    /// `file` of the registry's `/proc` entry; `None` when it is not running.
+    fn registry_proc(&self, file: &str) -> Option<PathBuf> {
+        Some(PathBuf::from(format!("/proc/{}/{file}", self.registry.as_ref()?.id())))
     }
 
     /// Starts looking at the namespace's `lo` every [`WATCH_PERIOD`] from a thread of its own,
-    /// noting the moments its byte count has moved. It reads the counters the registry's
-    /// `/proc` entry shows (the namespace's), so it starts no process per look. `None` when
-    /// the registry is not running.
+    /// noting the moments its byte count has moved (the counters [`Link::lo_bytes`] reads).
+    /// `None` when the registry is not running.
     pub fn watch(&self) -> Option<LinkWatch> {
-        let path = PathBuf::from(format!("/proc/{}/net/dev", self.registry.as_ref()?.id()));
+        let path = self.registry_proc("net/dev")?;
         let read = move || std::fs::read_to_string(&path).ok().as_deref().and_then(lo_tx_bytes);
         let mut last = read()?;
         let stop = Arc::new(AtomicBool::new(false));

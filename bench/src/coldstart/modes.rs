@@ -293,10 +293,7 @@ impl Runner<'_> {
         };
         let moved = watch.map(|w| w.finish()).unwrap_or_default();
         let last_byte = last_moment(&moved, began, began + started.elapsed);
-        let registry_cpu = match (registry_cpu_before, self.link.registry_cpu()) {
-            (Some(before), Some(after)) => Some(after.saturating_sub(before).as_secs_f64()),
-            _ => None,
-        };
+        let registry_cpu = registry_cpu_before.zip(self.link.registry_cpu());
         let traffic = self.link.registry_traffic_since(mark)?;
         let lo_after = self.link.lo_bytes()?;
         Ok(Sample {
@@ -307,7 +304,7 @@ impl Runner<'_> {
             ready_s: started.elapsed.as_secs_f64(),
             pull_s: pull.map(|p| p.elapsed.as_secs_f64()),
             last_byte_s: last_byte.map(|d| d.as_secs_f64()),
-            registry_cpu_s: registry_cpu,
+            registry_cpu_s: registry_cpu.map(|(before, after)| after.saturating_sub(before).as_secs_f64()),
             blob_bytes: traffic.blob_bytes,
             blob_requests: traffic.blob_requests,
             link_bytes: lo_after.saturating_sub(lo_before),
