@@ -1,7 +1,9 @@
 //! The link between the registry and the clients: a private network namespace of the bench's
 //! own (`ip netns add`), its `lo` shaped with `tbf`, and the registry (`docker-registry serve`)
-//! running inside it with its access log on. Dropping a [`Link`] stops the registry (by pid)
-//! and deletes the namespace, which takes the qdisc with it.
+//! running inside it with its access log on. By default ([`Blobs::Redirect`]) the registry
+//! answers a blob GET with a redirect to its storage, which nginx serves as static files, as
+//! public registries send blob downloads to a CDN or an object store. Dropping a [`Link`] stops
+//! both servers (by pid) and deletes the namespace, which takes the qdisc with it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -13,11 +15,26 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use serde::Serialize;
 
 use super::proc::{run_checked, stop_child};
 
-/// The registry's address inside the namespace (nothing else listens there).
+/// The registry's address inside the namespace.
 pub const REGISTRY: &str = "127.0.0.1:5000";
+/// Where the blob server listens, for [`Blobs::Redirect`].
+const BLOB_SERVER: &str = "127.0.0.1:5001";
+
+/// Where blob bytes come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Blobs {
+    /// The registry redirects each blob GET to its storage, served by nginx as static files:
+    /// as Docker Hub, GHCR, ECR or Quay hand blob downloads to a CDN or an object store.
+    #[default]
+    Redirect,
+    /// docker-registry sends blob bytes itself (it reads 4 MiB for every range request).
+    Registry,
+}
 
 /// How the namespace's `lo` is shaped.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -74,70 +91,103 @@ pub fn tc_commands(shape: &Shape) -> Vec<Vec<String>> {
 pub struct Link {
     name: String,
     registry: Option<Child>,
-    access_log: PathBuf,
+    /// nginx, serving the registry's storage, with [`Blobs::Redirect`].
+    blob_server: Option<Child>,
+    /// The registry's access log, then the blob server's.
+    access_logs: Vec<PathBuf>,
     storage: PathBuf,
 }
 
 impl Link {
     /// Creates the namespace `skiff-bench-<pid>` with `lo` up (unshaped) and starts the
-    /// registry, its blobs under `storage`, its logs under `log_dir`.
-    pub fn start(storage: &Path, log_dir: &Path) -> anyhow::Result<Link> {
+    /// registry, its blobs under `storage`, its logs under `log_dir`; with
+    /// [`Blobs::Redirect`], nginx too.
+    pub fn start(storage: &Path, log_dir: &Path, blobs: Blobs) -> anyhow::Result<Link> {
         let name = format!("skiff-bench-{}", std::process::id());
         run_checked(Command::new("ip").args(["netns", "add", &name]))?;
         let mut link = Link {
             name,
             registry: None,
-            access_log: log_dir.join("registry-access.log"),
+            blob_server: None,
+            access_logs: vec![log_dir.join("registry-access.log")],
             storage: storage.to_path_buf(),
         };
         link.exec_checked(&["ip", "link", "set", "lo", "up"])?;
 
         std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
         std::fs::create_dir_all(log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        if blobs == Blobs::Redirect {
+            let tmp = log_dir.join("nginx-tmp");
+            std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let config = log_dir.join("nginx.conf");
+            std::fs::write(&config, nginx_config(storage, log_dir))
+                .with_context(|| format!("writing {}", config.display()))?;
+            let child = link.spawn_server(
+                &["nginx", "-e", "stderr", "-c", path_str(&config)?],
+                Stdio::null(),
+                &log_dir.join("nginx.log"),
+                "nginx (apt-get install nginx)",
+            )?;
+            link.blob_server = Some(child);
+            link.access_logs.push(log_dir.join("blobs-access.log"));
+            link.wait_for_port(BLOB_SERVER, "nginx", &log_dir.join("nginx.log"), |l| &mut l.blob_server)?;
+        }
         let config = log_dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: false}}}}\n\
-                 storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-                 http: {{addr: {REGISTRY}}}\n",
-                storage.display()
-            ),
-        )
-        .with_context(|| format!("writing {}", config.display()))?;
-        let stdout = File::create(&link.access_log).context("creating the registry access log")?;
-        let stderr = File::create(log_dir.join("registry.log")).context("creating the registry log")?;
-        // `ip netns exec` execs the registry, so the child's pid is the registry's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &link.name, "docker-registry", "serve"])
-            .arg(&config)
+        std::fs::write(&config, registry_config(storage, blobs))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let child = link.spawn_server(
+            &["docker-registry", "serve", path_str(&config)?],
+            File::create(&link.access_logs[0]).context("creating the registry access log")?.into(),
+            &log_dir.join("registry.log"),
+            "docker-registry (apt-get install docker-registry)",
+        )?;
+        link.registry = Some(child);
+        link.wait_for_port(REGISTRY, "docker-registry", &log_dir.join("registry.log"), |l| &mut l.registry)?;
+        Ok(link)
+    }
+
+    /// Starts `argv` in the namespace, its output to `stdout` and the file `stderr`.
+    fn spawn_server(&self, argv: &[&str], stdout: Stdio, stderr: &Path, what: &str) -> anyhow::Result<Child> {
+        let stderr = File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
+        // `ip netns exec` execs the server, so the child's pid is the server's.
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .context("starting docker-registry (apt-get install docker-registry)")?;
-        link.registry = Some(child);
-        link.wait_for_registry()?;
-        Ok(link)
+            .with_context(|| format!("starting {what}"))
     }
 
-    fn wait_for_registry(&mut self) -> anyhow::Result<()> {
+    /// Waits until something listens on `addr` in the namespace, or the server `server`
+    /// picks out has exited (the error then quotes its `log`).
+    fn wait_for_port(
+        &mut self,
+        addr: &str,
+        what: &str,
+        log: &Path,
+        server: impl Fn(&mut Link) -> &mut Option<Child>,
+    ) -> anyhow::Result<()> {
+        let (host, port) = addr.split_once(':').context("an address is HOST:PORT")?;
+        let probe = format!("exec 3<>/dev/tcp/{host}/{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // The namespace's port is not reachable from here; ask from inside.
-            let probe = self
-                .exec_command(&["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/5000"])
+            let listening = self
+                .exec_command(&["bash", "-c", &probe])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            if matches!(probe, Ok(s) if s.success()) {
+            if matches!(listening, Ok(s) if s.success()) {
                 return Ok(());
             }
-            if let Some(status) = self.registry.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("docker-registry exited ({status}) before it listened on {REGISTRY}");
+            if let Some(status) = server(self).as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let said = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("{what} exited ({status}) before it listened on {addr}: {}", said.trim());
             }
             if Instant::now() > deadline {
-                bail!("docker-registry did not listen on {REGISTRY} within 20 s");
+                bail!("{what} did not listen on {addr} within 20 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -188,16 +238,18 @@ impl Link {
         lo_tx_bytes(&text).with_context(|| format!("{}: no counters for lo", path.display()))
     }
 
-    /// CPU time the registry has used so far (user and system), `None` when it is not
-    /// running. It shares the machine's CPUs with the runs it serves: what it spends, a
-    /// registry at the far end of a real link would not take from them.
+    /// CPU time the registry and its blob server have used so far (user and system), `None`
+    /// when the registry is not running. They share the machine's CPUs with the runs they
+    /// serve: what they spend, a registry at the far end of a real link would not take.
     pub fn registry_cpu(&self) -> Option<Duration> {
-        cpu_time(&std::fs::read_to_string(self.registry_proc("stat")?).ok()?)
+        let of = |child: &Child| cpu_time(&std::fs::read_to_string(proc_file(child, "stat")).ok()?);
+        let registry = of(self.registry.as_ref()?)?;
+        Some(registry + self.blob_server.as_ref().and_then(of).unwrap_or_default())
     }
 
     /// `file` of the registry's `/proc` entry; `None` when it is not running.
     fn registry_proc(&self, file: &str) -> Option<PathBuf> {
-        Some(PathBuf::from(format!("/proc/{}/{file}", self.registry.as_ref()?.id())))
+        Some(proc_file(self.registry.as_ref()?, file))
     }
 
     /// Starts looking at the namespace's `lo` every [`WATCH_PERIOD`] from a thread of its own,
@@ -224,20 +276,27 @@ impl Link {
         Some(LinkWatch { stop, thread: Some(thread) })
     }
 
-    /// Where the access log ends now; [`Link::registry_traffic_since`] reads on from there.
-    pub fn access_log_mark(&self) -> u64 {
-        std::fs::metadata(&self.access_log).map(|m| m.len()).unwrap_or(0)
+    /// Where the access logs end now; [`Link::registry_traffic_since`] reads on from there.
+    pub fn access_log_mark(&self) -> Vec<u64> {
+        self.access_logs.iter().map(|log| std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)).collect()
     }
 
-    /// Blob bytes and requests the registry logged after `mark`.
-    pub fn registry_traffic_since(&self, mark: u64) -> anyhow::Result<Traffic> {
-        // The registry logs a request when its response is done; give the last one a moment.
+    /// Blob bytes and requests the registry and its blob server logged after `mark`: a
+    /// redirected GET counts twice, as it costs two round trips.
+    pub fn registry_traffic_since(&self, mark: &[u64]) -> anyhow::Result<Traffic> {
+        // A server logs a request when its response is done; give the last one a moment.
         std::thread::sleep(Duration::from_millis(150));
-        let mut file = File::open(&self.access_log).context("opening the registry access log")?;
-        file.seek(SeekFrom::Start(mark))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).context("reading the registry access log")?;
-        Ok(Traffic::from_access_log(&text))
+        let mut total = Traffic::default();
+        for (log, &from) in self.access_logs.iter().zip(mark) {
+            let mut file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
+            file.seek(SeekFrom::Start(from))?;
+            let mut text = String::new();
+            file.read_to_string(&mut text).with_context(|| format!("reading {}", log.display()))?;
+            let t = Traffic::from_access_log(&text);
+            total.blob_bytes += t.blob_bytes;
+            total.blob_requests += t.blob_requests;
+        }
+        Ok(total)
     }
 }
 
@@ -270,6 +329,75 @@ impl Drop for LinkWatch {
 /// bytes during a run that began then and was ready at `until`.
 pub fn last_moment(moments: &[Instant], began: Instant, until: Instant) -> Option<Duration> {
     moments.iter().filter(|m| (began..=until).contains(*m)).max().map(|m| m.duration_since(began))
+}
+
+/// The registry's configuration: storage under `storage`, access log on, and with
+/// [`Blobs::Redirect`] the redirect middleware, which answers a blob GET with a 307 to
+/// `http://BLOB_SERVER/docker/registry/v2/blobs/…/data`, the blob's path in the storage.
+fn registry_config(storage: &Path, blobs: Blobs) -> String {
+    let mut config = format!(
+        "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: false}}}}\n\
+         storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+         http: {{addr: {REGISTRY}}}\n",
+        storage.display()
+    );
+    if blobs == Blobs::Redirect {
+        config.push_str(&format!(
+            "middleware: {{storage: [{{name: redirect, options: {{baseurl: 'http://{BLOB_SERVER}'}}}}]}}\n"
+        ));
+    }
+    config
+}
+
+/// nginx as the blob server: one process (no master, so its pid is the one to stop and its
+/// CPU time all there is), GETs (and HEADs) of the registry's blob files under `storage` and
+/// nothing else, sent with sendfile; the access log in the combined format, its temporary
+/// files under `log_dir`.
+fn nginx_config(storage: &Path, log_dir: &Path) -> String {
+    let tmp = log_dir.join("nginx-tmp");
+    let tmp = tmp.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid "{log}/nginx.pid";
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log "{log}/blobs-access.log";
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 600s;
+    client_body_temp_path "{tmp}/body";
+    proxy_temp_path "{tmp}/proxy";
+    fastcgi_temp_path "{tmp}/fastcgi";
+    uwsgi_temp_path "{tmp}/uwsgi";
+    scgi_temp_path "{tmp}/scgi";
+    server {{
+        listen {BLOB_SERVER};
+        root "{storage}";
+        location /docker/registry/v2/blobs/ {{
+            limit_except GET {{ deny all; }}
+            types {{ }}
+            default_type application/octet-stream;
+        }}
+        location / {{ return 404; }}
+    }}
+}}
+"#,
+        log = log_dir.display(),
+        storage = storage.display(),
+    )
+}
+
+/// `file` of a child's `/proc` entry.
+fn proc_file(child: &Child, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/{file}", child.id()))
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// User plus system time from the text of a `/proc/PID/stat` (fields 14 and 15, in the
@@ -348,7 +476,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        if let Some(child) = self.registry.as_mut() {
+        for child in [&mut self.registry, &mut self.blob_server].into_iter().flatten() {
             stop_child(child, Duration::from_secs(5));
         }
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
@@ -364,7 +492,9 @@ pub struct Traffic {
 
 impl Traffic {
     /// Sums the combined-log-format lines (`… "GET /v2/NAME/blobs/DIGEST HTTP/1.1" 206 BYTES …`)
-    /// of GET requests for blobs; HEADs and manifests are not counted, nor lines it cannot parse.
+    /// of GET requests for blobs, the registry's or the blob server's
+    /// (`/docker/registry/v2/blobs/…`); HEADs and manifests are not counted, nor lines it
+    /// cannot parse.
     pub fn from_access_log(text: &str) -> Traffic {
         let mut t = Traffic::default();
         for line in text.lines() {
@@ -373,7 +503,9 @@ impl Traffic {
             let request = &line[start + 1..start + 1 + len];
             let mut parts = request.split_whitespace();
             let (Some("GET"), Some(path)) = (parts.next(), parts.next()) else { continue };
-            if !(path.starts_with("/v2/") && path.contains("/blobs/")) {
+            let blob = (path.starts_with("/v2/") && path.contains("/blobs/"))
+                || path.starts_with("/docker/registry/v2/blobs/");
+            if !blob {
                 continue;
             }
             let mut after = line[start + 1 + len + 1..].split_whitespace();
@@ -488,6 +620,35 @@ mod tests {
     }
 
     #[test]
+    fn only_a_redirecting_registry_names_the_blob_server() {
+        let storage = Path::new("/cache/registry");
+        let direct = registry_config(storage, Blobs::Registry);
+        assert!(direct.contains("rootdirectory: /cache/registry") && direct.contains("addr: 127.0.0.1:5000"));
+        assert!(!direct.contains("middleware"));
+        let redirect = registry_config(storage, Blobs::Redirect);
+        assert!(redirect.starts_with(&direct));
+        assert!(redirect.contains("{name: redirect, options: {baseurl: 'http://127.0.0.1:5001'}}"));
+    }
+
+    #[test]
+    fn the_blob_server_serves_the_registrys_blob_files_only() {
+        let conf = nginx_config(Path::new("/cache/registry"), Path::new("/cache/run-1"));
+        for line in [
+            "master_process off;",
+            "listen 127.0.0.1:5001;",
+            r#"root "/cache/registry";"#,
+            "location /docker/registry/v2/blobs/ {",
+            "limit_except GET { deny all; }",
+            "location / { return 404; }",
+            r#"access_log "/cache/run-1/blobs-access.log";"#,
+            r#"client_body_temp_path "/cache/run-1/nginx-tmp/body";"#,
+        ] {
+            assert!(conf.contains(line), "{line} missing from\n{conf}");
+        }
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+    }
+
+    #[test]
     fn access_log_sums_blob_gets_only() {
         let log = r#"127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "skiff/0.1"
 127.0.0.1 - - [27/Nov/2025:05:25:01 +0000] "GET /v2/bench/python/manifests/estargz HTTP/1.1" 200 1234 "" "skiff/0.1"
@@ -497,5 +658,11 @@ mod tests {
 time="2025-11-27T05:25:02Z" level=info msg="not an access log line"
 garbage"#;
         assert_eq!(Traffic::from_access_log(log), Traffic { blob_bytes: 1_048_627, blob_requests: 2 });
+        // The registry's redirect, then the blob server's answer: two requests.
+        let redirected = r#"127.0.0.1 - - [02/Dec/2026:01:14:37 +0000] "GET /v2/bench/python/blobs/sha256:aa HTTP/1.1" 307 0 "" "skiff/0.1"
+127.0.0.1 - - [02/Dec/2026:01:14:37 +0000] "HEAD /docker/registry/v2/blobs/sha256/aa/aa/data HTTP/1.1" 200 0 "-" "skiff/0.1"
+127.0.0.1 - - [02/Dec/2026:01:14:37 +0000] "GET /docker/registry/v2/blobs/sha256/aa/aa/data HTTP/1.1" 206 55154 "-" "skiff/0.1"
+127.0.0.1 - - [02/Dec/2026:01:14:37 +0000] "GET /docker/registry/v2/repositories/x HTTP/1.1" 404 153 "-" "skiff/0.1""#;
+        assert_eq!(Traffic::from_access_log(redirected), Traffic { blob_bytes: 55_154, blob_requests: 2 });
     }
 }

@@ -19,7 +19,7 @@ use anyhow::{bail, Context};
 use regex::Regex;
 
 use images::{Builder, Variant, Workload};
-use link::{Link, Shape};
+use link::{Blobs, Link, Shape};
 use modes::{Mode, Phase, Runner, SkiffFeatures};
 use proc::{bail_if_interrupted, drop_page_cache, interrupted, remove_tree, Ready};
 use report::{Failure, LinkInfo, Report};
@@ -55,6 +55,11 @@ pub struct Args {
     /// after the drop (by default they are read back in: the registry is the link's far end).
     #[arg(long)]
     cold_registry: bool,
+    /// Where blob bytes come from: `redirect`, the registry redirecting each blob GET to its
+    /// storage, served by nginx (as public registries hand blobs to a CDN or object store);
+    /// `registry`, docker-registry sending them itself.
+    #[arg(long, value_enum, default_value = "redirect")]
+    blobs: Blobs,
     /// Shape the link to this rate (tc units: 100mbit, 1gbit).
     #[arg(long, value_parser = link::parse_rate)]
     rate: Option<u64>,
@@ -154,6 +159,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         ("umoci", "umoci"),
         ("debootstrap", "debootstrap"),
     ])?;
+    if args.blobs == Blobs::Redirect {
+        require_tools(&[("nginx", "nginx")])?;
+    }
     let skiff = find_skiff(args.skiff.as_deref())?;
     let variants: Vec<Variant> =
         args.workloads.iter().map(|w| Variant::parse(w)).collect::<Result<_, _>>()?;
@@ -214,7 +222,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let work = Scratch(args.cache_dir.join(format!("run-{}", std::process::id())));
     remove_tree(&work.0)?;
     std::fs::create_dir_all(&work.0)?;
-    let link = Link::start(&args.cache_dir.join("registry"), &work.0)?;
+    let link = Link::start(&args.cache_dir.join("registry"), &work.0, args.blobs)?;
     if let Some(size) = args.chunk_size {
         for w in &mut workloads {
             w.set_chunk_size(size);
@@ -323,7 +331,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     let report = Report::new(
-        LinkInfo { rate_bits_per_s: args.rate, delay_ms: args.delay, cold_registry: args.cold_registry },
+        LinkInfo {
+            rate_bits_per_s: args.rate,
+            delay_ms: args.delay,
+            cold_registry: args.cold_registry,
+            blobs: args.blobs,
+        },
         dropped_page_cache,
         skipped,
         samples,

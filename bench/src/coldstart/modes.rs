@@ -294,7 +294,7 @@ impl Runner<'_> {
         let moved = watch.map(|w| w.finish()).unwrap_or_default();
         let last_byte = last_moment(&moved, began, began + started.elapsed);
         let registry_cpu = registry_cpu_before.zip(self.link.registry_cpu());
-        let traffic = self.link.registry_traffic_since(mark)?;
+        let traffic = self.link.registry_traffic_since(&mark)?;
         let lo_after = self.link.lo_bytes()?;
         Ok(Sample {
             workload: w.name.clone(),

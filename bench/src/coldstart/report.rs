@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::link::Blobs;
 use super::modes::{Mode, Phase};
 
 /// One measured start of one workload in one mode.
@@ -108,6 +109,8 @@ pub struct LinkInfo {
     /// Whether the registry's files stayed out of the page cache for cold runs
     /// (`--cold-registry`) instead of being read back in after the drop.
     pub cold_registry: bool,
+    /// Where blob bytes came from.
+    pub blobs: Blobs,
 }
 
 impl LinkInfo {
@@ -253,8 +256,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "link: {}; page cache {}",
+            "link: {}, blobs {}; page cache {}",
             self.link.describe(),
+            match self.link.blobs {
+                Blobs::Redirect => "sent by nginx on the registry's redirect",
+                Blobs::Registry => "sent by the registry",
+            },
             match (self.dropped_page_cache, self.link.cold_registry) {
                 (true, false) => "dropped before each cold run, the registry's files read back in",
                 (true, true) => "dropped before each cold run, the registry's too",
@@ -607,7 +614,7 @@ mod tests {
             error: "boom".into(),
         }];
         Report::new(
-            LinkInfo { rate_bits_per_s: rate, delay_ms: None, cold_registry: false },
+            LinkInfo { rate_bits_per_s: rate, delay_ms: None, cold_registry: false, blobs: Blobs::Redirect },
             true,
             vec![(Mode::Profile, "no --record-profile".into())],
             samples,
@@ -658,7 +665,12 @@ mod tests {
 
     #[test]
     fn without_lazy_runs_the_ideal_comes_from_the_profile_runs_count_else_the_optimized() {
-        let link = LinkInfo { rate_bits_per_s: Some(100_000_000), delay_ms: None, cold_registry: false };
+        let link = LinkInfo {
+            rate_bits_per_s: Some(100_000_000),
+            delay_ms: None,
+            cold_registry: false,
+            blobs: Blobs::Registry,
+        };
         let counted = |mode, read: Option<u64>| Sample {
             read_bytes: read,
             ..sample("pg", mode, Phase::Cold, 3.0, 40_000_000)
@@ -676,7 +688,9 @@ mod tests {
     fn table_lists_every_row_skip_and_failure() {
         let t = report(Some(100_000_000)).table();
         assert!(
-            t.starts_with("link: 100 Mbit/s (tbf); page cache dropped before each cold run, the registry's files read back in"),
+            t.starts_with(
+                "link: 100 Mbit/s (tbf), blobs sent by nginx on the registry's redirect; page cache dropped before each cold run, the registry's files read back in"
+            ),
             "{t}"
         );
         assert!(t.contains("2.00 [1.00-3.00]"), "{t}");
@@ -752,7 +766,12 @@ mod tests {
         assert_eq!(svg.matches("<title>last byte").count(), 3, "cold rows only");
         assert_well_formed(
             &Report::new(
-                LinkInfo { rate_bits_per_s: None, delay_ms: None, cold_registry: false },
+                LinkInfo {
+                    rate_bits_per_s: None,
+                    delay_ms: None,
+                    cold_registry: false,
+                    blobs: Blobs::Registry,
+                },
                 false,
                 vec![],
                 vec![],
