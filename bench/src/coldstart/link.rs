@@ -122,27 +122,27 @@ impl Link {
             let config = log_dir.join("nginx.conf");
             std::fs::write(&config, nginx_config(storage, log_dir))
                 .with_context(|| format!("writing {}", config.display()))?;
-            let child = link.spawn_server(
-                &["nginx", "-e", "stderr", "-c", path_str(&config)?],
-                Stdio::null(),
-                &log_dir.join("nginx.log"),
-                "nginx (apt-get install nginx)",
-            )?;
+            let log = log_dir.join("nginx.log");
+            let argv = ["nginx", "-e", "stderr", "-c", path_str(&config)?];
+            let mut child = link.spawn_server(&argv, Stdio::null(), &log, "nginx (apt-get install nginx)")?;
+            let listening = link.wait_for_port(BLOB_SERVER, "nginx", &log, &mut child);
             link.blob_server = Some(child);
+            listening?;
             link.access_logs.push(log_dir.join("blobs-access.log"));
-            link.wait_for_port(BLOB_SERVER, "nginx", &log_dir.join("nginx.log"), |l| &mut l.blob_server)?;
         }
         let config = log_dir.join("registry.yml");
         std::fs::write(&config, registry_config(storage, blobs))
             .with_context(|| format!("writing {}", config.display()))?;
-        let child = link.spawn_server(
+        let log = log_dir.join("registry.log");
+        let mut child = link.spawn_server(
             &["docker-registry", "serve", path_str(&config)?],
             File::create(&link.access_logs[0]).context("creating the registry access log")?.into(),
-            &log_dir.join("registry.log"),
+            &log,
             "docker-registry (apt-get install docker-registry)",
         )?;
+        let listening = link.wait_for_port(REGISTRY, "docker-registry", &log, &mut child);
         link.registry = Some(child);
-        link.wait_for_port(REGISTRY, "docker-registry", &log_dir.join("registry.log"), |l| &mut l.registry)?;
+        listening?;
         Ok(link)
     }
 
@@ -160,15 +160,9 @@ impl Link {
             .with_context(|| format!("starting {what}"))
     }
 
-    /// Waits until something listens on `addr` in the namespace, or the server `server`
-    /// picks out has exited (the error then quotes its `log`).
-    fn wait_for_port(
-        &mut self,
-        addr: &str,
-        what: &str,
-        log: &Path,
-        server: impl Fn(&mut Link) -> &mut Option<Child>,
-    ) -> anyhow::Result<()> {
+    /// Waits until something listens on `addr` in the namespace, or `server` has exited (the
+    /// error then quotes its `log`).
+    fn wait_for_port(&self, addr: &str, what: &str, log: &Path, server: &mut Child) -> anyhow::Result<()> {
         let (host, port) = addr.split_once(':').context("an address is HOST:PORT")?;
         let probe = format!("exec 3<>/dev/tcp/{host}/{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -182,7 +176,7 @@ impl Link {
             if matches!(listening, Ok(s) if s.success()) {
                 return Ok(());
             }
-            if let Some(status) = server(self).as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = server.try_wait().ok().flatten() {
                 let said = std::fs::read_to_string(log).unwrap_or_default();
                 bail!("{what} exited ({status}) before it listened on {addr}: {}", said.trim());
             }
