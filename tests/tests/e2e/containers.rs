@@ -1860,10 +1860,24 @@ fn attach_passes_its_signals_to_the_container_unless_told_not_to() {
     env.detach(&["--name", "trapper", &f.busybox_ref, "sh", "-c", script]);
     wait_for("the trap", || env.run(&["logs", "trapper"]).stdout.contains("up"));
     let attach = |extra: &[&str]| {
+        use std::os::unix::process::CommandExt;
         let mut args = vec!["attach"];
         args.extend(extra);
         args.push("trapper");
-        let attached = env.skiff.command().args(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut cmd = env.skiff.command();
+        cmd.args(&args).stdout(std::process::Stdio::piped());
+        // SIGINT as a terminal's Ctrl-C finds it, whatever this test was started with (a shell
+        // starts a background job with SIGINT ignored, and children inherit that).
+        // SAFETY: between fork and exec the child only calls sigaction, which is
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl)
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let attached = cmd.spawn().unwrap();
         wait_for("the attach to hold the waiters' lock", || waiter_attached(&env, "trapper"));
         kill(Pid::from_raw(attached.id() as i32), Signal::SIGINT).unwrap();
         attached.wait_with_output().unwrap()
