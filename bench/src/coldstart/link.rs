@@ -87,6 +87,14 @@ pub fn tc_commands(shape: &Shape) -> Vec<Vec<String>> {
     }
 }
 
+/// A server [`Link::start`] runs in the namespace: its command, where it listens, its name
+/// (also its Debian package).
+struct Server<'a> {
+    argv: &'a [&'a str],
+    addr: &'a str,
+    what: &'a str,
+}
+
 /// A private network namespace with the registry running in it.
 pub struct Link {
     name: String,
@@ -122,42 +130,40 @@ impl Link {
             let config = log_dir.join("nginx.conf");
             std::fs::write(&config, nginx_config(storage, log_dir))
                 .with_context(|| format!("writing {}", config.display()))?;
-            let log = log_dir.join("nginx.log");
             let argv = ["nginx", "-e", "stderr", "-c", path_str(&config)?];
-            let mut child = link.spawn_server(&argv, Stdio::null(), &log, "nginx (apt-get install nginx)")?;
-            let listening = link.wait_for_port(BLOB_SERVER, "nginx", &log, &mut child);
-            link.blob_server = Some(child);
-            listening?;
+            let server = Server { argv: &argv, addr: BLOB_SERVER, what: "nginx" };
+            link.blob_server = Some(link.serve(&server, Stdio::null(), &log_dir.join("nginx.log"))?);
             link.access_logs.push(log_dir.join("blobs-access.log"));
         }
         let config = log_dir.join("registry.yml");
         std::fs::write(&config, registry_config(storage, blobs))
             .with_context(|| format!("writing {}", config.display()))?;
-        let log = log_dir.join("registry.log");
-        let mut child = link.spawn_server(
-            &["docker-registry", "serve", path_str(&config)?],
-            File::create(&link.access_logs[0]).context("creating the registry access log")?.into(),
-            &log,
-            "docker-registry (apt-get install docker-registry)",
-        )?;
-        let listening = link.wait_for_port(REGISTRY, "docker-registry", &log, &mut child);
-        link.registry = Some(child);
-        listening?;
+        let argv = ["docker-registry", "serve", path_str(&config)?];
+        let server = Server { argv: &argv, addr: REGISTRY, what: "docker-registry" };
+        let access_log = File::create(&link.access_logs[0]).context("creating the registry access log")?;
+        link.registry = Some(link.serve(&server, access_log.into(), &log_dir.join("registry.log"))?);
         Ok(link)
     }
 
-    /// Starts `argv` in the namespace, its output to `stdout` and the file `stderr`.
-    fn spawn_server(&self, argv: &[&str], stdout: Stdio, stderr: &Path, what: &str) -> anyhow::Result<Child> {
-        let stderr = File::create(stderr).with_context(|| format!("creating {}", stderr.display()))?;
+    /// Starts `server` in the namespace, its output to `stdout` and the file `log`, and waits
+    /// until it listens; one that does not is stopped, and the error quotes its log.
+    fn serve(&self, server: &Server, stdout: Stdio, log: &Path) -> anyhow::Result<Child> {
+        let stderr = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let what = server.what;
         // `ip netns exec` execs the server, so the child's pid is the server's.
-        Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name])
-            .args(argv)
+            .args(server.argv)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("starting {what}"))
+            .with_context(|| format!("starting {what} (apt-get install {what})"))?;
+        if let Err(e) = self.wait_for_port(server.addr, what, log, &mut child) {
+            stop_child(&mut child, Duration::from_secs(5));
+            return Err(e);
+        }
+        Ok(child)
     }
 
     /// Waits until something listens on `addr` in the namespace, or `server` has exited (the
@@ -280,17 +286,15 @@ impl Link {
     pub fn registry_traffic_since(&self, mark: &[u64]) -> anyhow::Result<Traffic> {
         // A server logs a request when its response is done; give the last one a moment.
         std::thread::sleep(Duration::from_millis(150));
-        let mut total = Traffic::default();
+        let mut text = String::new();
         for (log, &from) in self.access_logs.iter().zip(mark) {
             let mut file = File::open(log).with_context(|| format!("opening {}", log.display()))?;
             file.seek(SeekFrom::Start(from))?;
-            let mut text = String::new();
             file.read_to_string(&mut text).with_context(|| format!("reading {}", log.display()))?;
-            let t = Traffic::from_access_log(&text);
-            total.blob_bytes += t.blob_bytes;
-            total.blob_requests += t.blob_requests;
+            // A line cut short at one log's end must not run into the next log's first.
+            text.push('\n');
         }
-        Ok(total)
+        Ok(Traffic::from_access_log(&text))
     }
 }
 

@@ -24,12 +24,12 @@ pub struct Sample {
     /// every few ms); `None` when nothing crossed it. What comes after is the workload's own
     /// work, and the runtime's: no transfer of a lazy start is left to wait for.
     pub last_byte_s: Option<f64>,
-    /// CPU time (user and system) the registry spent during the run: on this rig it shares
-    /// the CPUs with the runtime and the workload.
+    /// CPU time (user and system) the registry and its blob server spent during the run: on
+    /// this rig they share the CPUs with the runtime and the workload.
     pub registry_cpu_s: Option<f64>,
-    /// Bytes of `/v2/…/blobs/` responses the registry sent (its access log).
+    /// Bytes of blob responses the registry and its blob server sent (their access logs).
     pub blob_bytes: u64,
-    /// Blob requests the registry answered.
+    /// Blob requests they answered (a redirected one counts at both).
     pub blob_requests: u64,
     /// Bytes that crossed the namespace's `lo` (both directions, all traffic).
     pub link_bytes: u64,
