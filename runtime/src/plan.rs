@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use skiff_fs::index::{ChunkRef, Codec, IndexBuilder, LayerIndex, NodeId};
-use skiff_fs::lazy::{LazyLayer, Priority};
+use skiff_fs::lazy::{LazyLayer, Priority, Ticket};
 use skiff_fs::union::{LayerView, PrefetchChunk, ProfiledFile, Union};
 use skiff_fs::{BlobSource, ChunkCache, Digest};
 
@@ -105,7 +105,7 @@ impl PrefetchPlan {
                 // A failure is logged; the mount's prefetch or reads fetch the chunks again.
                 let spawned = std::thread::Builder::new()
                     .name("skiff-early-prefetch".into())
-                    .spawn(move || LayerView::prefetch(&lower, &chunks).ok());
+                    .spawn(move || LayerView::prefetch(&lower, &chunks, &Ticket::unpaced()).ok());
                 if let Err(e) = spawned {
                     tracing::debug!(error = %e, "no early prefetch");
                 }

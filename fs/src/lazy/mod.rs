@@ -16,7 +16,7 @@ use crate::{BlobSource, Digest, SourceError};
 use crate::{CacheError, ChunkCache, ChunkHandle, Claim};
 
 pub use estargz_index::index_estargz;
-pub use prefetch::{Foreground, Priority};
+pub use prefetch::{Foreground, Pacer, Priority, Ticket};
 
 /// Misses whose compressed spans lie closer than this are fetched in one range request: the
 /// bytes between may well be read next, and a request costs a round trip.
@@ -200,7 +200,7 @@ impl LazyLayer {
         // already on their way.
         let _foreground = (!claims.is_empty()).then(|| self.priority().map(|p| p.foreground()));
         let gap = if self.planned.get().is_some() { PLANNED_GAP } else { COALESCE_GAP };
-        let mut fresh = self.fill_claims(node, wanted, claims, gap)?;
+        let mut fresh = self.fill_claims(node, wanted, claims, gap, &Ticket::unpaced())?;
         let handles = chunks
             .iter()
             .map(|c| match fresh.remove(&c.digest) {
@@ -223,13 +223,14 @@ impl LazyLayer {
     }
 
     /// Fetches the claimed chunks, coalescing neighbours at most `gap` apart into one
-    /// request, and commits them.
+    /// request, and commits them; `ticket` hears of the bytes as they arrive.
     fn fill_claims(
         &self,
         node: NodeId,
         chunks: &[ChunkRef],
         claims: Vec<Claim>,
         gap: u64,
+        ticket: &Ticket<'_>,
     ) -> Result<HashMap<Digest, ChunkHandle>, LazyError> {
         let mut wanted: Vec<(ChunkRef, Claim)> = claims
             .into_iter()
@@ -240,7 +241,7 @@ impl LazyLayer {
         while !wanted.is_empty() {
             let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted, gap) } else { 1 };
             let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
-            self.fill_group(node, group, &mut handles)?;
+            self.fill_group(node, group, &mut handles, ticket)?;
         }
         Ok(handles)
     }
@@ -253,6 +254,7 @@ impl LazyLayer {
         node: NodeId,
         group: Vec<(ChunkRef, Claim)>,
         handles: &mut HashMap<Digest, ChunkHandle>,
+        ticket: &Ticket<'_>,
     ) -> Result<(), LazyError> {
         let fetch_err = |source: FetchError| self.fetch_error(node, source);
         let first = group[0].0;
@@ -265,7 +267,9 @@ impl LazyLayer {
         }
         let start = first.offset;
         let end = group.iter().map(|(c, _)| c.offset + c.compressed_len).max().unwrap_or(start);
+        let asked = std::time::Instant::now();
         let mut body = self.source.read_streamed(start, end).map_err(|e| fetch_err(e.into()))?;
+        let answered = std::time::Instant::now();
         let mut span = Vec::with_capacity((end - start) as usize);
         for (chunk, claim) in group {
             // Chunks come in blob order; several may share one gzip member.
@@ -281,6 +285,7 @@ impl LazyLayer {
                         source: e.into(),
                     }))
                 })?;
+                ticket.arrived(got as u64);
                 if got < more {
                     let at = start + span.len() as u64;
                     let truncated =
@@ -294,6 +299,7 @@ impl LazyLayer {
             let handle = claim.commit(&data).map_err(|e| self.cache_error(node, e.widen()))?;
             handles.insert(chunk.digest, handle);
         }
+        ticket.timed(answered - asked, span.len() as u64, answered.elapsed());
         Ok(())
     }
 
@@ -656,10 +662,27 @@ mod tests {
         let chunk = |i: u64| (node, layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0]);
         let planned: Vec<PrefetchChunk> = [0, 2, 4, 6].map(chunk).into();
         layer.plan_prefetch(planned.iter().map(|(_, c)| c.digest).collect());
-        layer.prefetch_chunks(&planned, &Priority::default()).unwrap();
+        layer.prefetch_chunks(&planned, &Priority::default(), &Ticket::unpaced()).unwrap();
         // Chunk 1 was not read when the profile was recorded: it is not worth its bytes.
         // Chunk 5 costs less than a request of its own.
         assert_eq!(source.take_reads(), [members[0], members[2], (members[4].0, members[6].1)]);
+    }
+
+    #[test]
+    fn a_paced_prefetch_pays_its_ticket_as_bytes_arrive_and_for_chunks_already_cached() {
+        let (layer, node, source, members, _dir) = eight_chunks_with_noise([CHUNK / 2; 8]);
+        let chunk = |i: u64| (node, layer.index.chunks(node, i * CHUNK..i * CHUNK + 1)[0]);
+        let mut out = vec![0u8; 10];
+        layer.read(node, 0, &mut out).unwrap();
+        source.take_reads();
+        let planned: Vec<PrefetchChunk> = (0..4).map(chunk).collect();
+        let bytes: u64 = planned.iter().map(|(_, c)| c.compressed_len).sum();
+        let pacer = Pacer::default();
+        let (_, ticket) = pacer.admit(|| Some(((), bytes))).unwrap();
+        layer.prefetch_chunks(&planned, &Priority::default(), &ticket).unwrap();
+        assert_eq!(source.take_reads(), [(members[1].0, members[3].1)], "chunk 0 was cached");
+        assert_eq!(pacer.owed(), 0, "every byte paid before the ticket drops");
+        assert!(!pacer.to_string().contains("NaN"), "the request was timed: {pacer}");
     }
 
     #[test]

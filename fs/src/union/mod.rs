@@ -34,6 +34,7 @@ pub use view::{LayerView, PrefetchChunk};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
+use crate::lazy::{Pacer, Ticket};
 use generation::{Generation, Kept};
 use inodes::{Identity, Inodes};
 use listing::Listings;
@@ -130,8 +131,8 @@ pub struct Union {
 
 /// About how many compressed bytes of a profile are fetched together, in blob order.
 const PREFETCH_BATCH: u64 = 512 << 10;
-/// How many prefetch batches are fetched at the same time.
-const PREFETCH_STREAMS: usize = 3;
+/// The most prefetch batches fetched at the same time; a [`Pacer`] decides how many are.
+const PREFETCH_STREAMS: usize = 8;
 
 #[derive(Default)]
 struct Recorder {
@@ -155,9 +156,14 @@ pub struct ProfiledFile {
 }
 
 /// Fetches one prefetch batch (chunks with the index of their layer in `layers`): one
-/// request per layer it touches, the layer of its first chunk first. Returns the bytes
-/// fetched; a layer that fails is skipped (it logs why).
-fn prefetch_batch(layers: &[Arc<dyn LayerView>], batch: &[(usize, PrefetchChunk)]) -> u64 {
+/// request per layer it touches, the layer of its first chunk first, telling `ticket` of
+/// the bytes as they arrive. Returns the bytes fetched; a layer that fails is skipped (it
+/// logs why).
+fn prefetch_batch(
+    layers: &[Arc<dyn LayerView>],
+    batch: &[(usize, PrefetchChunk)],
+    ticket: &Ticket<'_>,
+) -> u64 {
     let mut order: Vec<usize> = Vec::new();
     for &(layer, _) in batch {
         if !order.contains(&layer) {
@@ -168,7 +174,7 @@ fn prefetch_batch(layers: &[Arc<dyn LayerView>], batch: &[(usize, PrefetchChunk)
     for layer in order {
         let Some(lower) = layers.get(layer) else { continue };
         let chunks: Vec<PrefetchChunk> = batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
-        fetched += lower.prefetch(&chunks).unwrap_or(0);
+        fetched += lower.prefetch(&chunks, ticket).unwrap_or(0);
     }
     fetched
 }
@@ -246,20 +252,27 @@ impl Union {
             let planned = batches.iter().flatten().filter(|(l, _)| *l == layer).map(|(_, (_, c))| c.digest);
             lower.plan_prefetch(planned.collect());
         }
-        // Batches in order, PREFETCH_STREAMS at a time: the next request is on its way while
-        // the last one's bytes arrive, so the link does not idle between them.
+        // Batches in order, each sent once those before it owe about what the link carries
+        // while a request is answered: the link stays busy, and what the workload read first
+        // arrives first.
+        let pacer = Pacer::default();
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let fetched = std::sync::atomic::AtomicU64::new(0);
+        let fetched = AtomicU64::new(0);
+        let take = || {
+            let batch = batches.get(next.fetch_add(1, Ordering::Relaxed))?;
+            Some((batch, batch.iter().map(|(_, (_, c))| c.compressed_len).sum()))
+        };
         std::thread::scope(|scope| {
             for _ in 0..PREFETCH_STREAMS {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(batch) = batches.get(i) else { break };
-                    fetched
-                        .fetch_add(prefetch_batch(&self.layers, batch), std::sync::atomic::Ordering::Relaxed);
+                scope.spawn(|| {
+                    while let Some((batch, ticket)) = pacer.admit(take) {
+                        let bytes = prefetch_batch(&self.layers, batch, &ticket);
+                        fetched.fetch_add(bytes, Ordering::Relaxed);
+                    }
                 });
             }
         });
+        tracing::debug!(pace = %pacer, "prefetch paced");
         fetched.into_inner()
     }
 

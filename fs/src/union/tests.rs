@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::index::LayerIndex;
+use crate::lazy::Ticket;
 use crate::Digest;
 
 const CHUNK: u64 = 128 << 10;
@@ -42,7 +43,7 @@ impl LayerView for Layer {
         *self.planned.lock().unwrap() = chunks;
     }
 
-    fn prefetch(&self, chunks: &[PrefetchChunk]) -> io::Result<u64> {
+    fn prefetch(&self, chunks: &[PrefetchChunk], _ticket: &Ticket<'_>) -> io::Result<u64> {
         self.prefetches.lock().unwrap().push(chunks.iter().map(|(_, c)| c.digest).collect());
         Ok(0)
     }

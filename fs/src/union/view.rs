@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::io;
 
 use crate::index::{ChunkRef, LayerIndex, NodeId};
-use crate::lazy::LazyLayer;
+use crate::lazy::{LazyLayer, Ticket};
 use crate::Digest;
 
 pub trait LayerView: Send + Sync {
@@ -14,9 +14,9 @@ pub trait LayerView: Send + Sync {
     /// Reads file `node` at `offset`; returns the bytes read, 0 at the end.
     fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Fetches `chunks` ahead of their reads; returns the bytes fetched. Layers whose bytes
-    /// are all local need not do anything.
-    fn prefetch(&self, _chunks: &[PrefetchChunk]) -> io::Result<u64> {
+    /// Fetches `chunks` ahead of their reads, telling `ticket` of the bytes as they arrive;
+    /// returns the bytes fetched. Layers whose bytes are all local need not do anything.
+    fn prefetch(&self, _chunks: &[PrefetchChunk], _ticket: &Ticket<'_>) -> io::Result<u64> {
         Ok(0)
     }
 
@@ -44,10 +44,10 @@ impl LayerView for LazyLayer {
         LazyLayer::plan_prefetch(self, chunks)
     }
 
-    fn prefetch(&self, chunks: &[PrefetchChunk]) -> io::Result<u64> {
+    fn prefetch(&self, chunks: &[PrefetchChunk], ticket: &Ticket<'_>) -> io::Result<u64> {
         let fallback = crate::lazy::Priority::default();
         let priority = self.priority().map_or(&fallback, |p| p.as_ref());
-        self.prefetch_chunks(chunks, priority).map_err(|e| {
+        self.prefetch_chunks(chunks, priority, ticket).map_err(|e| {
             tracing::warn!(error = %error_chain(&e), "prefetch failed");
             io::Error::other(e)
         })
