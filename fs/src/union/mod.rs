@@ -34,7 +34,7 @@ pub use view::{LayerView, PrefetchChunk};
 pub use write::{Owner, RenameFlags, SetAttr};
 
 use crate::index::{Kind, NodeId};
-use crate::lazy::{Pacer, Ticket};
+use crate::lazy::Pacer;
 use generation::{Generation, Kept};
 use inodes::{Identity, Inodes};
 use listing::Listings;
@@ -131,7 +131,8 @@ pub struct Union {
 
 /// About how many compressed bytes of a profile are fetched together, in blob order.
 const PREFETCH_BATCH: u64 = 512 << 10;
-/// The most prefetch batches fetched at the same time; a [`Pacer`] decides how many are.
+/// The most prefetch requests on their way at the same time; a [`Pacer`] decides how many
+/// are.
 const PREFETCH_STREAMS: usize = 8;
 
 #[derive(Default)]
@@ -155,28 +156,26 @@ pub struct ProfiledFile {
     pub ranges: Vec<(u64, u64)>,
 }
 
-/// Fetches one prefetch batch (chunks with the index of their layer in `layers`): one
-/// request per layer it touches, the layer of its first chunk first, telling `ticket` of
-/// the bytes as they arrive. Returns the bytes fetched; a layer that fails is skipped (it
-/// logs why).
-fn prefetch_batch(
+/// A prefetch's batches as the requests they make: for each batch, the chunks of each layer
+/// it touches, the layer of its first chunk first, cut into requests as that layer would.
+fn prefetch_requests(
     layers: &[Arc<dyn LayerView>],
-    batch: &[(usize, PrefetchChunk)],
-    ticket: &Ticket<'_>,
-) -> u64 {
-    let mut order: Vec<usize> = Vec::new();
-    for &(layer, _) in batch {
-        if !order.contains(&layer) {
-            order.push(layer);
+    batches: &[Vec<(usize, PrefetchChunk)>],
+) -> Vec<(usize, Vec<PrefetchChunk>)> {
+    let mut requests = Vec::new();
+    for batch in batches {
+        let mut order: Vec<usize> = Vec::new();
+        for &(layer, _) in batch {
+            if !order.contains(&layer) {
+                order.push(layer);
+            }
+        }
+        for layer in order {
+            let chunks = batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
+            requests.extend(layers[layer].prefetch_requests(chunks).into_iter().map(|r| (layer, r)));
         }
     }
-    let mut fetched = 0;
-    for layer in order {
-        let Some(lower) = layers.get(layer) else { continue };
-        let chunks: Vec<PrefetchChunk> = batch.iter().filter(|(l, _)| *l == layer).map(|(_, c)| *c).collect();
-        fetched += lower.prefetch(&chunks, ticket).unwrap_or(0);
-    }
-    fetched
+    requests
 }
 
 impl Union {
@@ -244,29 +243,32 @@ impl Union {
     ///
     /// The chunks go in the profile's order (the order the workload first read them), in
     /// batches of about `PREFETCH_BATCH` compressed bytes, each batch fetched in blob order
-    /// (coalesced), one request per layer it touches, the layer of its first chunk first:
-    /// what is needed first arrives first.
+    /// (coalesced), the layer of its first chunk first, in the requests each layer makes
+    /// (one per run of chunks without a wide gap). Each request goes out paced after those
+    /// before it, never waiting for their end: what is needed first arrives first, and the
+    /// link stays busy however far the registry.
     pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
         let batches = self.prefetch_batches(files);
         for (layer, lower) in self.layers.iter().enumerate() {
             let planned = batches.iter().flatten().filter(|(l, _)| *l == layer).map(|(_, (_, c))| c.digest);
             lower.plan_prefetch(planned.collect());
         }
-        // Batches in order, each sent once those before it owe about what the link carries
-        // while a request is answered: the link stays busy, and what the workload read first
-        // arrives first.
+        // Each batch's requests in order, each sent once those before it owe about what the
+        // link carries while a request is answered: the link stays busy, and what the
+        // workload read first arrives first. A layer that fails is skipped (it logs why).
+        let requests = prefetch_requests(&self.layers, &batches);
         let pacer = Pacer::default();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let fetched = AtomicU64::new(0);
         let take = || {
-            let batch = batches.get(next.fetch_add(1, Ordering::Relaxed))?;
-            Some((batch, batch.iter().map(|(_, (_, c))| c.compressed_len).sum()))
+            let (layer, chunks) = requests.get(next.fetch_add(1, Ordering::Relaxed))?;
+            Some(((*layer, chunks), chunks.iter().map(|(_, c)| c.compressed_len).sum()))
         };
         std::thread::scope(|scope| {
             for _ in 0..PREFETCH_STREAMS {
                 scope.spawn(|| {
-                    while let Some((batch, ticket)) = pacer.admit(take) {
-                        let bytes = prefetch_batch(&self.layers, batch, &ticket);
+                    while let Some(((layer, chunks), ticket)) = pacer.admit(take) {
+                        let bytes = self.layers[layer].prefetch(chunks, &ticket).unwrap_or(0);
                         fetched.fetch_add(bytes, Ordering::Relaxed);
                     }
                 });

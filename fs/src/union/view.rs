@@ -20,6 +20,12 @@ pub trait LayerView: Send + Sync {
         Ok(0)
     }
 
+    /// `chunks` as the requests a `prefetch` of them makes, each fetched with its own
+    /// `prefetch`: then none waits for another's round trip.
+    fn prefetch_requests(&self, chunks: Vec<PrefetchChunk>) -> Vec<Vec<PrefetchChunk>> {
+        vec![chunks]
+    }
+
     /// Told, before any `prefetch`, every chunk of this layer the prefetch will fetch.
     fn plan_prefetch(&self, _chunks: HashSet<Digest>) {}
 }
@@ -42,6 +48,10 @@ impl LayerView for LazyLayer {
 
     fn plan_prefetch(&self, chunks: HashSet<Digest>) {
         LazyLayer::plan_prefetch(self, chunks)
+    }
+
+    fn prefetch_requests(&self, chunks: Vec<PrefetchChunk>) -> Vec<Vec<PrefetchChunk>> {
+        LazyLayer::prefetch_requests(chunks)
     }
 
     fn prefetch(&self, chunks: &[PrefetchChunk], ticket: &Ticket<'_>) -> io::Result<u64> {
