@@ -8,6 +8,7 @@
 //! request latency (p50/p90/p99) and throughput a lazy pull sees on a given link.
 
 mod coldstart;
+mod delayline;
 mod latency;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     PullLatency(latency::Args),
     /// Cold and warm container starts: skiff lazy, with a profile, full pull, and podman.
     Coldstart(Box<coldstart::Args>),
+    /// A relay adding a delay and a rate (what `coldstart --delay` runs in its namespace).
+    #[command(hide = true)]
+    DelayLine(delayline::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::PullLatency(args) => latency::run(args),
         Command::Coldstart(args) => coldstart::run(*args),
+        Command::DelayLine(args) => delayline::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

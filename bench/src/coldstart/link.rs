@@ -2,8 +2,10 @@
 //! own (`ip netns add`), its `lo` shaped with `tbf`, and the registry (`docker-registry serve`)
 //! running inside it with its access log on. By default ([`Blobs::Redirect`]) the registry
 //! answers a blob GET with a redirect to its storage, which nginx serves as static files, as
-//! public registries send blob downloads to a CDN or an object store. Dropping a [`Link`] stops
-//! both servers (by pid) and deletes the namespace, which takes the qdisc with it.
+//! public registries send blob downloads to a CDN or an object store. With a delay, the
+//! servers listen on 127.0.0.2 and `skiff-bench delay-line` relays the clients' addresses to
+//! them, adding the delay and the rate (this kernel has no netem). Dropping a [`Link`] stops
+//! every server (by pid) and deletes the namespace, which takes the qdisc with it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,10 +21,13 @@ use serde::Serialize;
 
 use super::proc::{run_checked, stop_child};
 
-/// The registry's address inside the namespace.
+/// The registry's address inside the namespace, as clients reach it.
 pub const REGISTRY: &str = "127.0.0.1:5000";
-/// Where the blob server listens, for [`Blobs::Redirect`].
+/// The blob server's, for [`Blobs::Redirect`].
 const BLOB_SERVER: &str = "127.0.0.1:5001";
+/// Where the registry and the blob server listen behind a delay line.
+const REGISTRY_BEHIND: &str = "127.0.0.2:5000";
+const BLOB_SERVER_BEHIND: &str = "127.0.0.2:5001";
 
 /// Where blob bytes come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -36,12 +41,13 @@ pub enum Blobs {
     Registry,
 }
 
-/// How the namespace's `lo` is shaped.
+/// How the link is shaped.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Shape {
     /// Bits per second; `None` leaves the rate alone.
     pub rate_bits_per_s: Option<u64>,
-    /// Added round-trip time (netem, half on each direction of `lo`).
+    /// Added round-trip time, half each way: through the delay line, which then also keeps
+    /// the rate (each direction at it) instead of `tbf`.
     pub delay_ms: Option<u64>,
 }
 
@@ -67,32 +73,22 @@ pub fn parse_rate(input: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// The `tc` argument lists that shape `lo` (run inside the namespace, in order). `lo` sends
-/// 64 KiB segments, so the bucket must hold at least one (a smaller burst drops them); 10 ms of
-/// rate above that keeps the shaper smooth at high rates. The queue holds 100 ms.
-pub fn tc_commands(shape: &Shape) -> Vec<Vec<String>> {
-    let args = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<String>>();
-    let tbf = |parent: &str, rate: u64| {
-        let burst = (rate / 8 / 100).max(128 * 1024);
-        args(&format!("qdisc add dev lo {parent} tbf rate {rate}bit burst {burst} latency 100ms"))
-    };
-    match (shape.rate_bits_per_s, shape.delay_ms) {
-        (None, None) => vec![],
-        (Some(rate), None) => vec![tbf("root", rate)],
-        (None, Some(delay)) => vec![args(&format!("qdisc add dev lo root netem delay {}us", delay * 500))],
-        (Some(rate), Some(delay)) => vec![
-            args(&format!("qdisc add dev lo root handle 1: netem delay {}us", delay * 500)),
-            tbf("parent 1:1 handle 10:", rate),
-        ],
-    }
+/// The `tc` arguments that shape `lo` to `rate` (run inside the namespace). `lo` sends 64 KiB
+/// segments, so the bucket must hold at least one (a smaller burst drops them); 10 ms of rate
+/// above that keeps the shaper smooth at high rates. The queue holds 100 ms.
+pub fn tbf_command(rate: u64) -> Vec<String> {
+    let burst = (rate / 8 / 100).max(128 * 1024);
+    let tbf = format!("qdisc add dev lo root tbf rate {rate}bit burst {burst} latency 100ms");
+    tbf.split_whitespace().map(str::to_string).collect()
 }
 
-/// A server [`Link::start`] runs in the namespace: its command, where it listens, its name
-/// (also its Debian package).
+/// A server [`Link::start`] runs in the namespace: its command, where it listens, its name, and
+/// what provides it.
 struct Server<'a> {
     argv: &'a [&'a str],
     addr: &'a str,
     what: &'a str,
+    from: &'a str,
 }
 
 /// A private network namespace with the registry running in it.
@@ -104,13 +100,17 @@ pub struct Link {
     /// The registry's access log, then the blob server's.
     access_logs: Vec<PathBuf>,
     storage: PathBuf,
+    /// The relay between the clients and the servers, with a delay: `skiff-bench delay-line`.
+    delay_line: Option<Child>,
+    log_dir: PathBuf,
 }
 
 impl Link {
     /// Creates the namespace `skiff-bench-<pid>` with `lo` up (unshaped) and starts the
     /// registry, its blobs under `storage`, its logs under `log_dir`; with
-    /// [`Blobs::Redirect`], nginx too.
-    pub fn start(storage: &Path, log_dir: &Path, blobs: Blobs) -> anyhow::Result<Link> {
+    /// [`Blobs::Redirect`], nginx too; with `delay_line`, the servers behind a delay line
+    /// (without delay until [`Link::shape`]).
+    pub fn start(storage: &Path, log_dir: &Path, blobs: Blobs, delay_line: bool) -> anyhow::Result<Link> {
         let name = format!("skiff-bench-{}", std::process::id());
         run_checked(Command::new("ip").args(["netns", "add", &name]))?;
         let mut link = Link {
@@ -119,7 +119,11 @@ impl Link {
             blob_server: None,
             access_logs: vec![log_dir.join("registry-access.log")],
             storage: storage.to_path_buf(),
+            delay_line: None,
+            log_dir: log_dir.to_path_buf(),
         };
+        let (registry, blob_server) =
+            if delay_line { (REGISTRY_BEHIND, BLOB_SERVER_BEHIND) } else { (REGISTRY, BLOB_SERVER) };
         link.exec_checked(&["ip", "link", "set", "lo", "up"])?;
 
         std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
@@ -128,28 +132,59 @@ impl Link {
             let tmp = log_dir.join("nginx-tmp");
             std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
             let config = log_dir.join("nginx.conf");
-            std::fs::write(&config, nginx_config(storage, log_dir))
+            std::fs::write(&config, nginx_config(storage, log_dir, blob_server))
                 .with_context(|| format!("writing {}", config.display()))?;
             let argv = ["nginx", "-e", "stderr", "-c", path_str(&config)?];
-            let server = Server { argv: &argv, addr: BLOB_SERVER, what: "nginx" };
+            let server =
+                Server { argv: &argv, addr: blob_server, what: "nginx", from: "apt-get install nginx" };
             link.blob_server = Some(link.serve(&server, Stdio::null(), &log_dir.join("nginx.log"))?);
             link.access_logs.push(log_dir.join("blobs-access.log"));
         }
         let config = log_dir.join("registry.yml");
-        std::fs::write(&config, registry_config(storage, blobs))
+        std::fs::write(&config, registry_config(storage, blobs, registry))
             .with_context(|| format!("writing {}", config.display()))?;
         let argv = ["docker-registry", "serve", path_str(&config)?];
-        let server = Server { argv: &argv, addr: REGISTRY, what: "docker-registry" };
+        let server = Server {
+            argv: &argv,
+            addr: registry,
+            what: "docker-registry",
+            from: "apt-get install docker-registry",
+        };
         let access_log = File::create(&link.access_logs[0]).context("creating the registry access log")?;
         link.registry = Some(link.serve(&server, access_log.into(), &log_dir.join("registry.log"))?);
+        if delay_line {
+            link.start_delay_line(&Shape::default())?;
+        }
         Ok(link)
+    }
+
+    /// (Re)starts the delay line with `shape`: the clients' addresses relayed to the servers'.
+    fn start_delay_line(&mut self, shape: &Shape) -> anyhow::Result<()> {
+        if let Some(mut old) = self.delay_line.take() {
+            stop_child(&mut old, Duration::from_secs(5));
+        }
+        let exe = std::env::current_exe().context("finding skiff-bench's own binary")?;
+        let mut argv = vec![path_str(&exe)?.to_string(), "delay-line".into()];
+        for (listen, target) in [(REGISTRY, REGISTRY_BEHIND), (BLOB_SERVER, BLOB_SERVER_BEHIND)] {
+            argv.extend(["--forward".into(), format!("{listen}={target}")]);
+        }
+        if let Some(delay) = shape.delay_ms {
+            argv.extend(["--delay-ms".into(), delay.to_string()]);
+        }
+        if let Some(rate) = shape.rate_bits_per_s {
+            argv.extend(["--rate".into(), format!("{rate}bit")]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let server = Server { argv: &argv, addr: REGISTRY, what: "the delay line", from: "skiff-bench" };
+        self.delay_line = Some(self.serve(&server, Stdio::null(), &self.log_dir.join("delay-line.log"))?);
+        Ok(())
     }
 
     /// Starts `server` in the namespace, its output to `stdout` and the file `log`, and waits
     /// until it listens; one that does not is stopped, and the error quotes its log.
     fn serve(&self, server: &Server, stdout: Stdio, log: &Path) -> anyhow::Result<Child> {
         let stderr = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let what = server.what;
+        let (what, from) = (server.what, server.from);
         // `ip netns exec` execs the server, so the child's pid is the server's.
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name])
@@ -158,7 +193,7 @@ impl Link {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("starting {what} (apt-get install {what})"))?;
+            .with_context(|| format!("starting {what} ({from})"))?;
         if let Err(e) = self.wait_for_port(server.addr, what, log, &mut child) {
             stop_child(&mut child, Duration::from_secs(5));
             return Err(e);
@@ -193,19 +228,20 @@ impl Link {
         }
     }
 
-    /// Shapes `lo` (after the images are pushed, so pushing is fast).
-    pub fn shape(&self, shape: &Shape) -> anyhow::Result<()> {
-        for args in tc_commands(shape) {
+    /// Shapes the link (after the images are pushed, so pushing is fast): the delay line's
+    /// delay and rate when there is one, else `lo` at the rate with `tbf`.
+    pub fn shape(&mut self, shape: &Shape) -> anyhow::Result<()> {
+        if self.delay_line.is_some() {
+            return self.start_delay_line(shape);
+        }
+        if shape.delay_ms.is_some() {
+            bail!("a delay needs the link started with its delay line");
+        }
+        if let Some(rate) = shape.rate_bits_per_s {
             let mut argv = vec!["tc".to_string()];
-            argv.extend(args);
+            argv.extend(tbf_command(rate));
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            self.exec_checked(&argv).with_context(|| {
-                if shape.delay_ms.is_some() {
-                    "shaping lo (--delay needs the netem qdisc, which this kernel may lack)"
-                } else {
-                    "shaping lo with tbf"
-                }
-            })?;
+            self.exec_checked(&argv).context("shaping lo with tbf")?;
         }
         Ok(())
     }
@@ -329,14 +365,15 @@ pub fn last_moment(moments: &[Instant], began: Instant, until: Instant) -> Optio
     moments.iter().filter(|m| (began..=until).contains(*m)).max().map(|m| m.duration_since(began))
 }
 
-/// The registry's configuration: storage under `storage`, access log on, and with
-/// [`Blobs::Redirect`] the redirect middleware, which answers a blob GET with a 307 to
-/// `http://BLOB_SERVER/docker/registry/v2/blobs/…/data`, the blob's path in the storage.
-fn registry_config(storage: &Path, blobs: Blobs) -> String {
+/// The registry's configuration: listening on `addr`, storage under `storage`, access log
+/// on, and with [`Blobs::Redirect`] the redirect middleware, which answers a blob GET with a
+/// 307 to `http://BLOB_SERVER/docker/registry/v2/blobs/…/data`, the blob's path in the storage
+/// (the blob server's address as clients reach it).
+fn registry_config(storage: &Path, blobs: Blobs, addr: &str) -> String {
     let mut config = format!(
         "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: false}}}}\n\
          storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-         http: {{addr: {REGISTRY}}}\n",
+         http: {{addr: {addr}}}\n",
         storage.display()
     );
     if blobs == Blobs::Redirect {
@@ -347,11 +384,11 @@ fn registry_config(storage: &Path, blobs: Blobs) -> String {
     config
 }
 
-/// nginx as the blob server: one process (no master, so its pid is the one to stop and its
-/// CPU time all there is), GETs (and HEADs) of the registry's blob files under `storage` and
-/// nothing else, sent with sendfile; the access log in the combined format, its temporary
-/// files under `log_dir`.
-fn nginx_config(storage: &Path, log_dir: &Path) -> String {
+/// nginx as the blob server on `addr`: one process (no master, so its pid is the one to stop
+/// and its CPU time all there is), GETs (and HEADs) of the registry's blob files under
+/// `storage` and nothing else, sent with sendfile; the access log in the combined format, its
+/// temporary files under `log_dir`.
+fn nginx_config(storage: &Path, log_dir: &Path, addr: &str) -> String {
     let tmp = log_dir.join("nginx-tmp");
     let tmp = tmp.display();
     format!(
@@ -373,7 +410,7 @@ http {{
     uwsgi_temp_path "{tmp}/uwsgi";
     scgi_temp_path "{tmp}/scgi";
     server {{
-        listen {BLOB_SERVER};
+        listen {addr};
         root "{storage}";
         location /docker/registry/v2/blobs/ {{
             limit_except GET {{ deny all; }}
@@ -474,7 +511,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        for child in [&mut self.registry, &mut self.blob_server].into_iter().flatten() {
+        for child in [&mut self.delay_line, &mut self.registry, &mut self.blob_server].into_iter().flatten() {
             stop_child(child, Duration::from_secs(5));
         }
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
@@ -597,40 +634,35 @@ mod tests {
     }
 
     #[test]
-    fn tbf_commands_for_each_shape() {
-        assert!(tc_commands(&Shape::default()).is_empty());
-        let rate = tc_commands(&Shape { rate_bits_per_s: Some(100_000_000), delay_ms: None });
+    fn tbf_holds_a_loopback_segment_or_10_ms_of_rate() {
         assert_eq!(
-            rate,
-            vec!["qdisc add dev lo root tbf rate 100000000bit burst 131072 latency 100ms"
-                .split(' ')
-                .map(String::from)
-                .collect::<Vec<_>>()]
+            tbf_command(100_000_000).join(" "),
+            "qdisc add dev lo root tbf rate 100000000bit burst 131072 latency 100ms"
         );
         // At 10 Gbit/s, 10 ms of rate outgrows the 128 KiB floor.
-        let fast = tc_commands(&Shape { rate_bits_per_s: Some(10_000_000_000), delay_ms: None });
-        assert!(fast[0].join(" ").contains("burst 12500000 "));
-        let both = tc_commands(&Shape { rate_bits_per_s: Some(100_000_000), delay_ms: Some(20) });
-        assert_eq!(both[0].join(" "), "qdisc add dev lo root handle 1: netem delay 10000us");
-        assert!(both[1]
-            .join(" ")
-            .starts_with("qdisc add dev lo parent 1:1 handle 10: tbf rate 100000000bit"));
+        assert!(tbf_command(10_000_000_000).join(" ").contains("burst 12500000 "));
     }
 
     #[test]
     fn only_a_redirecting_registry_names_the_blob_server() {
         let storage = Path::new("/cache/registry");
-        let direct = registry_config(storage, Blobs::Registry);
+        let direct = registry_config(storage, Blobs::Registry, REGISTRY);
         assert!(direct.contains("rootdirectory: /cache/registry") && direct.contains("addr: 127.0.0.1:5000"));
         assert!(!direct.contains("middleware"));
-        let redirect = registry_config(storage, Blobs::Redirect);
+        let redirect = registry_config(storage, Blobs::Redirect, REGISTRY);
         assert!(redirect.starts_with(&direct));
         assert!(redirect.contains("{name: redirect, options: {baseurl: 'http://127.0.0.1:5001'}}"));
+        // Behind a delay line, the registry listens elsewhere and still sends clients to the
+        // blob server's address as they reach it.
+        let behind = registry_config(storage, Blobs::Redirect, REGISTRY_BEHIND);
+        assert!(
+            behind.contains("addr: 127.0.0.2:5000") && behind.contains("baseurl: 'http://127.0.0.1:5001'")
+        );
     }
 
     #[test]
     fn the_blob_server_serves_the_registrys_blob_files_only() {
-        let conf = nginx_config(Path::new("/cache/registry"), Path::new("/cache/run-1"));
+        let conf = nginx_config(Path::new("/cache/registry"), Path::new("/cache/run-1"), BLOB_SERVER);
         for line in [
             "master_process off;",
             "listen 127.0.0.1:5001;",

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use regex::Regex;
 
 use images::{Builder, Variant, Workload};
+pub use link::parse_rate;
 use link::{Blobs, Link, Shape};
 use modes::{Mode, Phase, Runner, SkiffFeatures};
 use proc::{bail_if_interrupted, drop_page_cache, interrupted, remove_tree, Ready};
@@ -63,7 +64,8 @@ pub struct Args {
     /// Shape the link to this rate (tc units: 100mbit, 1gbit).
     #[arg(long, value_parser = link::parse_rate)]
     rate: Option<u64>,
-    /// Add this many milliseconds of round-trip time (needs netem).
+    /// Add this many milliseconds of round-trip time, through a delay line (a relay in the
+    /// namespace, which then also keeps the rate, each direction at it).
     #[arg(long)]
     delay: Option<u64>,
     /// busybox and python, one run, unshaped: a few minutes.
@@ -222,7 +224,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let work = Scratch(args.cache_dir.join(format!("run-{}", std::process::id())));
     remove_tree(&work.0)?;
     std::fs::create_dir_all(&work.0)?;
-    let link = Link::start(&args.cache_dir.join("registry"), &work.0, args.blobs)?;
+    let mut link = Link::start(&args.cache_dir.join("registry"), &work.0, args.blobs, args.delay.is_some())?;
     if let Some(size) = args.chunk_size {
         for w in &mut workloads {
             w.set_chunk_size(size);

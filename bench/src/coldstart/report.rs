@@ -118,8 +118,8 @@ impl LinkInfo {
         match (self.rate_bits_per_s, self.delay_ms) {
             (None, None) => "unshaped loopback".to_string(),
             (Some(r), None) => format!("{} (tbf)", format_rate(r)),
-            (None, Some(d)) => format!("loopback, +{d} ms RTT"),
-            (Some(r), Some(d)) => format!("{} (tbf), +{d} ms RTT", format_rate(r)),
+            (None, Some(d)) => format!("loopback, +{d} ms RTT (delay line)"),
+            (Some(r), Some(d)) => format!("{} each way, +{d} ms RTT (delay line)", format_rate(r)),
         }
     }
 }
