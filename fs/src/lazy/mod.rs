@@ -239,7 +239,7 @@ impl LazyLayer {
         wanted.sort_by_key(|(c, _)| (c.codec != Codec::Gzip, c.offset));
         let mut handles = HashMap::new();
         while !wanted.is_empty() {
-            let n = if wanted[0].0.codec == Codec::Gzip { coalesced_len(&wanted, gap) } else { 1 };
+            let n = coalesced_len(&wanted, |(c, _)| c, gap, MAX_REQUEST);
             let group: Vec<(ChunkRef, Claim)> = wanted.drain(..n).collect();
             self.fill_group(node, group, &mut handles, ticket)?;
         }
@@ -344,15 +344,20 @@ impl LazyLayer {
     }
 }
 
-/// How many of the leading gzip chunks can share one range request, skipping at most `gap`
-/// bytes between two.
-fn coalesced_len(chunks: &[(ChunkRef, Claim)], gap: u64) -> usize {
-    let start = chunks[0].0.offset;
-    let mut end = start + chunks[0].0.compressed_len;
+/// How many of the leading chunks (`chunk` of each, in blob order) share one range request:
+/// 1 unless the first is gzip, then the gzip chunks after it, skipping at most `gap` bytes
+/// between two and spanning at most `max`.
+fn coalesced_len<T>(chunks: &[T], chunk: impl Fn(&T) -> &ChunkRef, gap: u64, max: u64) -> usize {
+    let first = chunk(&chunks[0]);
+    if first.codec != Codec::Gzip {
+        return 1;
+    }
+    let start = first.offset;
+    let mut end = start + first.compressed_len;
     let mut n = 1;
-    for (c, _) in &chunks[1..] {
+    for c in chunks[1..].iter().map(&chunk) {
         let next_end = end.max(c.offset + c.compressed_len);
-        if c.codec != Codec::Gzip || c.offset > end + gap || next_end - start > MAX_REQUEST {
+        if c.codec != Codec::Gzip || c.offset > end + gap || next_end - start > max {
             break;
         }
         end = next_end;

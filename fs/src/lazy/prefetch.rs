@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{LazyError, LazyLayer, PLANNED_GAP};
-use crate::index::{ChunkRef, Codec};
+use super::{coalesced_len, LazyError, LazyLayer, PLANNED_GAP};
+use crate::index::ChunkRef;
 use crate::union::PrefetchChunk;
 
 /// Counts foreground reads in progress; background work waits while there are any.
@@ -204,29 +204,18 @@ impl Drop for Ticket<'_> {
 const STEP: u64 = 512 << 10;
 
 impl LazyLayer {
-    /// `chunks` in blob order, each once, cut where a prefetch would start a new request:
-    /// at a gap over `PLANNED_GAP`, at another codec, or past `STEP` bytes.
+    /// `chunks` in blob order, each once, cut where a prefetch would start a new request, by
+    /// the rule a read's misses coalesce by: at a gap over `PLANNED_GAP`, at another codec, or
+    /// past `STEP` bytes.
     pub fn prefetch_requests(mut chunks: Vec<PrefetchChunk>) -> Vec<Vec<PrefetchChunk>> {
         chunks.sort_by_key(|(_, c)| (c.offset, c.inner_offset));
         chunks.dedup_by_key(|(_, c)| c.digest);
-        let mut requests: Vec<Vec<PrefetchChunk>> = Vec::new();
-        let mut span = (0, 0);
-        for chunk in chunks {
-            let c = chunk.1;
-            let joins = c.codec == Codec::Gzip
-                && requests.last().is_some_and(|r| r[0].1.codec == Codec::Gzip)
-                && c.offset <= span.1 + PLANNED_GAP
-                && c.offset + c.compressed_len - span.0 <= STEP;
-            match requests.last_mut() {
-                Some(request) if joins => {
-                    request.push(chunk);
-                    span.1 = span.1.max(c.offset + c.compressed_len);
-                }
-                _ => {
-                    requests.push(vec![chunk]);
-                    span = (c.offset, c.offset + c.compressed_len);
-                }
-            }
+        let mut requests = Vec::new();
+        let mut rest = chunks.as_slice();
+        while !rest.is_empty() {
+            let (request, tail) = rest.split_at(coalesced_len(rest, |(_, c)| c, PLANNED_GAP, STEP));
+            requests.push(request.to_vec());
+            rest = tail;
         }
         requests
     }
@@ -284,6 +273,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Codec;
     use std::sync::mpsc;
 
     const MS: Duration = Duration::from_millis(1);
