@@ -67,6 +67,13 @@ pub trait BlobSource: Send + Sync {
         Ok(Box::new(std::io::Cursor::new(buf)))
     }
 
+    /// The shortest time any request of this source (or of others to the same server, as
+    /// far as it knows) has waited for its answer to begin: how far the server is. `None`
+    /// when not known, or when the bytes are local.
+    fn delay(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Fills several ranges. Sources that can fetch many ranges in one round trip override it.
     fn read_ranges(&self, ranges: &mut [(u64, &mut [u8])]) -> Result<(), SourceError> {
         for (offset, buf) in ranges.iter_mut() {

@@ -8,7 +8,9 @@ pub(crate) mod readlog;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::estargz::{decompress_chunk, ChunkError, ChunkLocation};
 use crate::index::{ChunkRef, Codec, LayerIndex, NodeId};
@@ -88,6 +90,9 @@ pub struct LazyLayer {
     /// The chunks a profile's prefetch will fetch (see [`LazyLayer::plan_prefetch`]).
     planned: std::sync::OnceLock<HashSet<Digest>>,
     reads: readlog::ReadLog,
+    /// The shortest wait for an answer to begin of any range request, in nanoseconds
+    /// (`u64::MAX` before the first).
+    delay: AtomicU64,
 }
 
 impl LazyLayer {
@@ -100,6 +105,7 @@ impl LazyLayer {
             priority: None,
             planned: Default::default(),
             reads: Default::default(),
+            delay: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -120,6 +126,18 @@ impl LazyLayer {
     /// registry, were it possible to fetch exactly them.
     pub fn bytes_read_compressed(&self) -> u64 {
         compressed_share(&self.index, &self.reads)
+    }
+
+    /// The shortest time a range request waited for its answer to begin, this layer's or
+    /// another the source knows of (a registry's manifest, another layer's): how far the
+    /// registry is. `None` before the first.
+    pub fn delay(&self) -> Option<Duration> {
+        let nanos = self.delay.load(Ordering::Relaxed);
+        let own = (nanos != u64::MAX).then(|| Duration::from_nanos(nanos));
+        match (own, self.source.delay()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn index(&self) -> &Arc<LayerIndex> {
@@ -269,7 +287,9 @@ impl LazyLayer {
         let end = group.iter().map(|(c, _)| c.offset + c.compressed_len).max().unwrap_or(start);
         let asked = std::time::Instant::now();
         let mut body = self.source.read_streamed(start, end).map_err(|e| fetch_err(e.into()))?;
-        ticket.answered(asked.elapsed());
+        let waited = asked.elapsed();
+        self.delay.fetch_min(waited.as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+        ticket.answered(waited);
         let mut span = Vec::with_capacity((end - start) as usize);
         for (chunk, claim) in group {
             // Chunks come in blob order; several may share one gzip member.
@@ -607,6 +627,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ChunkCache::open(dir.path(), 16 << 20).unwrap();
         (LazyLayer::new(Arc::new(b.finish()), cache, source.clone()), node, source, members, dir)
+    }
+
+    /// A blob whose answers each begin after the last of `waits` (taken off as used).
+    struct Slow {
+        inner: Arc<LoggedBlob>,
+        waits: std::sync::Mutex<Vec<Duration>>,
+    }
+
+    impl BlobSource for Slow {
+        fn name(&self) -> String {
+            "slow blob".into()
+        }
+
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, SourceError> {
+            self.inner.read_at(offset, buf)
+        }
+
+        fn read_streamed(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+            std::thread::sleep(self.waits.lock().unwrap().pop().unwrap_or_default());
+            self.inner.read_streamed(start, end)
+        }
+    }
+
+    #[test]
+    fn a_layer_keeps_the_shortest_wait_for_an_answer_as_the_registry_distance() {
+        let (fast, node, blob, _members, _dir) = eight_chunks();
+        let (short, long) = (Duration::from_millis(20), Duration::from_millis(400));
+        let slow = Arc::new(Slow { inner: blob, waits: std::sync::Mutex::new(vec![short, long]) });
+        let layer = LazyLayer::new(fast.index.clone(), fast.cache.clone(), slow);
+        assert_eq!(layer.delay(), None, "nothing fetched yet");
+        let mut buf = vec![0u8; 4096];
+        layer.read(node, 5 * CHUNK, &mut buf).unwrap();
+        assert!(layer.delay().unwrap() >= long);
+        layer.read(node, 0, &mut buf).unwrap();
+        let delay = layer.delay().unwrap();
+        assert!(delay >= short && delay < long, "the shorter wait: {delay:?}");
+        // A read the cache serves waits for no answer.
+        layer.read(node, 0, &mut buf).unwrap();
+        assert_eq!(layer.delay(), Some(delay));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod generation;
 mod init_layer;
 mod inodes;
 mod listing;
+mod readthrough;
 mod resolve;
 mod upper;
 mod view;
@@ -38,6 +39,7 @@ use crate::lazy::Pacer;
 use generation::{Generation, Kept};
 use inodes::{Identity, Inodes};
 use listing::Listings;
+use readthrough::ReadThrough;
 use resolve::{join, Found, Resolved};
 
 /// Lower entries whose attributes are kept at most; past it they are all dropped.
@@ -127,6 +129,8 @@ pub struct Union {
     structure: Generation,
     /// When recording a profile: the bytes of lower files read, in the order first read.
     recorder: Mutex<Option<Recorder>>,
+    /// Lower files fetched whole in the background when the registry is far.
+    read_through: ReadThrough,
 }
 
 /// About how many compressed bytes of a profile are fetched together, in blob order.
@@ -200,6 +204,7 @@ impl Union {
             dirs: Kept::new(KEPT_DIRS),
             structure: Generation::default(),
             recorder: Mutex::new(None),
+            read_through: ReadThrough::default(),
         })
     }
 
@@ -246,8 +251,10 @@ impl Union {
     /// (coalesced), the layer of its first chunk first, in the requests each layer makes
     /// (one per run of chunks without a wide gap). Each request goes out paced after those
     /// before it, never waiting for their end: what is needed first arrives first, and the
-    /// link stays busy however far the registry.
+    /// link stays busy however far the registry. From the call on, no file is read through
+    /// (see `readthrough`): the profile names what the workload reads.
     pub fn prefetch(&self, files: &[ProfiledFile]) -> u64 {
+        self.read_through.turn_off();
         let batches = self.prefetch_batches(files);
         for (layer, lower) in self.layers.iter().enumerate() {
             let planned = batches.iter().flatten().filter(|(l, _)| *l == layer).map(|(_, (_, c))| c.digest);
@@ -524,6 +531,8 @@ impl Union {
             Handle::Lower { layer, node } => {
                 let n = self.layers[*layer].read(*node, offset, &mut buf)?;
                 self.record(*layer, *node, offset, offset + n as u64);
+                // After the read, which may just have measured how far the registry is.
+                self.read_through.after_read(&self.layers, *layer, *node);
                 n
             }
         };

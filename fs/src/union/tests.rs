@@ -18,13 +18,15 @@ struct Layer {
     index: LayerIndex,
     planned: Mutex<HashSet<Digest>>,
     prefetches: Arc<Mutex<Vec<Vec<Digest>>>>,
+    /// How far its registry is (see [`LayerView::delay`]).
+    delay: Option<Duration>,
 }
 
 impl Layer {
     /// `files` by path and size in chunks; each chunk weighs `compressed` in the blob.
     fn new(files: &[(&str, u64)], compressed: u64) -> Layer {
         let index = LayerIndex::of_test_files("", files, CHUNK, compressed);
-        Layer { index, planned: Mutex::default(), prefetches: Arc::default() }
+        Layer { index, planned: Mutex::default(), prefetches: Arc::default(), delay: None }
     }
 }
 
@@ -46,6 +48,10 @@ impl LayerView for Layer {
     fn prefetch(&self, chunks: &[PrefetchChunk], _ticket: &Ticket<'_>) -> io::Result<u64> {
         self.prefetches.lock().unwrap().push(chunks.iter().map(|(_, c)| c.digest).collect());
         Ok(0)
+    }
+
+    fn delay(&self) -> Option<Duration> {
+        self.delay
     }
 }
 
@@ -173,4 +179,51 @@ fn mount_points_come_from_an_init_layer_and_leave_the_upper_alone() {
 
     assert_eq!(std::fs::read_dir(dir.path().join("upper")).unwrap().count(), 0, "nothing in the upper");
     assert_eq!(union.changes().unwrap(), []);
+}
+
+/// A layer of a one-chunk file, a binary of four chunks and a file too large to read through
+/// (300 chunks of 120 KiB compressed: 35 MiB), `delay` from its registry.
+fn far_layer(delay: Option<Duration>) -> Layer {
+    let files = [("passwd", 1), ("tool", 4), ("huge", 300)];
+    Layer { delay, ..Layer::new(&files, 120 << 10) }
+}
+
+/// The files queued to be read through, by path.
+fn queued(union: &Union) -> Vec<String> {
+    let queued = union.read_through.queued.lock().unwrap();
+    let mut paths: Vec<String> = queued.iter().map(|&(l, n)| union.layers[l].index().path_of(n)).collect();
+    paths.sort();
+    paths
+}
+
+#[test]
+fn far_from_the_registry_a_file_of_several_chunks_is_read_through_once() {
+    let (_dir, union, layer) = union(far_layer(Some(Duration::from_millis(20))));
+    read(&union, "tool", 2 * CHUNK, 4096);
+    read(&union, "tool", 0, 4096);
+    read(&union, "passwd", 0, 100);
+    read(&union, "huge", 0, 4096);
+    assert_eq!(queued(&union), ["tool"]);
+    // The whole file, in one prefetch, by the union's reading threads.
+    let tool = union.resolve("tool").unwrap();
+    let Found::Lower { node, .. } = tool.found else { panic!("a lower file") };
+    let whole: Vec<Digest> = layer.index.file_chunks(node).iter().map(|c| c.digest).collect();
+    let waited = std::time::Instant::now();
+    while layer.prefetches.lock().unwrap().is_empty() && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*layer.prefetches.lock().unwrap(), [whole]);
+}
+
+#[test]
+fn near_a_registry_before_its_distance_is_known_or_with_a_profile_only_what_is_read_is_fetched() {
+    for delay in [None, Some(Duration::from_millis(1))] {
+        let (_dir, union, _) = union(far_layer(delay));
+        read(&union, "tool", 0, 4096);
+        assert_eq!(queued(&union), Vec::<String>::new(), "{delay:?}");
+    }
+    let (_dir, union, _) = union(far_layer(Some(Duration::from_millis(20))));
+    union.prefetch(&[entry("passwd", &[])]);
+    read(&union, "tool", 0, 4096);
+    assert_eq!(queued(&union), Vec::<String>::new(), "a profile is prefetched");
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::time::Duration;
 
 use crate::index::{ChunkRef, LayerIndex, NodeId};
 use crate::lazy::{LazyLayer, Ticket};
@@ -28,6 +29,12 @@ pub trait LayerView: Send + Sync {
 
     /// Told, before any `prefetch`, every chunk of this layer the prefetch will fetch.
     fn plan_prefetch(&self, _chunks: HashSet<Digest>) {}
+
+    /// The shortest time a fetch of this layer's bytes has waited for its answer to begin;
+    /// `None` until one has (and for layers whose bytes are all local).
+    fn delay(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A chunk to prefetch, and the file it is read for (named in errors).
@@ -52,6 +59,10 @@ impl LayerView for LazyLayer {
 
     fn prefetch_requests(&self, chunks: Vec<PrefetchChunk>) -> Vec<Vec<PrefetchChunk>> {
         LazyLayer::prefetch_requests(chunks)
+    }
+
+    fn delay(&self) -> Option<Duration> {
+        LazyLayer::delay(self)
     }
 
     fn prefetch(&self, chunks: &[PrefetchChunk], ticket: &Ticket<'_>) -> io::Result<u64> {

@@ -57,8 +57,13 @@ impl RegistryBlob {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let remembered = self.location.lock().unwrap().clone();
         if let Some(url) = remembered {
-            let http = self.client.endpoint(self.reference.registry())?.http.clone();
-            match http.get(&url).header(RANGE, &range).send() {
+            let ep = self.client.endpoint(self.reference.registry())?;
+            let asked = std::time::Instant::now();
+            let sent = ep.http.get(&url).header(RANGE, &range).send();
+            if sent.is_ok() {
+                ep.answered(asked.elapsed());
+            }
+            match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
                     tracing::debug!(url, status = %resp.status(), "redirected blob URL stopped working")
@@ -182,6 +187,10 @@ impl BlobSource for RegistryBlob {
         }
         let resp = self.open_range(start, end).map_err(self.read_error(start, end))?;
         Ok(Box::new(Body { resp, stats: &self.stats }.take(end - start)))
+    }
+
+    fn delay(&self) -> Option<std::time::Duration> {
+        self.client.delay(self.reference.registry())
     }
 }
 

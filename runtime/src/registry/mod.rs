@@ -12,8 +12,9 @@ mod upload;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -123,6 +124,16 @@ struct Endpoint {
     credentials: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, Token>>,
+    /// The shortest wait for an answer to begin, in nanoseconds, of any request after the
+    /// probe (which connects): how far the registry is (`u64::MAX` before the first).
+    answered: AtomicU64,
+}
+
+impl Endpoint {
+    /// A request to this registry (or where it redirected) waited `waited` for its answer.
+    fn answered(&self, waited: Duration) {
+        self.answered.fetch_min(waited.as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 pub struct Client {
@@ -187,6 +198,13 @@ impl Client {
         Ok(self.endpoint(registry)?.base.clone())
     }
 
+    /// The shortest time a request to `registry` has waited for its answer to begin (see
+    /// [`skiff_fs::BlobSource::delay`]); `None` before one has been answered.
+    pub fn delay(&self, registry: &str) -> Option<Duration> {
+        let nanos = self.endpoints.lock().unwrap().get(registry)?.answered.load(Ordering::Relaxed);
+        (nanos != u64::MAX).then(|| Duration::from_nanos(nanos))
+    }
+
     fn endpoint(&self, registry: &str) -> Result<Arc<Endpoint>, RegistryError> {
         if let Some(ep) = self.endpoints.lock().unwrap().get(registry) {
             return Ok(ep.clone());
@@ -235,6 +253,7 @@ impl Client {
                             credentials,
                             challenge: Mutex::new(challenge),
                             tokens: Mutex::default(),
+                            answered: AtomicU64::new(u64::MAX),
                         });
                     }
                     Err(e) => failures.push(format!("{base}: {}", error_chain(&e))),
@@ -285,7 +304,12 @@ impl Client {
             if let Some(header) = self.authorization(&ep, access, false)? {
                 request = request.header(AUTHORIZATION, header);
             }
-            let retry_after = match request.send() {
+            let asked = Instant::now();
+            let sent = request.send();
+            if sent.is_ok() {
+                ep.answered(asked.elapsed());
+            }
+            let retry_after = match sent {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
                     reauthenticated = true;
                     let fresh = challenge_of(resp.headers());

@@ -2,7 +2,8 @@
 //! against a misbehaving server: redirects, ignored ranges, retries, bearer tokens.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use skiff::registry::{Client, MountOutcome, RegistryOptions, UploadOptions};
 use skiff::{Digest, Reference};
@@ -137,6 +138,40 @@ fn range_reads_follow_redirects_once_and_reuse_the_final_url() {
     let to_registry = paths.iter().filter(|p| p.starts_with("/v2/repo/blobs/")).count();
     let to_storage = paths.iter().filter(|p| p.starts_with("/storage/")).count();
     assert_eq!((to_registry, to_storage), (1, 3), "{paths:?}");
+}
+
+#[test]
+fn a_client_knows_how_far_a_registry_is_from_its_quickest_answer() {
+    let data = Arc::new(fixtures::noise(10_000, 7));
+    let digest = Digest::of(&data);
+    let (quick, slow) = (Duration::from_millis(40), Duration::from_millis(400));
+    // Taken off the end: the first range request waits longest.
+    let waits = Arc::new(Mutex::new(vec![quick, slow]));
+    let server = {
+        let data = data.clone();
+        Hostile::start(move |req: &Request| {
+            if req.path == "/v2/" {
+                return Reply::new(200, "{}");
+            }
+            std::thread::sleep(waits.lock().unwrap().pop().unwrap_or_default());
+            match req.range() {
+                Some((a, b)) => Reply::new(206, data[a as usize..=b as usize].to_vec())
+                    .header("Content-Range", &format!("bytes {a}-{b}/{}", data.len())),
+                None => Reply::new(404, ""),
+            }
+        })
+    };
+    let client = fixtures::client();
+    assert_eq!(client.delay(&server.addr), None, "nothing asked yet");
+    let blob = client.blob_source(&reference(&format!("{}/repo:x", server.addr)), digest, data.len() as u64);
+    let mut buf = vec![0u8; 100];
+    blob.read_exact_at(0, &mut buf).unwrap();
+    assert!(client.delay(&server.addr).unwrap() >= slow);
+    blob.read_exact_at(5000, &mut buf).unwrap();
+    assert_eq!(buf, &data[5000..5100]);
+    let delay = client.delay(&server.addr).unwrap();
+    assert!(delay >= quick && delay < slow, "the quicker answer: {delay:?}");
+    assert_eq!(blob.delay(), Some(delay), "each blob of the registry knows it");
 }
 
 #[test]
