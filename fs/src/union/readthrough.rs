@@ -3,9 +3,10 @@
 //! there misses one chunk at a time, one after another. Near a registry a round trip costs
 //! less than the bytes around a miss would, so only what is read is fetched. Far from one
 //! (the shortest wait a layer has seen for an answer is `FAR` or more), the first read of a
-//! file of several chunks also queues the whole file, fetched in the background in large
-//! requests, yielding to reads a process waits for: the file then costs about one round trip
-//! instead of one per miss, for the bytes of it never read.
+//! file of several chunks also queues the whole file, in the large requests the layer cuts it
+//! into, fetched side by side in the background, yielding to reads a process waits for: the
+//! file then costs about one round trip instead of one per miss, for the bytes of it never
+//! read.
 //!
 //! A mount whose profile is prefetched does without: the profile names what the workload
 //! reads, and the paced prefetch keeps the link busy with it.
@@ -26,7 +27,7 @@ pub const FAR: Duration = Duration::from_millis(5);
 /// Files of more compressed bytes are not read through: their bytes never read would cost
 /// more than the round trips saved.
 pub const MAX_FILE: u64 = 32 << 20;
-/// Files read through at the same time.
+/// Requests of files read through on their way at the same time.
 const STREAMS: usize = 4;
 
 /// Which files of a mount are read through, and the threads that fetch them.
@@ -35,9 +36,13 @@ pub(super) struct ReadThrough {
     off: AtomicBool,
     /// Each file is queued once: (layer, node).
     pub(super) queued: Mutex<HashSet<(usize, NodeId)>>,
-    /// Started with the first file queued; the threads end when it drops, with the union.
-    queue: OnceLock<Sender<(usize, NodeId)>>,
+    /// The requests of queued files. Started with the first file queued; the threads end
+    /// when it drops, with the union.
+    queue: OnceLock<Sender<Request>>,
 }
+
+/// One request of a file read through: its layer and chunks.
+type Request = (usize, Vec<PrefetchChunk>);
 
 impl ReadThrough {
     /// No file is read through from now on (a profile is being prefetched).
@@ -60,7 +65,13 @@ impl ReadThrough {
             path = layers[layer].index().path_of(node),
             "reading a file through: the registry is far"
         );
-        queue.send((layer, node)).is_ok()
+        // Cut into the requests the layer makes, fetched side by side: a large file then
+        // arrives in about the time its bytes take, not a round trip per request after another.
+        let chunks = layers[layer].index().file_chunks(node).iter().map(|c| (node, *c)).collect();
+        layers[layer]
+            .prefetch_requests(chunks)
+            .into_iter()
+            .all(|request| queue.send((layer, request)).is_ok())
     }
 }
 
@@ -72,7 +83,7 @@ fn wanted(layer: &dyn LayerView, node: NodeId) -> bool {
 }
 
 /// Starts the threads that read queued files through.
-fn start(layers: &[Arc<dyn LayerView>]) -> Sender<(usize, NodeId)> {
+fn start(layers: &[Arc<dyn LayerView>]) -> Sender<Request> {
     let (send, receive) = channel();
     let receive = Arc::new(Mutex::new(receive));
     for _ in 0..STREAMS {
@@ -88,14 +99,12 @@ fn start(layers: &[Arc<dyn LayerView>]) -> Sender<(usize, NodeId)> {
     send
 }
 
-/// Reads queued files through until the queue closes. A failure is the layer's to log; the
+/// Fetches queued requests until the queue closes. A failure is the layer's to log; the
 /// reads of the file fetch what they need.
-fn read_through(layers: &[Arc<dyn LayerView>], queue: &Mutex<Receiver<(usize, NodeId)>>) {
+fn read_through(layers: &[Arc<dyn LayerView>], queue: &Mutex<Receiver<Request>>) {
     loop {
         let next = queue.lock().unwrap().recv();
-        let Ok((layer, node)) = next else { return };
-        let chunks: Vec<PrefetchChunk> =
-            layers[layer].index().file_chunks(node).iter().map(|c| (node, *c)).collect();
+        let Ok((layer, chunks)) = next else { return };
         let _ = layers[layer].prefetch(&chunks, &Ticket::unpaced());
     }
 }
