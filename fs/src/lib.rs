@@ -18,4 +18,4 @@ pub mod union;
 pub use cache::{CacheError, CacheStats, ChunkCache, ChunkHandle, Claim};
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use idmap::{IdMap, IdRange, OVERFLOW_ID};
-pub use source::{BlobSource, FileSource, SourceError};
+pub use source::{BlobSource, FileSource, ShortestWait, SourceError};

@@ -7,6 +7,8 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,6 +26,32 @@ pub enum SourceError {
     OutOfRange { blob: String, start: u64, end: u64, size: u64 },
     #[error("{blob} ended at byte {at}, before the {size} bytes it claims")]
     Truncated { blob: String, at: u64, size: u64 },
+}
+
+/// The shortest of the waits noted (for an answer to begin): how far a server is. Shared by
+/// the threads whose requests note them.
+#[derive(Debug)]
+pub struct ShortestWait {
+    /// In nanoseconds; `u64::MAX` before the first.
+    nanos: AtomicU64,
+}
+
+impl Default for ShortestWait {
+    fn default() -> ShortestWait {
+        ShortestWait { nanos: AtomicU64::new(u64::MAX) }
+    }
+}
+
+impl ShortestWait {
+    pub fn note(&self, wait: Duration) {
+        self.nanos.fetch_min(wait.as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `None` before the first wait noted.
+    pub fn get(&self) -> Option<Duration> {
+        let nanos = self.nanos.load(Ordering::Relaxed);
+        (nanos != u64::MAX).then(|| Duration::from_nanos(nanos))
+    }
 }
 
 /// Random-access reads of one immutable blob.
@@ -70,7 +98,7 @@ pub trait BlobSource: Send + Sync {
     /// The shortest time any request of this source (or of others to the same server, as
     /// far as it knows) has waited for its answer to begin: how far the server is. `None`
     /// when not known, or when the bytes are local.
-    fn delay(&self) -> Option<std::time::Duration> {
+    fn delay(&self) -> Option<Duration> {
         None
     }
 

@@ -8,13 +8,12 @@ pub(crate) mod readlog;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::estargz::{decompress_chunk, ChunkError, ChunkLocation};
 use crate::index::{ChunkRef, Codec, LayerIndex, NodeId};
-use crate::{BlobSource, Digest, SourceError};
+use crate::{BlobSource, Digest, ShortestWait, SourceError};
 use crate::{CacheError, ChunkCache, ChunkHandle, Claim};
 
 pub use estargz_index::index_estargz;
@@ -90,9 +89,8 @@ pub struct LazyLayer {
     /// The chunks a profile's prefetch will fetch (see [`LazyLayer::plan_prefetch`]).
     planned: std::sync::OnceLock<HashSet<Digest>>,
     reads: readlog::ReadLog,
-    /// The shortest wait for an answer to begin of any range request, in nanoseconds
-    /// (`u64::MAX` before the first).
-    delay: AtomicU64,
+    /// The shortest wait for an answer to begin of any of its range requests.
+    delay: ShortestWait,
 }
 
 impl LazyLayer {
@@ -105,7 +103,7 @@ impl LazyLayer {
             priority: None,
             planned: Default::default(),
             reads: Default::default(),
-            delay: AtomicU64::new(u64::MAX),
+            delay: ShortestWait::default(),
         }
     }
 
@@ -132,12 +130,7 @@ impl LazyLayer {
     /// another the source knows of (a registry's manifest, another layer's): how far the
     /// registry is. `None` before the first.
     pub fn delay(&self) -> Option<Duration> {
-        let nanos = self.delay.load(Ordering::Relaxed);
-        let own = (nanos != u64::MAX).then(|| Duration::from_nanos(nanos));
-        match (own, self.source.delay()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.delay.get().into_iter().chain(self.source.delay()).min()
     }
 
     pub fn index(&self) -> &Arc<LayerIndex> {
@@ -288,7 +281,7 @@ impl LazyLayer {
         let asked = std::time::Instant::now();
         let mut body = self.source.read_streamed(start, end).map_err(|e| fetch_err(e.into()))?;
         let waited = asked.elapsed();
-        self.delay.fetch_min(waited.as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.delay.note(waited);
         ticket.answered(waited);
         let mut span = Vec::with_capacity((end - start) as usize);
         for (chunk, claim) in group {

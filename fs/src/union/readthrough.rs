@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::view::{LayerView, PrefetchChunk};
-use crate::index::NodeId;
+use crate::index::{ChunkRef, NodeId};
 use crate::lazy::Ticket;
 
 /// The shortest answer wait from which a registry counts as far: beyond a LAN or a data
@@ -33,6 +33,8 @@ const STREAMS: usize = 4;
 /// Which files of a mount are read through, and the threads that fetch them.
 #[derive(Default)]
 pub(super) struct ReadThrough {
+    /// Set by a profile's prefetch, or once the registry is known to be near: a shortest wait
+    /// only shrinks, so it stays near. Each read then costs one load.
     off: AtomicBool,
     /// Each file is queued once: (layer, node).
     pub(super) queued: Mutex<HashSet<(usize, NodeId)>>,
@@ -54,8 +56,18 @@ impl ReadThrough {
     /// registry is far, the file has several chunks and is not too large, and it was not
     /// queued before. Returns whether it was queued now.
     pub(super) fn after_read(&self, layers: &[Arc<dyn LayerView>], layer: usize, node: NodeId) -> bool {
-        if self.off.load(Ordering::SeqCst) || !wanted(&*layers[layer], node) {
+        if self.off.load(Ordering::SeqCst) {
             return false;
+        }
+        match layers[layer].delay() {
+            None => return false,
+            Some(delay) if delay < FAR => {
+                // The layers of a mount come from one registry.
+                self.turn_off();
+                return false;
+            }
+            Some(_) if !worth_it(layers[layer].index().file_chunks(node)) => return false,
+            Some(_) => {}
         }
         if !self.queued.lock().unwrap().insert((layer, node)) {
             return false;
@@ -75,11 +87,9 @@ impl ReadThrough {
     }
 }
 
-/// Whether file `node` of `layer` is worth reading through.
-fn wanted(layer: &dyn LayerView, node: NodeId) -> bool {
-    let far = layer.delay().is_some_and(|d| d >= FAR);
-    let chunks = layer.index().file_chunks(node);
-    far && chunks.len() > 1 && chunks.iter().map(|c| c.compressed_len).sum::<u64>() <= MAX_FILE
+/// Whether a file of `chunks` is worth reading through, far from the registry.
+fn worth_it(chunks: &[ChunkRef]) -> bool {
+    chunks.len() > 1 && chunks.iter().map(|c| c.compressed_len).sum::<u64>() <= MAX_FILE
 }
 
 /// Starts the threads that read queued files through.

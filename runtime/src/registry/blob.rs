@@ -58,12 +58,7 @@ impl RegistryBlob {
         let remembered = self.location.lock().unwrap().clone();
         if let Some(url) = remembered {
             let ep = self.client.endpoint(self.reference.registry())?;
-            let asked = std::time::Instant::now();
-            let sent = ep.http.get(&url).header(RANGE, &range).send();
-            if sent.is_ok() {
-                ep.answered(asked.elapsed());
-            }
-            match sent {
+            match ep.send(ep.http.get(&url).header(RANGE, &range)) {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
                     tracing::debug!(url, status = %resp.status(), "redirected blob URL stopped working")

@@ -12,14 +12,13 @@ mod upload;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
-use skiff_fs::Digest;
+use skiff_fs::{Digest, ShortestWait};
 
 pub use auth::{docker_config_path, store_credentials, stored_credentials, Challenge, Credentials};
 pub use blob::{FetchStats, RegistryBlob};
@@ -124,15 +123,21 @@ struct Endpoint {
     credentials: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, Token>>,
-    /// The shortest wait for an answer to begin, in nanoseconds, of any request after the
-    /// probe (which connects): how far the registry is (`u64::MAX` before the first).
-    answered: AtomicU64,
+    /// The shortest wait for an answer to begin of any request after the probe (which
+    /// connects): how far the registry is.
+    answered: ShortestWait,
 }
 
 impl Endpoint {
-    /// A request to this registry (or where it redirected) waited `waited` for its answer.
-    fn answered(&self, waited: Duration) {
-        self.answered.fetch_min(waited.as_nanos().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// Sends `request` (to this registry, or where it redirected), noting how long its answer
+    /// took to begin.
+    fn send(&self, request: RequestBuilder) -> reqwest::Result<Response> {
+        let asked = Instant::now();
+        let sent = request.send();
+        if sent.is_ok() {
+            self.answered.note(asked.elapsed());
+        }
+        sent
     }
 }
 
@@ -201,8 +206,7 @@ impl Client {
     /// The shortest time a request to `registry` has waited for its answer to begin (see
     /// [`skiff_fs::BlobSource::delay`]); `None` before one has been answered.
     pub fn delay(&self, registry: &str) -> Option<Duration> {
-        let nanos = self.endpoints.lock().unwrap().get(registry)?.answered.load(Ordering::Relaxed);
-        (nanos != u64::MAX).then(|| Duration::from_nanos(nanos))
+        self.endpoints.lock().unwrap().get(registry)?.answered.get()
     }
 
     fn endpoint(&self, registry: &str) -> Result<Arc<Endpoint>, RegistryError> {
@@ -253,7 +257,7 @@ impl Client {
                             credentials,
                             challenge: Mutex::new(challenge),
                             tokens: Mutex::default(),
-                            answered: AtomicU64::new(u64::MAX),
+                            answered: ShortestWait::default(),
                         });
                     }
                     Err(e) => failures.push(format!("{base}: {}", error_chain(&e))),
@@ -304,12 +308,7 @@ impl Client {
             if let Some(header) = self.authorization(&ep, access, false)? {
                 request = request.header(AUTHORIZATION, header);
             }
-            let asked = Instant::now();
-            let sent = request.send();
-            if sent.is_ok() {
-                ep.answered(asked.elapsed());
-            }
-            let retry_after = match sent {
+            let retry_after = match ep.send(request) {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
                     reauthenticated = true;
                     let fresh = challenge_of(resp.headers());
