@@ -223,8 +223,10 @@ impl Client {
         Ok(ep)
     }
 
-    /// Finds how to reach `registry`: HTTPS first; for insecure registries, HTTPS without
-    /// verification and then plain HTTP.
+    /// Finds how to reach `registry`: HTTPS; for an insecure registry, HTTPS without
+    /// verification, else plain HTTP. The two are asked side by side and HTTPS is taken when
+    /// it answers: one after the other, a plain-HTTP registry would cost the round trips of
+    /// a refused TLS handshake before its own.
     fn probe(&self, registry: &str) -> Result<Endpoint, RegistryError> {
         let host = if registry == crate::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry };
         // An insecure registry is reached as docker reaches one: HTTPS whatever its
@@ -245,8 +247,15 @@ impl Client {
                 std::thread::sleep(self.backoff(attempt));
             }
             failures.clear();
-            for (base, http) in &candidates {
-                match http.get(format!("{base}/v2/")).send() {
+            let answers = std::thread::scope(|s| {
+                let asked: Vec<_> = candidates
+                    .iter()
+                    .map(|(base, http)| s.spawn(move || http.get(format!("{base}/v2/")).send()))
+                    .collect();
+                asked.into_iter().map(|a| a.join().expect("a registry probe panicked")).collect::<Vec<_>>()
+            });
+            for ((base, http), answer) in candidates.iter().zip(answers) {
+                match answer {
                     Ok(resp) => {
                         let challenge = challenge_of(resp.headers());
                         tracing::debug!(registry, base, status = %resp.status(), "registry probed");

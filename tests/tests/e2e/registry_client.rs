@@ -101,6 +101,56 @@ fn tls_registry_is_verified_against_configured_cas() {
     assert_eq!(lenient.base_url(&f.registry.addr).unwrap(), format!("http://{}", f.registry.addr));
 }
 
+#[test]
+fn an_insecure_registry_is_asked_over_https_and_http_side_by_side() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Condvar;
+
+    // A plain-HTTP registry that holds a TLS handshake open until its own `GET /v2/` has
+    // come in on another connection, or 5 s have passed: asked one after the other, the HTTP
+    // probe would only come once the handshake had been refused.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let probed = Arc::new((Mutex::new(false), Condvar::new()));
+    let held_until_probed = Arc::new(Mutex::new(None));
+    {
+        let (probed, held_until_probed) = (probed.clone(), held_until_probed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(2) {
+                let (probed, held_until_probed) = (probed.clone(), held_until_probed.clone());
+                std::thread::spawn(move || {
+                    let mut conn = conn.unwrap();
+                    let mut first = [0u8; 1];
+                    conn.peek(&mut first).unwrap();
+                    let (flag, changed) = &*probed;
+                    if first[0] == 0x16 {
+                        // A TLS ClientHello: wait for the HTTP probe, then refuse.
+                        let guard = flag.lock().unwrap();
+                        let (guard, _) =
+                            changed.wait_timeout_while(guard, Duration::from_secs(5), |seen| !*seen).unwrap();
+                        *held_until_probed.lock().unwrap() = Some(*guard);
+                        return;
+                    }
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    reader.read_line(&mut line).unwrap();
+                    while reader.read_line(&mut line).unwrap() > 2 {}
+                    if line.starts_with("GET /v2/ ") {
+                        *flag.lock().unwrap() = true;
+                        changed.notify_all();
+                    }
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+                    let _ = conn.read(&mut [0u8; 1]);
+                });
+            }
+        });
+    }
+    let client = fixtures::client();
+    assert_eq!(client.base_url(&addr).unwrap(), format!("http://{addr}"));
+    assert_eq!(*held_until_probed.lock().unwrap(), Some(true), "the HTTP probe waited for the TLS handshake");
+}
+
 /// A blob server that redirects blob requests to a storage path, or ignores ranges.
 fn blob_server(data: Arc<Vec<u8>>, digest: Digest, redirect: bool, honour_ranges: bool) -> Hostile {
     Hostile::start(move |req: &Request| {
