@@ -115,6 +115,10 @@ impl Access<'_> {
     }
 }
 
+/// Builds a request from the HTTP client and base URL of a registry (probing may build it
+/// for each way of reaching the registry, side by side).
+pub(crate) type Build<'a> = dyn Fn(&Http, &str) -> RequestBuilder + Sync + 'a;
+
 /// One registry as reached: its base URL, how to authenticate, tokens held.
 struct Endpoint {
     registry: String,
@@ -210,24 +214,42 @@ impl Client {
     }
 
     fn endpoint(&self, registry: &str) -> Result<Arc<Endpoint>, RegistryError> {
+        Ok(self.endpoint_asking(registry, None)?.0)
+    }
+
+    /// The endpoint of `registry`, probing it the first time. Given `first` (a request that
+    /// may be sent twice: a GET or HEAD), the probe is that request, sent without auth, and
+    /// its answer comes back too; else the probe is `GET /v2/`. A pull's manifest request
+    /// then costs no round trip of its own before it.
+    fn endpoint_asking(
+        &self,
+        registry: &str,
+        first: Option<&Build<'_>>,
+    ) -> Result<(Arc<Endpoint>, Option<Response>), RegistryError> {
         if let Some(ep) = self.endpoints.lock().unwrap().get(registry) {
-            return Ok(ep.clone());
+            return Ok((ep.clone(), None));
         }
         // One probe at a time: the layers of an image, opened in parallel, share the first.
         let _probing = self.probing.lock().unwrap();
         if let Some(ep) = self.endpoints.lock().unwrap().get(registry) {
-            return Ok(ep.clone());
+            return Ok((ep.clone(), None));
         }
-        let ep = Arc::new(self.probe(registry)?);
+        let (ep, answer) = self.probe(registry, first)?;
+        let ep = Arc::new(ep);
         self.endpoints.lock().unwrap().insert(registry.to_string(), ep.clone());
-        Ok(ep)
+        Ok((ep, first.map(|_| answer)))
     }
 
-    /// Finds how to reach `registry`: HTTPS; for an insecure registry, HTTPS without
-    /// verification, else plain HTTP. The two are asked side by side and HTTPS is taken when
-    /// it answers: one after the other, a plain-HTTP registry would cost the round trips of
-    /// a refused TLS handshake before its own.
-    fn probe(&self, registry: &str) -> Result<Endpoint, RegistryError> {
+    /// Finds how to reach `registry` by sending it `first` (else `GET /v2/`): over HTTPS;
+    /// for an insecure registry, over HTTPS without verification, else plain HTTP. The two
+    /// are asked side by side and HTTPS is taken when it answers: one after the other, a
+    /// plain-HTTP registry would cost the round trips of a refused TLS handshake before its
+    /// own. Returns the endpoint and the answer.
+    fn probe(
+        &self,
+        registry: &str,
+        first: Option<&Build<'_>>,
+    ) -> Result<(Endpoint, Response), RegistryError> {
         let host = if registry == crate::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry };
         // An insecure registry is reached as docker reaches one: HTTPS whatever its
         // certificate, else plain HTTP.
@@ -250,24 +272,40 @@ impl Client {
             let answers = std::thread::scope(|s| {
                 let asked: Vec<_> = candidates
                     .iter()
-                    .map(|(base, http)| s.spawn(move || http.get(format!("{base}/v2/")).send()))
+                    .map(|(base, http)| {
+                        s.spawn(move || {
+                            let request = match first {
+                                Some(build) => build(http, base),
+                                None => http.get(format!("{base}/v2/")),
+                            };
+                            let asked = Instant::now();
+                            request.send().map(|resp| (resp, asked.elapsed()))
+                        })
+                    })
                     .collect();
                 asked.into_iter().map(|a| a.join().expect("a registry probe panicked")).collect::<Vec<_>>()
             });
             for ((base, http), answer) in candidates.iter().zip(answers) {
                 match answer {
-                    Ok(resp) => {
+                    Ok((resp, waited)) => {
                         let challenge = challenge_of(resp.headers());
                         tracing::debug!(registry, base, status = %resp.status(), "registry probed");
-                        return Ok(Endpoint {
+                        let answered = ShortestWait::default();
+                        // A request of the caller's, to be timed as the ones after it are; the
+                        // wait includes connecting, which only makes it longer.
+                        if first.is_some() {
+                            answered.note(waited);
+                        }
+                        let ep = Endpoint {
                             registry: registry.to_string(),
                             base: base.clone(),
                             http: http.clone(),
                             credentials,
                             challenge: Mutex::new(challenge),
                             tokens: Mutex::default(),
-                            answered: ShortestWait::default(),
-                        });
+                            answered,
+                        };
+                        return Ok((ep, resp));
                     }
                     Err(e) => failures.push(format!("{base}: {}", error_chain(&e))),
                 }
@@ -307,17 +345,23 @@ impl Client {
         access: Access<'_>,
         what: &str,
         idempotent: bool,
-        build: &dyn Fn(&Http, &str) -> RequestBuilder,
+        build: &Build<'_>,
     ) -> Result<Response, RegistryError> {
-        let ep = self.endpoint(registry)?;
+        let (ep, mut probed) = self.endpoint_asking(registry, idempotent.then_some(build))?;
         let mut reauthenticated = false;
         let mut attempt = 0;
         loop {
-            let mut request = build(&ep.http, &ep.base);
-            if let Some(header) = self.authorization(&ep, access, false)? {
-                request = request.header(AUTHORIZATION, header);
-            }
-            let retry_after = match ep.send(request) {
+            let answer = match probed.take() {
+                Some(resp) => Ok(resp),
+                None => {
+                    let mut request = build(&ep.http, &ep.base);
+                    if let Some(header) = self.authorization(&ep, access, false)? {
+                        request = request.header(AUTHORIZATION, header);
+                    }
+                    ep.send(request)
+                }
+            };
+            let retry_after = match answer {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
                     reauthenticated = true;
                     let fresh = challenge_of(resp.headers());

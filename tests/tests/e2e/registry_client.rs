@@ -151,6 +151,24 @@ fn an_insecure_registry_is_asked_over_https_and_http_side_by_side() {
     assert_eq!(*held_until_probed.lock().unwrap(), Some(true), "the HTTP probe waited for the TLS handshake");
 }
 
+#[test]
+fn a_pulls_first_request_is_its_probe_with_no_get_v2_before_it() {
+    let server = Hostile::start(|req: &Request| match req.path.as_str() {
+        "/v2/repo/manifests/x" => Reply::new(200, "{}").header("Content-Type", "application/json"),
+        _ => Reply::new(404, ""),
+    });
+    let client = fixtures::client();
+    let manifest = client.get_manifest(&reference(&format!("{}/repo:x", server.addr))).unwrap();
+    assert_eq!(manifest.bytes, b"{}");
+    // Its answer (connecting included) is how far the registry is, until a quicker one.
+    assert!(client.delay(&server.addr).is_some());
+    client.get_manifest(&reference(&format!("{}/repo:x", server.addr))).unwrap();
+    // (What a refused TLS handshake may leave in the log is no request path.)
+    let log = server.log.lock().unwrap();
+    let paths: Vec<&str> = log.iter().map(|r| r.path.as_str()).filter(|p| p.starts_with('/')).collect();
+    assert_eq!(paths, ["/v2/repo/manifests/x", "/v2/repo/manifests/x"]);
+}
+
 /// A blob server that redirects blob requests to a storage path, or ignores ranges.
 fn blob_server(data: Arc<Vec<u8>>, digest: Digest, redirect: bool, honour_ranges: bool) -> Hostile {
     Hostile::start(move |req: &Request| {
