@@ -3,6 +3,7 @@
 //! `fuse.rs` is the only file that speaks FUSE.
 
 mod backing;
+mod elf;
 mod export;
 mod fuse;
 mod generation;
@@ -532,7 +533,7 @@ impl Union {
                 let n = self.layers[*layer].read(*node, offset, &mut buf)?;
                 self.record(*layer, *node, offset, offset + n as u64);
                 // After the read, which may just have measured how far the registry is.
-                self.read_through.after_read(&self.layers, *layer, *node);
+                self.read_through.after_read(&self.layers, *layer, *node, offset, &buf[..n]);
                 n
             }
         };

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
+use std::sync::Arc;
+
 use super::upper;
+use super::view::LayerView;
 use super::Union;
 use crate::index::{Kind, NodeId, ROOT};
 
@@ -70,21 +73,36 @@ pub(crate) fn is_whiteout(m: &Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-impl Union {
-    fn is_opaque_lower(&self, layer: usize, dir: NodeId) -> bool {
-        self.layers[layer].index().lookup(dir, OPAQUE_MARKER).is_some()
+/// The lower layers alone, top first: how they merge beneath the upper.
+pub(crate) struct Lowers<'a>(pub &'a [Arc<dyn LayerView>]);
+
+impl Lowers<'_> {
+    fn is_opaque(&self, layer: usize, dir: NodeId) -> bool {
+        self.0[layer].index().lookup(dir, OPAQUE_MARKER).is_some()
+    }
+
+    /// The lower directories of the root, top first.
+    pub fn root(&self) -> Vec<LowerDir> {
+        let mut lowers = Vec::new();
+        for layer in 0..self.0.len() {
+            lowers.push((layer, ROOT));
+            if self.is_opaque(layer, ROOT) {
+                break;
+            }
+        }
+        lowers
     }
 
     /// The lower directories named `name` inside `scope`, top first, down to the first
     /// whiteout, non-directory or opaque directory.
-    fn lower_dirs(&self, scope: &[LowerDir], name: &str) -> Vec<LowerDir> {
+    fn dirs(&self, scope: &[LowerDir], name: &str) -> Vec<LowerDir> {
         let mut out = Vec::new();
         for &(layer, dir) in scope {
-            let index = self.layers[layer].index();
+            let index = self.0[layer].index();
             match index.lookup(dir, name) {
                 Some(node) if index.node(node).kind == Kind::Dir => {
                     out.push((layer, node));
-                    if self.is_opaque_lower(layer, node) {
+                    if self.is_opaque(layer, node) {
                         break;
                     }
                 }
@@ -96,15 +114,107 @@ impl Union {
         out
     }
 
-    /// The root of the merged tree.
-    pub(crate) fn resolve_root(&self) -> Resolved {
-        let mut lowers = Vec::new();
-        for layer in 0..self.layers.len() {
-            lowers.push((layer, ROOT));
-            if self.is_opaque_lower(layer, ROOT) {
-                break;
+    /// The entry `name` among the lower directories `scope`.
+    pub fn child(&self, scope: &[LowerDir], name: &str) -> Option<Resolved> {
+        for (i, &(layer, dir)) in scope.iter().enumerate() {
+            let index = self.0[layer].index();
+            if let Some(node) = index.lookup(dir, name) {
+                let lowers = if index.node(node).kind == Kind::Dir {
+                    let mut v = vec![(layer, node)];
+                    if !self.is_opaque(layer, node) {
+                        v.extend(self.dirs(&scope[i + 1..], name));
+                    }
+                    v
+                } else {
+                    Vec::new()
+                };
+                return Some(Resolved { found: Found::Lower { layer, node }, lowers });
+            }
+            if index.lookup(dir, &format!("{WHITEOUT_PREFIX}{name}")).is_some() {
+                return None;
             }
         }
+        None
+    }
+
+    /// `path` as the lower directories `scope` (the root's, or fewer) resolve it; a symlink
+    /// at its end is not followed.
+    pub fn resolve(&self, mut scope: Vec<LowerDir>, path: &str) -> Option<Resolved> {
+        let mut found = None;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            let r = self.child(&scope, name)?;
+            scope = r.lowers.clone();
+            found = Some(r);
+        }
+        found
+    }
+
+    /// The lower file at `path`, symlinks followed as the kernel follows them (at most
+    /// `MAX_LINKS`, `..` taken within the tree); `None` when it is missing or not a file.
+    pub fn file(&self, path: &str) -> Option<(usize, NodeId)> {
+        const MAX_LINKS: usize = 16;
+        let mut todo: std::collections::VecDeque<String> = components(path).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut scope = self.root();
+        let mut links = 0;
+        while let Some(name) = todo.pop_front() {
+            match name.as_str() {
+                "." => continue,
+                ".." => {
+                    done.pop();
+                    scope = self.dir_scope(&done)?;
+                    continue;
+                }
+                _ => {}
+            }
+            let found = self.child(&scope, &name)?;
+            let Found::Lower { layer, node } = found.found else { return None };
+            let entry = self.0[layer].index().node(node);
+            match entry.kind {
+                Kind::Dir => {
+                    done.push(name);
+                    scope = found.lowers;
+                }
+                Kind::Symlink => {
+                    links += 1;
+                    let target = entry.target.as_deref().filter(|_| links <= MAX_LINKS)?;
+                    if target.starts_with('/') {
+                        done.clear();
+                    }
+                    for c in components(target).collect::<Vec<_>>().into_iter().rev() {
+                        todo.push_front(c);
+                    }
+                    scope = self.dir_scope(&done)?;
+                }
+                Kind::File if todo.is_empty() => return Some((layer, node)),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The lower directories of the directory at `path` (components from the root).
+    fn dir_scope(&self, path: &[String]) -> Option<Vec<LowerDir>> {
+        let mut scope = self.root();
+        for name in path {
+            scope = self.child(&scope, name).filter(|r| !r.lowers.is_empty())?.lowers;
+        }
+        Some(scope)
+    }
+}
+
+fn components(path: &str) -> impl Iterator<Item = String> + '_ {
+    path.split('/').filter(|c| !c.is_empty()).map(str::to_owned)
+}
+
+impl Union {
+    fn lowers(&self) -> Lowers<'_> {
+        Lowers(&self.layers)
+    }
+
+    /// The root of the merged tree.
+    pub(crate) fn resolve_root(&self) -> Resolved {
+        let lowers = self.lowers().root();
         let meta = upper::lstat(&self.upper, "").expect("the upper dir exists");
         let lowers = if upper::is_opaque(&self.upper, "") { Vec::new() } else { lowers };
         Resolved { found: Found::Upper(meta), lowers }
@@ -122,7 +232,7 @@ impl Union {
                     return None;
                 }
                 let lowers = if meta.is_dir() && !upper::is_opaque(&self.upper, &path) {
-                    self.lower_dirs(&parent.lowers, name)
+                    self.lowers().dirs(&parent.lowers, name)
                 } else {
                     Vec::new()
                 };
@@ -134,37 +244,12 @@ impl Union {
 
     /// `path` as the lower layers alone resolve it (the upper ignored).
     pub(crate) fn resolve_lower_only(&self, path: &str) -> Option<Resolved> {
-        let mut scope = self.resolve_root().lowers;
-        let mut found = None;
-        for name in path.split('/').filter(|c| !c.is_empty()) {
-            let r = self.resolve_lower_child(&scope, name)?;
-            scope = r.lowers.clone();
-            found = Some(r);
-        }
-        found
+        self.lowers().resolve(self.resolve_root().lowers, path)
     }
 
     /// The entry `name` among the lower directories `scope` alone (ignoring the upper).
     pub(crate) fn resolve_lower_child(&self, scope: &[LowerDir], name: &str) -> Option<Resolved> {
-        for (i, &(layer, dir)) in scope.iter().enumerate() {
-            let index = self.layers[layer].index();
-            if let Some(node) = index.lookup(dir, name) {
-                let lowers = if index.node(node).kind == Kind::Dir {
-                    let mut v = vec![(layer, node)];
-                    if !self.is_opaque_lower(layer, node) {
-                        v.extend(self.lower_dirs(&scope[i + 1..], name));
-                    }
-                    v
-                } else {
-                    Vec::new()
-                };
-                return Some(Resolved { found: Found::Lower { layer, node }, lowers });
-            }
-            if index.lookup(dir, &format!("{WHITEOUT_PREFIX}{name}")).is_some() {
-                return None;
-            }
-        }
-        None
+        self.lowers().child(scope, name)
     }
 
     /// Resolves a whole path from the root: its parent directory from the cache of

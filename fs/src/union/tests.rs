@@ -1,7 +1,7 @@
 //! Profiles through the union, without a mount: what a recording keeps, and the order a
 //! prefetch follows.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Mutex;
 
@@ -22,6 +22,10 @@ struct Layer {
     delay: Option<Duration>,
     /// Whether its prefetches are cut into a request per chunk (else one for all).
     chunk_requests: bool,
+    /// The bytes some files begin with (the rest, and other files, are zeros).
+    contents: HashMap<NodeId, Vec<u8>>,
+    /// Each read: file and offset.
+    reads: Mutex<Vec<(NodeId, u64)>>,
 }
 
 impl Layer {
@@ -34,6 +38,8 @@ impl Layer {
             prefetches: Arc::default(),
             delay: None,
             chunk_requests: false,
+            contents: HashMap::new(),
+            reads: Mutex::default(),
         }
     }
 }
@@ -44,8 +50,14 @@ impl LayerView for Layer {
     }
 
     fn read(&self, node: NodeId, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads.lock().unwrap().push((node, offset));
         let n = (self.index.node(node).size.saturating_sub(offset) as usize).min(buf.len());
         buf[..n].fill(0);
+        if let Some(content) = self.contents.get(&node) {
+            let start = (offset as usize).min(content.len());
+            let k = (content.len() - start).min(n);
+            buf[..k].copy_from_slice(&content[start..start + k]);
+        }
         Ok(n)
     }
 
@@ -205,7 +217,7 @@ fn far_layer(delay: Option<Duration>) -> Layer {
 
 /// The files queued to be read through, by path.
 fn queued(union: &Union) -> Vec<String> {
-    let queued = union.read_through.queued.lock().unwrap();
+    let queued = union.read_through.queued();
     let mut paths: Vec<String> = queued.iter().map(|&(l, n)| union.layers[l].index().path_of(n)).collect();
     paths.sort();
     paths
@@ -245,4 +257,87 @@ fn near_a_registry_before_its_distance_is_known_or_with_a_profile_only_what_is_r
     union.prefetch(&[entry("passwd", &[])]);
     read(&union, "tool", 0, 4096);
     assert_eq!(queued(&union), Vec::<String>::new(), "a profile is prefetched");
+}
+
+/// A merged-usr tree, `delay` from its registry: a program needing `libfoo.so.1` (a link to
+/// a library of four chunks, which needs `libbar.so.3`), and a library nothing needs.
+fn loader_layer(delay: Option<Duration>) -> Layer {
+    use crate::index::{EntryMeta, IndexBuilder};
+    let mut b = IndexBuilder::new();
+    let mut offset = 0;
+    let mut file = |b: &mut IndexBuilder, path: &str, chunks: u64| {
+        let node = b.add(path, EntryMeta::for_test(Kind::File, chunks * CHUNK)).unwrap();
+        for i in 0..chunks {
+            let digest = Digest::of(format!("{path} {i}").as_bytes());
+            let c = crate::index::ChunkRef {
+                digest,
+                file_offset: i * CHUNK,
+                len: CHUNK,
+                codec: crate::index::Codec::Gzip,
+                offset,
+                compressed_len: 60_000,
+                inner_offset: 0,
+            };
+            b.push_chunk(node, c).unwrap();
+            offset += 60_000;
+        }
+        node
+    };
+    let link = |b: &mut IndexBuilder, path: &str, target: &str| {
+        let meta = EntryMeta { target: Some(target.into()), ..EntryMeta::for_test(Kind::Symlink, 0) };
+        b.add(path, meta).unwrap();
+    };
+    link(&mut b, "lib", "usr/lib");
+    let app = file(&mut b, "usr/bin/app", 1);
+    link(&mut b, "usr/lib/x86_64-linux-gnu/libfoo.so.1", "../x86_64-linux-gnu/libfoo.so.1.2");
+    let foo = file(&mut b, "usr/lib/x86_64-linux-gnu/libfoo.so.1.2", 4);
+    file(&mut b, "usr/lib/x86_64-linux-gnu/libbar.so.3", 1);
+    file(&mut b, "usr/lib/x86_64-linux-gnu/libunused.so.1", 4);
+    let mut layer = Layer { delay, chunk_requests: true, ..Layer::new(&[], 1) };
+    layer.index = b.finish();
+    layer.contents.insert(app, super::elf::test_file(&["libfoo.so.1"], None));
+    layer.contents.insert(foo, super::elf::test_file(&["libbar.so.3", "libmissing.so.9"], None));
+    layer
+}
+
+fn read_path(union: &Union, path: &str, offset: u64, size: u32) {
+    let mut ino = ROOT_INO;
+    for name in path.split('/') {
+        ino = union.lookup(ino, name).unwrap().ino;
+    }
+    let (fh, _) = union.open(ino, libc::O_RDONLY).unwrap();
+    union.read(fh, offset, size).unwrap();
+    union.release(fh);
+}
+
+#[test]
+fn far_from_the_registry_the_libraries_a_program_needs_are_read_through_before_the_loader_asks() {
+    let (_dir, union, layer) = union(loader_layer(Some(Duration::from_millis(20))));
+    // The loader's first read of the program: its headers.
+    read_path(&union, "usr/bin/app", 0, 832);
+    let node = |path: &str| match union.resolve(path).unwrap().found {
+        Found::Lower { node, .. } => node,
+        Found::Upper(_) => panic!("a lower file"),
+    };
+    let (foo, bar) =
+        (node("usr/lib/x86_64-linux-gnu/libfoo.so.1.2"), node("usr/lib/x86_64-linux-gnu/libbar.so.3"));
+    // libfoo (through its link) is read through; its own headers then name libbar, whose
+    // headers are read in turn; nothing reads the library no one needs.
+    let waited = std::time::Instant::now();
+    while !layer.reads.lock().unwrap().contains(&(bar, 0)) && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(queued(&union), ["usr/lib/x86_64-linux-gnu/libfoo.so.1.2"]);
+    let read: HashSet<NodeId> = layer.reads.lock().unwrap().iter().map(|&(n, _)| n).collect();
+    assert!(read.contains(&foo) && read.contains(&bar), "{read:?}");
+    assert_eq!(read.len(), 3, "the program, libfoo and libbar only: {read:?}");
+}
+
+#[test]
+fn near_a_registry_no_library_is_looked_for() {
+    let (_dir, union, layer) = union(loader_layer(Some(Duration::from_millis(1))));
+    read_path(&union, "usr/bin/app", 0, 832);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(queued(&union), Vec::<String>::new());
+    assert_eq!(layer.reads.lock().unwrap().len(), 1, "the program's own read only");
 }
