@@ -173,7 +173,28 @@ impl LayerIndex {
     /// blob, one after the other, with the digest of "`tag` `path` `i`".
     #[doc(hidden)]
     pub fn of_test_files(tag: &str, files: &[(&str, u64)], chunk: u64, compressed: u64) -> LayerIndex {
+        LayerIndex::of_test_tree(tag, files, &[], chunk, compressed)
+    }
+
+    /// [`LayerIndex::of_test_files`] with symlinks too: `links` by path and target.
+    #[doc(hidden)]
+    pub fn of_test_tree(
+        tag: &str,
+        files: &[(&str, u64)],
+        links: &[(&str, &str)],
+        chunk: u64,
+        compressed: u64,
+    ) -> LayerIndex {
         let mut b = IndexBuilder::new();
+        for &(path, target) in links {
+            let meta = EntryMeta {
+                kind: Kind::Symlink,
+                mode: 0o777,
+                target: Some(target.into()),
+                ..EntryMeta::implicit_dir()
+            };
+            b.add(path, meta).expect("a test path");
+        }
         let mut offset = 0;
         for &(path, chunks) in files {
             let meta = EntryMeta {

@@ -124,10 +124,10 @@ impl ReadThrough {
             Some(_) => {}
         }
         let elf = offset == 0 && data.starts_with(elf::MAGIC);
-        if !elf && !worth_it(layers[layer].index().file_chunks(node)) {
-            return;
+        let whole = worth_it(layers[layer].index().file_chunks(node));
+        if whole || elf {
+            self.work.get_or_init(|| start(layers)).queue(layer, node, whole, elf);
         }
-        self.work.get_or_init(|| start(layers)).queue(layer, node, elf);
     }
 
     /// The files queued to be read through (for tests).
@@ -147,11 +147,11 @@ impl Drop for ReadThrough {
 }
 
 impl Work {
-    /// Queues file `node` of `layers[layer]` to be read through if it is worth it, and, if
-    /// it may be an ELF file, its libraries to be looked for; each once.
-    fn queue(&self, layer: usize, node: NodeId, elf: bool) {
+    /// Queues file `node` of `layers[layer]` to be read through if it is worth it (`whole`),
+    /// and, if it may be an ELF file, its libraries to be looked for; each once.
+    fn queue(&self, layer: usize, node: NodeId, whole: bool, elf: bool) {
         let index = self.layers[layer].index();
-        let whole = worth_it(index.file_chunks(node)) && self.queued.lock().unwrap().insert((layer, node));
+        let whole = whole && self.queued.lock().unwrap().insert((layer, node));
         let scan = elf && self.scanned.lock().unwrap().insert((layer, node));
         if !whole && !scan {
             return;
@@ -228,7 +228,7 @@ impl Work {
         let lowers = Lowers(&self.layers);
         for name in needs.libraries.iter().filter(|n| !n.contains('/')) {
             if let Some((l, n)) = dirs.iter().find_map(|dir| lowers.file(&format!("{dir}/{name}"))) {
-                self.queue(l, n, true);
+                self.queue(l, n, worth_it(self.layers[l].index().file_chunks(n)), true);
             }
         }
     }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
 use std::sync::Arc;
 
 use super::upper;
@@ -195,11 +194,10 @@ impl Lowers<'_> {
 
     /// The lower directories of the directory at `path` (components from the root).
     fn dir_scope(&self, path: &[String]) -> Option<Vec<LowerDir>> {
-        let mut scope = self.root();
-        for name in path {
-            scope = self.child(&scope, name).filter(|r| !r.lowers.is_empty())?.lowers;
+        match path.is_empty() {
+            true => Some(self.root()),
+            false => self.resolve(self.root(), &path.join("/")).map(|r| r.lowers).filter(|l| !l.is_empty()),
         }
-        Some(scope)
     }
 }
 

@@ -262,39 +262,18 @@ fn near_a_registry_before_its_distance_is_known_or_with_a_profile_only_what_is_r
 /// A merged-usr tree, `delay` from its registry: a program needing `libfoo.so.1` (a link to
 /// a library of four chunks, which needs `libbar.so.3`), and a library nothing needs.
 fn loader_layer(delay: Option<Duration>) -> Layer {
-    use crate::index::{EntryMeta, IndexBuilder};
-    let mut b = IndexBuilder::new();
-    let mut offset = 0;
-    let mut file = |b: &mut IndexBuilder, path: &str, chunks: u64| {
-        let node = b.add(path, EntryMeta::for_test(Kind::File, chunks * CHUNK)).unwrap();
-        for i in 0..chunks {
-            let digest = Digest::of(format!("{path} {i}").as_bytes());
-            let c = crate::index::ChunkRef {
-                digest,
-                file_offset: i * CHUNK,
-                len: CHUNK,
-                codec: crate::index::Codec::Gzip,
-                offset,
-                compressed_len: 60_000,
-                inner_offset: 0,
-            };
-            b.push_chunk(node, c).unwrap();
-            offset += 60_000;
-        }
-        node
-    };
-    let link = |b: &mut IndexBuilder, path: &str, target: &str| {
-        let meta = EntryMeta { target: Some(target.into()), ..EntryMeta::for_test(Kind::Symlink, 0) };
-        b.add(path, meta).unwrap();
-    };
-    link(&mut b, "lib", "usr/lib");
-    let app = file(&mut b, "usr/bin/app", 1);
-    link(&mut b, "usr/lib/x86_64-linux-gnu/libfoo.so.1", "../x86_64-linux-gnu/libfoo.so.1.2");
-    let foo = file(&mut b, "usr/lib/x86_64-linux-gnu/libfoo.so.1.2", 4);
-    file(&mut b, "usr/lib/x86_64-linux-gnu/libbar.so.3", 1);
-    file(&mut b, "usr/lib/x86_64-linux-gnu/libunused.so.1", 4);
+    let files = [
+        ("usr/bin/app", 1),
+        ("usr/lib/x86_64-linux-gnu/libfoo.so.1.2", 4),
+        ("usr/lib/x86_64-linux-gnu/libbar.so.3", 1),
+        ("usr/lib/x86_64-linux-gnu/libunused.so.1", 4),
+    ];
+    let links =
+        [("lib", "usr/lib"), ("usr/lib/x86_64-linux-gnu/libfoo.so.1", "../x86_64-linux-gnu/libfoo.so.1.2")];
+    let index = LayerIndex::of_test_tree("", &files, &links, CHUNK, 60_000);
+    let (app, foo) = (index.resolve(files[0].0).unwrap(), index.resolve(files[1].0).unwrap());
     let mut layer = Layer { delay, chunk_requests: true, ..Layer::new(&[], 1) };
-    layer.index = b.finish();
+    layer.index = index;
     layer.contents.insert(app, super::elf::test_file(&["libfoo.so.1"], None));
     layer.contents.insert(foo, super::elf::test_file(&["libbar.so.3", "libmissing.so.9"], None));
     layer

@@ -127,8 +127,8 @@ struct Endpoint {
     credentials: Option<Credentials>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, Token>>,
-    /// The shortest wait for an answer to begin of any request after the probe (which
-    /// connects): how far the registry is.
+    /// The shortest wait for an answer to begin of the caller's requests (a probe of its own,
+    /// `GET /v2/`, is not one): how far the registry is.
     answered: ShortestWait,
 }
 
@@ -136,13 +136,16 @@ impl Endpoint {
     /// Sends `request` (to this registry, or where it redirected), noting how long its answer
     /// took to begin.
     fn send(&self, request: RequestBuilder) -> reqwest::Result<Response> {
-        let asked = Instant::now();
-        let sent = request.send();
-        if sent.is_ok() {
-            self.answered.note(asked.elapsed());
-        }
-        sent
+        let (resp, waited) = send_timed(request)?;
+        self.answered.note(waited);
+        Ok(resp)
     }
+}
+
+/// Sends `request`; returns the answer and how long it took to begin.
+fn send_timed(request: RequestBuilder) -> reqwest::Result<(Response, Duration)> {
+    let asked = Instant::now();
+    request.send().map(|resp| (resp, asked.elapsed()))
 }
 
 pub struct Client {
@@ -274,12 +277,10 @@ impl Client {
                     .iter()
                     .map(|(base, http)| {
                         s.spawn(move || {
-                            let request = match first {
+                            send_timed(match first {
                                 Some(build) => build(http, base),
                                 None => http.get(format!("{base}/v2/")),
-                            };
-                            let asked = Instant::now();
-                            request.send().map(|resp| (resp, asked.elapsed()))
+                            })
                         })
                     })
                     .collect();
