@@ -224,6 +224,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let work = Scratch(args.cache_dir.join(format!("run-{}", std::process::id())));
     remove_tree(&work.0)?;
     std::fs::create_dir_all(&work.0)?;
+    proc::spread_roots(&work.0);
     let mut link = Link::start(&args.cache_dir.join("registry"), &work.0, args.blobs, args.delay.is_some())?;
     if let Some(size) = args.chunk_size {
         for w in &mut workloads {

@@ -228,6 +228,10 @@ impl Index {
 
     /// Whether a chunk of `len` bytes could be stored, evicting unpinned chunks if needed.
     pub(super) fn fits(&self, len: u64) -> bool {
+        // Under budget, as on nearly every commit, with no walk over the index.
+        if self.used.saturating_add(len) <= self.budget {
+            return true;
+        }
         let evictable: u64 = self.evictable().map(|(_, e)| e.len).sum();
         (self.used - evictable).saturating_add(len) <= self.budget
     }
@@ -242,6 +246,9 @@ impl Index {
         };
         let mut chosen = Vec::new();
         let mut left = self.used;
+        if left <= target {
+            return Some(Vec::new());
+        }
         for (digest, entry) in self.evictable() {
             if left <= target {
                 break;
