@@ -177,13 +177,14 @@ impl Lowers<'_> {
                 Kind::Symlink => {
                     links += 1;
                     let target = entry.target.as_deref().filter(|_| links <= MAX_LINKS)?;
+                    // A relative target goes on from the link's own directory: `scope` still.
                     if target.starts_with('/') {
                         done.clear();
+                        scope = self.root();
                     }
                     for c in components(target).collect::<Vec<_>>().into_iter().rev() {
                         todo.push_front(c);
                     }
-                    scope = self.dir_scope(&done)?;
                 }
                 Kind::File if todo.is_empty() => return Some((layer, node)),
                 _ => return None,
