@@ -153,15 +153,15 @@ impl Lowers<'_> {
     pub fn file(&self, path: &str) -> Option<(usize, NodeId)> {
         const MAX_LINKS: usize = 16;
         let mut todo: std::collections::VecDeque<String> = components(path).collect();
-        let mut done: Vec<String> = Vec::new();
+        // The scopes of the directories above `scope`, for `..`; above the root is the root.
+        let mut parents: Vec<Vec<LowerDir>> = Vec::new();
         let mut scope = self.root();
         let mut links = 0;
         while let Some(name) = todo.pop_front() {
             match name.as_str() {
                 "." => continue,
                 ".." => {
-                    done.pop();
-                    scope = self.dir_scope(&done)?;
+                    scope = parents.pop().unwrap_or_else(|| self.root());
                     continue;
                 }
                 _ => {}
@@ -170,16 +170,13 @@ impl Lowers<'_> {
             let Found::Lower { layer, node } = found.found else { return None };
             let entry = self.0[layer].index().node(node);
             match entry.kind {
-                Kind::Dir => {
-                    done.push(name);
-                    scope = found.lowers;
-                }
+                Kind::Dir => parents.push(std::mem::replace(&mut scope, found.lowers)),
                 Kind::Symlink => {
                     links += 1;
                     let target = entry.target.as_deref().filter(|_| links <= MAX_LINKS)?;
                     // A relative target goes on from the link's own directory: `scope` still.
                     if target.starts_with('/') {
-                        done.clear();
+                        parents.clear();
                         scope = self.root();
                     }
                     for c in components(target).collect::<Vec<_>>().into_iter().rev() {
@@ -191,14 +188,6 @@ impl Lowers<'_> {
             }
         }
         None
-    }
-
-    /// The lower directories of the directory at `path` (components from the root).
-    fn dir_scope(&self, path: &[String]) -> Option<Vec<LowerDir>> {
-        match path.is_empty() {
-            true => Some(self.root()),
-            false => self.resolve(self.root(), &path.join("/")).map(|r| r.lowers).filter(|l| !l.is_empty()),
-        }
     }
 }
 
